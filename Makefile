@@ -1,0 +1,31 @@
+# The README's two commands: `make bench` and `make test`. Each bootstraps (Debian packages when root and
+# missing, the project-local .venv with Halide, CMake, Ninja), configures with a CMake preset, builds, runs.
+# Both are quick when nothing changed: bootstrap is stamp-checked and Ninja rebuilds only what changed.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+CMAKE := $(VENV)/bin/cmake
+CTEST := $(VENV)/bin/ctest
+PRESET ?= release
+BUILD := build/$(PRESET)
+BENCH_ARGS ?=
+
+.PHONY: all bootstrap configure build test bench clean
+all: build
+
+bootstrap:
+	@scripts/bootstrap.sh
+
+configure: bootstrap
+	@test -f $(BUILD)/build.ninja || $(CMAKE) --preset $(PRESET)
+
+build: configure
+	@$(CMAKE) --build --preset $(PRESET)
+
+test: build
+	@$(CTEST) --preset $(PRESET)
+
+bench: build
+	@$(BUILD)/bench/fusednorm_bench $(BENCH_ARGS)
+
+clean:
+	rm -rf build

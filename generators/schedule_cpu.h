@@ -1,0 +1,107 @@
+#pragma once
+// Hand-written CPU schedules (x86-64 now, arm-64 later), loops only: what is computed is fixed by the
+// algorithm files. The vector width comes from the target, so one schedule serves SSE4.1, AVX2 and AVX-512.
+#include <vector>
+
+#include "Halide.h"
+#include "batch_norm_algorithm.h"
+
+namespace fusednorm {
+
+// Bytes of one channel block in the NCHW schedules: the statistics pass and the elementwise pass touch the
+// same block one after the other, so it must stay in the core's L2 (2 MiB per core on the machines we
+// measured; half of it leaves room for the output lines being written).
+constexpr int kChannelBlockBytes = 1 << 20;
+// Rows (of all channels) per task in the NHWC statistics pass.
+constexpr int kNhwcRowsPerTask = 64;
+
+struct CpuScheduleContext {
+  const Axes& axes;
+  Halide::Expr spatial, channels, batch;
+  int vector_width;
+};
+
+// Per-row partial sums vectorised over s by an rfactor into vector lanes: row(c, n) is then a horizontal
+// add of `vector_width` float32 partials, each over S / vector_width elements.
+inline void schedule_row_sums_over_contiguous_s(ChannelSums& sums, const CpuScheduleContext& cx) {
+  using namespace Halide;
+  RVar rso("rso"), rsi("rsi");
+  Var lane("lane");
+  Func lanes = sums.row.update().split(sums.over_s.x, rso, rsi, cx.vector_width).rfactor(rsi, lane);
+  lanes.compute_at(sums.row, cx.axes.c).vectorize(lane);
+  lanes.update().vectorize(lane);
+}
+
+// NCHW with the statistics over (s, n) of each channel: a parallel loop over blocks of channels; in each,
+// the per-channel reductions, then the elementwise output over the same block while it is still in L2, and
+// the per-channel outputs in the same loop (compute_with). One read of x from memory instead of two.
+// Measured (2-core AVX-512 Xeon, forward training 32x256x56x56): see docs/PERFORMANCE.md.
+inline void schedule_nchw_channel_blocked(Halide::Func elementwise, const std::vector<Halide::Func>& per_channel_outputs,
+                                          ChannelSums& sums, const std::vector<Halide::Func>& per_channel_funcs,
+                                          const CpuScheduleContext& cx) {
+  using namespace Halide;
+  const Axes& a = cx.axes;
+  Var co("co"), ci("ci");
+  Expr channel_bytes = cast<int64_t>(cx.spatial) * cx.batch * 4;
+  Expr block = cast<int>(clamp(cast<int64_t>(kChannelBlockBytes) / max(channel_bytes, 1), 1, cx.channels));
+
+  elementwise.split(a.c, co, ci, block, TailStrategy::GuardWithIf)
+      .reorder(a.s, a.n, ci, co)
+      .vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf)
+      .parallel(co);
+  for (Func f : per_channel_outputs) {
+    f.split(a.c, co, ci, block, TailStrategy::GuardWithIf).parallel(co).compute_with(elementwise, co);
+  }
+  for (Func f : per_channel_funcs) f.compute_at(elementwise, co);
+  sums.total.compute_at(elementwise, co);
+  sums.row.compute_at(elementwise, co);
+  schedule_row_sums_over_contiguous_s(sums, cx);
+}
+
+// NHWC: channels are innermost, so a block of channels is strided across all of x and cannot stay in cache.
+// Two passes: per-task partial sums over blocks of rows (vectorised over c), merged per channel, then the
+// elementwise pass, parallel over rows and vectorised over c.
+inline void schedule_nhwc_two_pass(Halide::Func elementwise, const std::vector<Halide::Func>& per_channel_outputs,
+                                   ChannelSums& sums, const std::vector<Halide::Func>& per_channel_funcs,
+                                   const CpuScheduleContext& cx) {
+  using namespace Halide;
+  const Axes& a = cx.axes;
+  RVar rso("rso"), rsi("rsi");
+  Var block("block");
+  Func partial = sums.row.update().split(sums.over_s.x, rso, rsi, kNhwcRowsPerTask).rfactor(rso, block);
+  partial.compute_root().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf).fuse(block, a.n, block).parallel(block);
+  partial.update()
+      .reorder(a.c, rsi, block, a.n)
+      .vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf)
+      .fuse(block, a.n, block)
+      .parallel(block);
+  sums.row.compute_root().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
+  sums.row.update().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
+  sums.total.compute_root().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
+  sums.total.update().reorder(a.c, sums.over_n.x).vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
+  for (Func f : per_channel_funcs) f.compute_root();
+  for (Func f : per_channel_outputs) f.compute_root();
+
+  Var row("row"), task("task");
+  elementwise.fuse(a.s, a.n, row)
+      .vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf)
+      .split(row, task, row, 8, TailStrategy::GuardWithIf)
+      .parallel(task);
+}
+
+// Elementwise only (inference): rows of the innermost axis, parallel over the rest.
+inline void schedule_elementwise(Halide::Func elementwise, Layout layout, const std::vector<Halide::Func>& per_channel_funcs,
+                                 const CpuScheduleContext& cx) {
+  using namespace Halide;
+  const Axes& a = cx.axes;
+  for (Func f : per_channel_funcs) f.compute_root();
+  Var row("row"), task("task");
+  Var inner = layout == Layout::nchw ? a.s : a.c;
+  Var outer = layout == Layout::nchw ? a.c : a.s;
+  elementwise.fuse(outer, a.n, row)
+      .vectorize(inner, cx.vector_width, TailStrategy::GuardWithIf)
+      .split(row, task, row, 8, TailStrategy::GuardWithIf)
+      .parallel(task);
+}
+
+}  // namespace fusednorm

@@ -1,0 +1,30 @@
+#pragma once
+// Which kernel variant runs, and why. Every variant the build produced is listed; the runtime picks the first
+// that fits the call (direction, layout, affine) and the machine (instruction set), best instruction set first.
+#include <string>
+#include <vector>
+
+namespace fusednorm {
+
+struct VariantInfo {
+  std::string name;       // e.g. "batch_norm_forward_training_nchw_affine_avx512"
+  std::string direction;  // "forward_training", "forward_inference", "backward"
+  std::string layout;     // "nchw", "nhwc"
+  bool affine;
+  std::string isa;       // "avx512", "avx2", "sse41"
+  std::string schedule;  // "hand" or an autoscheduler
+  bool runs_here;        // the CPU supports its instruction set (and max_isa allows it)
+};
+
+std::vector<VariantInfo> variants();
+
+// The best instruction set dispatch may use: "avx512", "avx2" or "sse41"; "" for the best the CPU has.
+// Also set by the environment variable FUSEDNORM_MAX_ISA (read once, at the first call). Like oneDNN's
+// ONEDNN_MAX_CPU_ISA: for testing every instruction set's kernels on one machine, and for comparisons.
+void set_max_isa(const std::string& isa);
+std::string max_isa();
+
+// The instruction sets whose kernels can run on this CPU, best first (max_isa not applied).
+std::vector<std::string> supported_isas();
+
+}  // namespace fusednorm

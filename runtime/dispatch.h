@@ -1,0 +1,18 @@
+#pragma once
+// Picks the kernel variant for a call, best instruction set first, and can say why it passed over others.
+#include "runtime/variant.h"
+
+namespace fusednorm::detail {
+
+struct VariantRequest {
+  const char* function;  // for messages, e.g. "batch_norm"
+  Direction direction;
+  Layout layout;
+  bool affine;
+};
+
+// The variant to run; throws fusednorm::Error when none fits. With FUSEDNORM_VERBOSE=1 it prints, on
+// stderr, the chosen variant and each candidate passed over with the reason.
+const KernelVariant& select_variant(const VariantRequest& request);
+
+}  // namespace fusednorm::detail

@@ -1,0 +1,83 @@
+#include "fusednorm/tensor.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include "fusednorm/error.h"
+
+namespace fusednorm {
+
+const char* to_string(Layout layout) { return layout == Layout::nchw ? "nchw" : "nhwc"; }
+
+namespace {
+std::vector<int64_t> contiguous_strides(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> strides(shape.size());
+  int64_t stride = 1;
+  for (size_t i = shape.size(); i-- > 0;) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  return strides;
+}
+
+// Channels-last strides of (N, C, *spatial): memory order N, *spatial, C.
+std::vector<int64_t> channels_last_strides(const std::vector<int64_t>& shape) {
+  std::vector<int64_t> strides(shape.size());
+  if (shape.size() < 2) return contiguous_strides(shape);
+  int64_t stride = 1;
+  strides[1] = stride;
+  stride *= shape[1];
+  for (size_t i = shape.size(); i-- > 2;) {
+    strides[i] = stride;
+    stride *= shape[i];
+  }
+  strides[0] = stride;
+  return strides;
+}
+
+// PyTorch's rule: a stride of a dimension of size 1 does not matter.
+bool strides_match(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
+                   const std::vector<int64_t>& expected) {
+  for (size_t i = 0; i < shape.size(); i++) {
+    if (shape[i] != 1 && strides[i] != expected[i]) return false;
+  }
+  return true;
+}
+}  // namespace
+
+TensorView::TensorView(float* data, std::vector<int64_t> shape, std::vector<int64_t> strides)
+    : data_(data), shape_(std::move(shape)), strides_(std::move(strides)) {
+  for (int64_t extent : shape_) {
+    if (extent < 0) throw Error(fmt::format("TensorView: shape {} has a negative extent", shape_string(shape_)));
+  }
+  if (strides_.empty()) strides_ = contiguous_strides(shape_);
+  if (strides_.size() != shape_.size()) {
+    throw Error(fmt::format("TensorView: strides [{}] have {} entries, expected {} (one per dimension of shape {})",
+                            fmt::join(strides_, ", "), strides_.size(), shape_.size(), shape_string(shape_)));
+  }
+}
+
+TensorView TensorView::channels_last(float* data, std::vector<int64_t> shape) {
+  std::vector<int64_t> strides = channels_last_strides(shape);
+  return TensorView(data, std::move(shape), std::move(strides));
+}
+
+TensorView TensorView::with_layout(float* data, std::vector<int64_t> shape, Layout layout) {
+  return layout == Layout::nchw ? TensorView(data, std::move(shape)) : channels_last(data, std::move(shape));
+}
+
+int64_t TensorView::numel() const {
+  int64_t n = 1;
+  for (int64_t extent : shape_) n *= extent;
+  return n;
+}
+
+bool TensorView::is_contiguous() const { return strides_match(shape_, strides_, contiguous_strides(shape_)); }
+
+bool TensorView::is_channels_last() const {
+  return shape_.size() >= 2 && strides_match(shape_, strides_, channels_last_strides(shape_));
+}
+
+std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
+
+}  // namespace fusednorm

@@ -1,0 +1,28 @@
+#pragma once
+// One built kernel: what it computes, for which layout and instruction set, and how to call it. The build
+// generates the table of every variant (fusednorm_variant_table.h); the runtime never lists them by hand.
+#include <HalideRuntime.h>
+
+#include "fusednorm/tensor.h"
+
+namespace fusednorm::detail {
+
+enum class Direction { forward_training, forward_inference, backward };
+// x86-64 instruction sets, best first.
+enum class Isa { avx512, avx2, sse41 };
+
+struct KernelVariant {
+  Direction direction;
+  Layout layout;
+  bool affine;
+  Isa isa;
+  const char* schedule;  // "hand", or the autoscheduler's name
+  const char* name;
+  int (*call_argv)(void** args);
+  const halide_filter_metadata_t* (*metadata)();
+};
+
+const char* to_string(Direction direction);
+const char* to_string(Isa isa);
+
+}  // namespace fusednorm::detail
