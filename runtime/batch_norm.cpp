@@ -208,11 +208,11 @@ void forward_training(const BatchNormForwardTensors& t, const BatchNormOptions& 
   args.bind("momentum", &momentum);
   args.bind("eps", &eps);
   args.bind("running_var_correction", &correction);
-  args.bind("normalized", y);
-  args.bind("channel_results_0", save_mean);
-  args.bind("channel_results_1", save_invstd);
-  args.bind("channel_results_2", new_running_mean);
-  args.bind("channel_results_3", new_running_var);
+  args.bind("y", y);
+  args.bind("channel_outputs.0", save_mean);
+  args.bind("channel_outputs.1", save_invstd);
+  args.bind("channel_outputs.2", new_running_mean);
+  args.bind("channel_outputs.3", new_running_var);
   if (affine) {
     args.bind("weight", weight);
     args.bind("bias", bias);
@@ -249,7 +249,7 @@ void forward_inference(const BatchNormForwardTensors& t, const BatchNormOptions&
   args.bind("running_mean", running_mean);
   args.bind("running_var", running_var);
   args.bind("eps", &eps);
-  args.bind("normalized", y);
+  args.bind("y", y);
   if (affine) {
     args.bind("weight", weight);
     args.bind("bias", bias);
@@ -357,11 +357,11 @@ void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptio
   args.bind("mean", mean_buffer);
   args.bind("invstd", invstd_buffer);
   args.bind("training", &training);
-  args.bind("input_gradient", dx_buffer);
+  args.bind("dx", dx_buffer);
   if (affine) {
     args.bind("weight", weight);
-    args.bind("param_grad_values_0", grad_weight);
-    args.bind("param_grad_values_1", grad_bias);
+    args.bind("param_grads.0", grad_weight);
+    args.bind("param_grads.1", grad_bias);
   }
   args.call(variant, kFunction);
 }
