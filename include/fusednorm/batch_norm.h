@@ -29,17 +29,17 @@ struct BatchNormOptions {
 struct BatchNormForwardTensors {
   TensorView input;   // x, (N, C, *spatial)
   TensorView output;  // y, same shape and layout as x
-  std::optional<TensorView> weight;  // gamma (C); absent means 1
-  std::optional<TensorView> bias;    // beta (C); absent means 0
+  std::optional<TensorView> weight = std::nullopt;  // gamma (C); absent means 1
+  std::optional<TensorView> bias = std::nullopt;    // beta (C); absent means 0
   // Read in evaluation; updated in place in training (when given). Both or neither.
-  std::optional<TensorView> running_mean;
-  std::optional<TensorView> running_var;
+  std::optional<TensorView> running_mean = std::nullopt;
+  std::optional<TensorView> running_var = std::nullopt;
   // Incremented in training when running statistics are given (PyTorch's num_batches_tracked); required
   // when momentum is std::nullopt.
   int64_t* num_batches_tracked = nullptr;
   // Training only, optional: the batch mean and 1 / sqrt(biased batch variance + eps), for the backward.
-  std::optional<TensorView> save_mean;
-  std::optional<TensorView> save_invstd;
+  std::optional<TensorView> save_mean = std::nullopt;
+  std::optional<TensorView> save_invstd = std::nullopt;
 };
 
 // y = (x - mean) / sqrt(var + eps) * weight + bias, per channel. In training, mean and var are the batch
@@ -51,15 +51,15 @@ struct BatchNormBackwardTensors {
   TensorView grad_output;  // dy, same shape as x
   TensorView input;        // x
   TensorView grad_input;   // dx (written), same shape and layout as x
-  std::optional<TensorView> weight;  // gamma (C); absent means 1
+  std::optional<TensorView> weight = std::nullopt;  // gamma (C); absent means 1
   // training: the save_mean / save_invstd of the forward. evaluation: running_mean / running_var.
-  std::optional<TensorView> save_mean;
-  std::optional<TensorView> save_invstd;
-  std::optional<TensorView> running_mean;
-  std::optional<TensorView> running_var;
+  std::optional<TensorView> save_mean = std::nullopt;
+  std::optional<TensorView> save_invstd = std::nullopt;
+  std::optional<TensorView> running_mean = std::nullopt;
+  std::optional<TensorView> running_var = std::nullopt;
   // Written (not accumulated) when given: sum(dy * xhat) and sum(dy) per channel.
-  std::optional<TensorView> grad_weight;
-  std::optional<TensorView> grad_bias;
+  std::optional<TensorView> grad_weight = std::nullopt;
+  std::optional<TensorView> grad_bias = std::nullopt;
 };
 
 // The gradients of batch_norm_forward. Uses options.training (batch statistics were used, so dx carries the
