@@ -8,6 +8,9 @@ CTEST := $(VENV)/bin/ctest
 PRESET ?= release
 BUILD := build/$(PRESET)
 BENCH_ARGS ?=
+# Test suites rebuilt under sanitizers (CMakePresets.json): asan = AddressSanitizer + UBSan over the whole suite
+# but the 2 GiB test, tsan = ThreadSanitizer over the concurrency tests.
+SANITIZER_PRESETS ?= asan tsan
 
 .PHONY: all bootstrap configure build test bench clean
 all: build
@@ -23,6 +26,12 @@ build: configure
 
 test: build
 	@$(CTEST) --preset $(PRESET)
+	@for preset in $(SANITIZER_PRESETS); do \
+	  echo "== ctest --preset $$preset"; \
+	  test -f build/$$preset/build.ninja || $(CMAKE) --preset $$preset >/dev/null || exit 1; \
+	  $(CMAKE) --build --preset $$preset || exit 1; \
+	  $(CTEST) --preset $$preset || exit 1; \
+	done
 
 bench: build
 	@$(BUILD)/bench/fusednorm_bench $(BENCH_ARGS)
