@@ -1,0 +1,299 @@
+// fusednorm_bench: FusedNorm's BatchNorm kernels on the ResNet-50 batch-32 shapes, both layouts, all three
+// directions, each against a naive baseline and against the copy bandwidth measured in the same run, on the
+// same buffer size and cache regime. Prints a table, writes JSON rows. See bench/README.md.
+#include <fmt/format.h>
+#include <omp.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "bench/copy_ceiling.h"
+#include "bench/machine.h"
+#include "bench/options.h"
+#include "bench/problem.h"
+#include "bench/report.h"
+#include "bench/timing.h"
+#include "bench/verify.h"
+#include "fusednorm/dispatch.h"
+#include "fusednorm/error.h"
+#include "fusednorm/threads.h"
+#include "support/shapes.h"
+
+namespace fusednorm::bench {
+namespace {
+
+// Above this 1-minute load average another process is probably competing for the cores.
+constexpr double kBusyLoadAverage = 0.5;
+
+// Halide sizes its thread pool from HL_NUM_THREADS when the first kernel runs, so this runs before any;
+// OpenMP (baseline, copies) takes the same count, so every row uses the same cores.
+int configure_threads(const Options& options, const MachineInfo& machine) {
+  const int threads = options.threads > 0 ? options.threads : machine.cores;
+  setenv("HL_NUM_THREADS", std::to_string(threads).c_str(), 1);
+  omp_set_num_threads(threads);
+  return threads;
+}
+
+std::vector<shapes::NamedShape> benchmark_shapes(bool quick) {
+  std::vector<shapes::NamedShape> list = shapes::resnet50_batch32();
+  if (quick) {
+    for (shapes::NamedShape& s : list) s.shape[0] = 2;  // the same channels and resolutions, 1/16 of the data
+  }
+  return list;
+}
+
+bool selected(const Options& options, const shapes::NamedShape& shape, Layout layout, Direction direction) {
+  const std::string key =
+      fmt::format("batch_norm/{}/{}/{}", to_string(direction), fusednorm::to_string(layout), shape.name);
+  return key.find(options.filter) != std::string::npos;
+}
+
+int selected_directions(const Options& options, const shapes::NamedShape& shape, Layout layout) {
+  int count = 0;
+  for (Direction direction : kDirections) count += selected(options, shape, layout, direction);
+  return count;
+}
+
+int selected_cases(const Options& options, const shapes::NamedShape& shape) {
+  int count = 0;
+  for (Layout layout : kLayouts) count += selected_directions(options, shape, layout);
+  return count;
+}
+
+std::string default_json_path() {
+  std::error_code error;
+  std::filesystem::path executable = std::filesystem::read_symlink("/proc/self/exe", error);
+  return error ? "results.json" : (executable.parent_path() / "results.json").string();
+}
+
+// One line on stderr, rewritten in place on a terminal, one line per step otherwise (logs stay readable).
+class Progress {
+ public:
+  explicit Progress(int total) : total_(total), terminal_(isatty(fileno(stderr))) {}
+  void step(const std::string& what) {
+    step_++;
+    fmt::print(stderr, "{}[{:>3}/{}] {}{}", terminal_ ? "\r\033[K" : "", step_, total_, what, terminal_ ? "" : "\n");
+    std::fflush(stderr);
+  }
+  void status(const std::string& what) {
+    if (terminal_) fmt::print(stderr, "\r\033[K[{:>3}/{}] {}", step_, total_, what);
+    std::fflush(stderr);
+  }
+  void done() {
+    if (terminal_) fmt::print(stderr, "\r\033[K");
+  }
+
+ private:
+  int total_, step_ = 0;
+  bool terminal_;
+};
+
+class Benchmark {
+ public:
+  Benchmark(const Options& options, const MachineInfo& machine, int threads)
+      : options_(options),
+        machine_(machine),
+        threads_(threads),
+        plan_(options.reps > 0 ? fixed_reps_plan(options.reps)
+              : options.quick  ? quick_plan()
+                               : default_plan()),
+        shapes_(benchmark_shapes(options.quick)),
+        progress_(count_steps()) {}
+
+  const TimingPlan& plan() const { return plan_; }
+
+  std::vector<Row> run() {
+    for (const shapes::NamedShape& shape : shapes_) run_shape(shape);
+    progress_.done();
+    complete_ratios(rows_);
+    return rows_;
+  }
+  const std::vector<ShapeNote>& notes() const { return notes_; }
+
+ private:
+  // Two copy ceilings per shape with any selected row, then a kernel and a baseline row per selected case.
+  int count_steps() const {
+    int steps = 0;
+    for (const shapes::NamedShape& shape : shapes_) {
+      const int cases = selected_cases(options_, shape);
+      steps += cases > 0 ? 2 + 2 * cases : 0;
+    }
+    return steps;
+  }
+
+  void run_shape(const shapes::NamedShape& shape) {
+    if (selected_cases(options_, shape) == 0) return;
+    int64_t numel = 1;
+    for (int64_t extent : shape.shape) numel *= extent;
+    const int64_t tensor_bytes = numel * static_cast<int64_t>(sizeof(float));
+    const CacheRegime regime = choose_cache_regime(tensor_bytes, machine_.llc_bytes);
+    notes_.push_back(
+        {shape.name, fmt::format("{:.1f}M elements, {} per tensor; {}", static_cast<double>(numel) / 1e6,
+                                 megabytes(tensor_bytes), describe(regime, tensor_bytes, machine_.llc_bytes))});
+
+    measure_copy_ceilings(shape, numel, regime);
+    for (Layout layout : kLayouts) {
+      if (selected_directions(options_, shape, layout) == 0) continue;
+      progress_.status(fmt::format("{} {}: allocating and filling {} buffer set(s)", shape.name,
+                                   fusednorm::to_string(layout), regime.buffer_sets));
+      Problem problem = make_problem(shape, layout, regime.buffer_sets);
+      Verifier verifier(problem);
+      for (Direction direction : kDirections) {
+        if (selected(options_, shape, layout, direction)) measure_case(problem, verifier, direction, regime);
+      }
+    }
+  }
+
+  Row base_row(const shapes::NamedShape& shape, const CacheRegime& regime) const {
+    Row row;
+    row.shape_name = shape.name;
+    row.shape = shape.shape;
+    row.cache = regime.name();
+    row.threads = threads_;
+    return row;
+  }
+
+  // Both copies of a buffer of the shape's size, in the shape's cache regime: the roofline of its rows.
+  void measure_copy_ceilings(const shapes::NamedShape& shape, int64_t numel, const CacheRegime& regime) {
+    std::vector<AlignedBuffer> sources, destinations;
+    for (int set = 0; set < regime.buffer_sets; set++) {
+      fill_uniform(sources.emplace_back(numel).data(), numel, -1.0f, 1.0f, 7 + static_cast<uint64_t>(set));
+      destinations.emplace_back(numel);
+    }
+    for (CopyStores stores : {CopyStores::regular, CopyStores::non_temporal}) {
+      progress_.step(fmt::format("{} {}", shape.name, impl_name(stores)));
+      Row row = base_row(shape, regime);
+      row.op = "copy";
+      row.impl = impl_name(stores);
+      row.kind = "ceiling";
+      row.bytes = 2 * numel * static_cast<int64_t>(sizeof(float));
+      row.timing = time_runs(
+          [&](int set) {
+            parallel_copy(sources[static_cast<size_t>(set)].data(), destinations[static_cast<size_t>(set)].data(),
+                          numel, stores);
+          },
+          regime, plan_, machine_.cores);
+      rows_.push_back(row);
+    }
+  }
+
+  void measure_case(Problem& problem, Verifier& verifier, Direction direction, const CacheRegime& regime) {
+    const std::string what =
+        fmt::format("{} {} {}", problem.shape.name, fusednorm::to_string(problem.layout), to_string(direction));
+    progress_.status(what + ": computing the float64 reference");
+    verifier.prepare(direction);
+    for (const Implementation& impl :
+         {fusednorm_implementation(direction, problem.layout), naive_implementation(direction)}) {
+      progress_.step(fmt::format("{} {}: verifying", what, impl.name));
+      verifier.check(impl, direction);
+      progress_.status(fmt::format("{} {}: timing", what, impl.name));
+      Row row = base_row(problem.shape, regime);
+      row.op = "batch_norm";
+      row.direction = to_string(direction);
+      row.layout = fusednorm::to_string(problem.layout);
+      row.impl = impl.name;
+      row.kind = impl.kind;
+      row.bytes = tensors_moved(direction) * problem.tensor_bytes();
+      row.timing = time_runs([&](int set) { impl.run(problem, set); }, regime, plan_, machine_.cores);
+      rows_.push_back(row);
+    }
+  }
+
+  const Options& options_;
+  const MachineInfo& machine_;
+  int threads_;
+  TimingPlan plan_;
+  std::vector<shapes::NamedShape> shapes_;
+  Progress progress_;
+  std::vector<Row> rows_;
+  std::vector<ShapeNote> notes_;
+};
+
+std::string describe_plan(const TimingPlan& plan) {
+  if (plan.min_reps == plan.max_reps) return fmt::format("median of {} runs after warm-up", plan.min_reps);
+  return fmt::format("median of >= {} runs and >= {:g} s per row, after >= {} warm-up runs and >= {:g} s",
+                     plan.min_reps, plan.min_seconds, plan.warmup_runs, plan.warmup_seconds);
+}
+
+void print_header(const MachineInfo& machine, const RunSettings& settings, const TimingPlan& plan) {
+  std::vector<std::string> isas = supported_isas();
+  fmt::print("FusedNorm schedule benchmark{}\n", settings.quick ? " (--quick: batch 2, short timing)" : "");
+  fmt::print("  machine  {}, {} cores, last-level cache {} ({}), {} GiB memory\n", machine.cpu_model, machine.cores,
+             mebibytes(machine.llc_bytes), machine.llc_source, machine.memory_bytes >> 30);
+  fmt::print("  date     {}\n", machine.date);
+  fmt::print(
+      "  threads  {} (HL_NUM_THREADS for the kernels: their pool has {}; OpenMP for the baseline and the "
+      "copies: {})\n",
+      settings.threads, fusednorm::num_threads(), omp_get_max_threads());
+  fmt::print("  kernels  the variant dispatch picks (affine, best instruction set{}: {})\n",
+             settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
+             isas.empty() ? "none" : isas.front());
+  fmt::print(
+      "  ceiling  the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and cache "
+      "regime as the row; GB/s counts read + write\n",
+      settings.copy_isa, settings.copy_isa);
+  fmt::print(
+      "  GB/s     forward: x read + y written; backward: x and dy read + dx written (per-channel tensors "
+      "not counted)\n");
+  fmt::print("  timing   {}\n", describe_plan(plan));
+  fmt::print(
+      "  checked  every fusednorm and baseline row against the float64 reference first: max |out - ref| / "
+      "max |ref| < {:g}\n",
+      kTolerance);
+  if (!settings.filter.empty()) fmt::print("  filter   '{}'\n", settings.filter);
+  if (machine.load_average > kBusyLoadAverage) {
+    fmt::print(
+        "  load     {:.2f} (1-minute average) at the start: other processes are running; timings may be "
+        "noisy\n",
+        machine.load_average);
+  }
+  fmt::print("\n");
+  std::fflush(stdout);
+}
+
+int run(int argc, char** argv) {
+  const auto start = std::chrono::steady_clock::now();
+  const Options options = parse_options(argc, argv);
+  const MachineInfo machine = describe_machine();
+  const int threads = configure_threads(options, machine);
+  const RunSettings settings{threads, options.quick, options.filter, options.reps, max_isa(), copy_isa()};
+
+  Benchmark benchmark(options, machine, threads);
+  print_header(machine, settings, benchmark.plan());
+  std::vector<Row> rows = benchmark.run();
+  if (rows.empty()) {
+    fmt::print(stderr, "fusednorm_bench: --filter '{}' selects no row\n", options.filter);
+    return 2;
+  }
+  print_table(rows, benchmark.notes());
+  print_target_summary(rows);
+
+  const std::string json_path =
+      std::filesystem::absolute(options.json_path.empty() ? default_json_path() : options.json_path).string();
+  write_json(json_path, rows, machine, settings);
+  fmt::print("\nJSON rows: {}\n", json_path);
+  fmt::print("Took {:.0f} s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return 0;
+}
+
+}  // namespace
+}  // namespace fusednorm::bench
+
+int main(int argc, char** argv) {
+  try {
+    return fusednorm::bench::run(argc, argv);
+  } catch (const fusednorm::bench::VerificationError& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "\n{}\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    fmt::print(stderr, "\nfusednorm_bench: {}\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,57 @@
+#pragma once
+// The results: one row per timed thing (kernel, baseline, copy ceiling), printed as a table and written as JSON.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "bench/machine.h"
+#include "bench/timing.h"
+
+namespace fusednorm::bench {
+
+struct Row {
+  std::string op;                        // "batch_norm", or "copy" for the ceilings
+  std::optional<std::string> direction;  // "forward_training", "forward_inference", "backward"; none for copies
+  std::optional<std::string> layout;     // "nchw", "nhwc"; none for copies
+  std::string shape_name;                // "resnet50.conv1"
+  std::vector<int64_t> shape;            // (N, C, H, W)
+  std::string impl;                      // "fusednorm/hand/avx512", "naive", "copy", "copy_nt"
+  std::string kind;                      // "fusednorm", "baseline", "ceiling"
+  std::string cache;                     // "hot", "cold"
+  int threads = 0;
+  int64_t bytes = 0;  // the fewest bytes the operation must move, which GB/s counts
+  Timing timing;
+  // Filled in by complete_ratios, from the other rows of the same shape (and direction and layout).
+  std::optional<double> ratio_to_ceiling;   // GB/s over the faster copy's
+  std::optional<double> ratio_to_copy_nt;   // GB/s over the non-temporal copy's
+  std::optional<double> ratio_to_baseline;  // the naive baseline's time over this row's
+
+  double gbps() const { return static_cast<double>(bytes) / (timing.median_ms * 1e-3) / 1e9; }
+};
+
+void complete_ratios(std::vector<Row>& rows);
+
+// A line above each shape's rows: its size and how it was timed.
+struct ShapeNote {
+  std::string shape_name;
+  std::string text;
+};
+
+void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
+// The target: NCHW forward training at >= 0.5 of the non-temporal copy ceiling.
+void print_target_summary(const std::vector<Row>& rows);
+
+struct RunSettings {
+  int threads = 0;
+  bool quick = false;
+  std::string filter;
+  int reps = 0;
+  std::string max_isa;
+  std::string copy_isa;
+};
+
+void write_json(const std::string& path, const std::vector<Row>& rows, const MachineInfo& machine,
+                const RunSettings& settings);
+
+}  // namespace fusednorm::bench

@@ -1,0 +1,57 @@
+#pragma once
+// How a row is timed: warm-up, then repeated runs, median; inputs too large for the last-level cache are
+// timed cold (each run on data no recent run touched), smaller ones hot, as a network would meet them.
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "bench/buffers.h"
+
+namespace fusednorm::bench {
+
+// Whether runs find their data in the last-level cache, and how that is arranged.
+struct CacheRegime {
+  enum class Mode {
+    hot,     // one buffer set, reused: what the previous run left in the cache is there for the next
+    rotate,  // runs cycle through `buffer_sets` sets whose total exceeds twice the cache
+    flush,   // rotating would need too much memory: a flush buffer is written between runs (not timed)
+  };
+  Mode mode = Mode::hot;
+  int buffer_sets = 1;
+  std::shared_ptr<AlignedBuffer> flush_buffer;  // flush mode only
+
+  bool cold() const { return mode != Mode::hot; }
+  const char* name() const { return cold() ? "cold" : "hot"; }
+};
+
+// tensor_bytes: one (N, C, H, W) tensor; a buffer set holds the three of the backward (x, dy, dx), and the
+// forward and the copies touch two of them per run.
+CacheRegime choose_cache_regime(int64_t tensor_bytes, int64_t llc_bytes);
+// One line for the output: which regime and why.
+std::string describe(const CacheRegime& regime, int64_t tensor_bytes, int64_t llc_bytes);
+
+struct TimingPlan {
+  int warmup_runs = 2;           // at least, and at least one per buffer set
+  double warmup_seconds = 0.05;  // at least; also outlasts libgomp's spin-wait after the previous row
+  int min_reps = 5;
+  double min_seconds = 0.5;
+  int max_reps = 100000;
+};
+
+TimingPlan default_plan();
+TimingPlan quick_plan();
+TimingPlan fixed_reps_plan(int reps);
+
+struct Timing {
+  double median_ms = 0;
+  double min_ms = 0;
+  int reps = 0;
+  std::optional<double> others_cpu_share;  // of the CPUs, used by other processes during the timed runs
+};
+
+// run(set) runs the timed operation once on buffer set `set`; cores: for the share of the CPUs others used.
+Timing time_runs(const std::function<void(int set)>& run, const CacheRegime& regime, const TimingPlan& plan, int cores);
+
+}  // namespace fusednorm::bench
