@@ -287,6 +287,16 @@ void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions
   check_no_overlap("save_mean", t.save_mean, "output", y);
   check_no_overlap("save_invstd", t.save_invstd, "output", y);
   check_no_overlap("save_invstd", t.save_invstd, "save_mean", t.save_mean);
+  // In training the running statistics are written too (after the kernel): overlapping each other, one would
+  // overwrite the other's update; overlapping an input, they would change it.
+  if (options.training) {
+    check_no_overlap("running_var", t.running_var, "running_mean", t.running_mean);
+    for (auto [name, running] : {std::pair{"running_mean", &t.running_mean}, {"running_var", &t.running_var}}) {
+      for (auto [in_name, in] : {std::pair{"input", &x}, {"weight", &t.weight}, {"bias", &t.bias}}) {
+        check_no_overlap(name, *running, in_name, *in);
+      }
+    }
+  }
 
   if (options.training) {
     forward_training(t, options, g);

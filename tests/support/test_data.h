@@ -1,0 +1,176 @@
+#pragma once
+// What the test suites share besides the float64 reference: reproducible random data, poisoned outputs, the
+// one error metric every comparison uses, and the instruction-set guard. Header-only, like the reference.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "fusednorm/dispatch.h"
+#include "fusednorm/tensor.h"
+#include "support/batch_norm_reference.h"
+
+namespace fusednorm::test {
+
+// Relative error allowed for float32 storage (DESIGN.md, "Numbers that define done").
+constexpr double kFloat32Tolerance = 1e-5;
+
+// A seed from a case's name (FNV-1a): every case gets its own data, and a failing case reproduces alone.
+inline uint64_t seed_for(std::string_view name) {
+  uint64_t hash = 14695981039346656037ull;
+  for (char ch : name) hash = (hash ^ static_cast<unsigned char>(ch)) * 1099511628211ull;
+  return hash;
+}
+
+// The seed of the running test, from its full name (suite, test, parameter).
+inline uint64_t seed_for_current_test() {
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  return seed_for(std::string(info->test_suite_name()) + "." + info->name());
+}
+
+// splitmix64: fast enough to fill ResNet-sized tensors, and the same numbers with every standard library
+// (std::normal_distribution is not specified bit for bit).
+class Random {
+ public:
+  explicit Random(uint64_t seed) : state_(seed) {}
+
+  uint64_t next() {
+    uint64_t z = (state_ += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+  }
+  // Uniform in [lo, hi).
+  double uniform(double lo = 0.0, double hi = 1.0) {
+    return lo + (hi - lo) * static_cast<double>(next() >> 11) * 0x1.0p-53;
+  }
+  // Zero mean, unit variance (uniform on [-sqrt(3), sqrt(3)]).
+  double standard() { return uniform(-std::sqrt(3.0), std::sqrt(3.0)); }
+
+ private:
+  uint64_t state_;
+};
+
+// Values in [lo, hi), e.g. weights in [0.5, 2) or biases in [-1, 1).
+inline std::vector<float> random_vector(int64_t size, Random& rng, double lo, double hi) {
+  std::vector<float> v(static_cast<size_t>(size));
+  for (float& value : v) value = static_cast<float>(rng.uniform(lo, hi));
+  return v;
+}
+
+// x of (N, C, S) stored in d.layout. Each channel has its own mean (in [-2, 2)) and spread (in [0.5, 2)),
+// so a kernel that mixes channels up, or normalises with another channel's statistics, is caught.
+inline std::vector<float> random_input(const reference::Dims& d, Random& rng) {
+  std::vector<double> mean(static_cast<size_t>(d.c)), spread(static_cast<size_t>(d.c));
+  for (int64_t c = 0; c < d.c; c++) {
+    mean[static_cast<size_t>(c)] = rng.uniform(-2.0, 2.0);
+    spread[static_cast<size_t>(c)] = rng.uniform(0.5, 2.0);
+  }
+  std::vector<float> x(static_cast<size_t>(d.numel()));
+  for (int64_t n = 0; n < d.n; n++)
+    for (int64_t c = 0; c < d.c; c++)
+      for (int64_t s = 0; s < d.s; s++) {
+        x[static_cast<size_t>(d.offset(n, c, s))] =
+            static_cast<float>(mean[static_cast<size_t>(c)] + spread[static_cast<size_t>(c)] * rng.standard());
+      }
+  return x;
+}
+
+// An output buffer before the call: every element NaN, so one the kernel did not write fails the comparison.
+inline std::vector<float> poisoned(int64_t size) {
+  return std::vector<float>(static_cast<size_t>(size), std::numeric_limits<float>::quiet_NaN());
+}
+
+inline std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
+
+inline reference::Dims dims_of(const std::vector<int64_t>& shape, Layout layout) {
+  int64_t spatial = 1;
+  for (size_t d = 2; d < shape.size(); d++) spatial *= shape[d];
+  return {shape.at(0), shape.at(1), spatial, layout};
+}
+
+// The error metric of every comparison against the float64 reference, per tensor:
+//
+//   relative_error(got, ref) = max_i |got_i - ref_i| / max(max_i |ref_i|, 1e-30)
+//
+// the largest error as a fraction of the tensor's scale, so that elements near zero (y near the mean, the
+// gradient of a channel with little signal) are not judged against their own tiny magnitude. Any got_i that
+// is not finite where ref_i is finite fails outright, whatever the tolerance: that is also how an element the
+// kernel never wrote (poisoned with NaN) shows. Where ref_i is NaN (a NaN input), got_i must be NaN too.
+//
+// Per-channel statistics whose channels differ in scale by orders of magnitude (the hard-numerics inputs) use
+// the per-element form instead, |got_i - ref_i| / max(|ref_i|, 1e-30) for every i.
+enum class Scale { tensor, element };
+
+template <typename T>
+::testing::AssertionResult close(const std::string& name, const std::vector<T>& got, const std::vector<double>& ref,
+                                 double tolerance = kFloat32Tolerance, Scale scale = Scale::tensor) {
+  constexpr double kTiny = 1e-30;
+  if (got.size() != ref.size()) {
+    return ::testing::AssertionFailure() << name << ": " << got.size() << " elements, reference has " << ref.size();
+  }
+  double ref_max = 0;
+  for (double r : ref) {
+    if (std::isfinite(r)) ref_max = std::max(ref_max, std::abs(r));
+  }
+  int64_t mismatched = 0, first_mismatched = -1, worst = -1;
+  double worst_error = 0;
+  for (size_t i = 0; i < got.size(); i++) {
+    const double g = static_cast<double>(got[i]);
+    const bool special_ok = std::isnan(ref[i]) ? std::isnan(g) : g == ref[i];
+    if (std::isfinite(ref[i]) ? !std::isfinite(g) : !special_ok) {
+      if (mismatched++ == 0) first_mismatched = static_cast<int64_t>(i);
+      continue;
+    }
+    if (!std::isfinite(ref[i])) continue;
+    const double denominator = std::max(scale == Scale::tensor ? ref_max : std::abs(ref[i]), kTiny);
+    const double error = std::abs(g - ref[i]) / denominator;
+    if (error > worst_error || worst < 0) {
+      worst_error = error;
+      worst = static_cast<int64_t>(i);
+    }
+  }
+  std::ostringstream message;
+  message.precision(9);
+  if (mismatched > 0) {
+    const size_t i = static_cast<size_t>(first_mismatched);
+    message << name << ": " << mismatched << " of " << got.size()
+            << " elements are not finite where the reference is (unwritten?), or finite where it is not; first at "
+            << i << ": got " << got[i] << ", expected " << ref[i];
+    return ::testing::AssertionFailure() << message.str();
+  }
+  if (worst >= 0 && worst_error > tolerance) {
+    const size_t i = static_cast<size_t>(worst);
+    message << name << ": relative error " << worst_error << " > " << tolerance << " at element " << i << ": got "
+            << got[i] << ", expected " << ref[i];
+    if (scale == Scale::tensor) message << " (tensor scale " << ref_max << ")";
+    return ::testing::AssertionFailure() << message.str();
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Limits dispatch to one instruction set for a scope, and lifts the limit after (set_max_isa("")).
+class ScopedMaxIsa {
+ public:
+  explicit ScopedMaxIsa(const std::string& isa) { set_max_isa(isa); }
+  ~ScopedMaxIsa() { set_max_isa(""); }
+  ScopedMaxIsa(const ScopedMaxIsa&) = delete;
+  ScopedMaxIsa& operator=(const ScopedMaxIsa&) = delete;
+};
+
+// A parameter name gtest accepts: letters, digits and underscores ("resnet50.conv1" -> "resnet50_conv1").
+inline std::string identifier(std::string text) {
+  for (char& ch : text) {
+    if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+  }
+  return text;
+}
+
+}  // namespace fusednorm::test
