@@ -21,7 +21,6 @@
 #include "bench/verify.h"
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
-#include "fusednorm/threads.h"
 #include "support/shapes.h"
 
 namespace fusednorm::bench {
@@ -215,9 +214,14 @@ class Benchmark {
 };
 
 std::string describe_plan(const TimingPlan& plan) {
-  if (plan.min_reps == plan.max_reps) return fmt::format("median of {} runs after warm-up", plan.min_reps);
-  return fmt::format("median of >= {} runs and >= {:g} s per row, after >= {} warm-up runs and >= {:g} s",
-                     plan.min_reps, plan.min_seconds, plan.warmup_runs, plan.warmup_seconds);
+  std::string text = fmt::format("median of >= {} runs and >= {:g} s per row, after >= {} warm-up runs and >= {:g} s",
+                                 plan.min_reps, plan.min_seconds, plan.warmup_runs, plan.warmup_seconds);
+  if (plan.min_reps == plan.max_reps) text = fmt::format("median of {} runs after warm-up", plan.min_reps);
+  if (plan.retries_when_disturbed > 0) {
+    text += fmt::format("; timed again (up to {} times) while other processes use > {:.0f}% of the CPUs",
+                        plan.retries_when_disturbed, 100 * kDisturbedShare);
+  }
+  return text;
 }
 
 void print_header(const MachineInfo& machine, const RunSettings& settings, const TimingPlan& plan) {
@@ -226,10 +230,8 @@ void print_header(const MachineInfo& machine, const RunSettings& settings, const
   fmt::print("  machine  {}, {} cores, last-level cache {} ({}), {} GiB memory\n", machine.cpu_model, machine.cores,
              mebibytes(machine.llc_bytes), machine.llc_source, machine.memory_bytes >> 30);
   fmt::print("  date     {}\n", machine.date);
-  fmt::print(
-      "  threads  {} (HL_NUM_THREADS for the kernels: their pool has {}; OpenMP for the baseline and the "
-      "copies: {})\n",
-      settings.threads, fusednorm::num_threads(), omp_get_max_threads());
+  fmt::print("  threads  {} (HL_NUM_THREADS for the kernels, OpenMP for the baseline and the copies)\n",
+             settings.threads);
   fmt::print("  kernels  the variant dispatch picks (affine, best instruction set{}: {})\n",
              settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
              isas.empty() ? "none" : isas.front());

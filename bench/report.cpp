@@ -17,8 +17,6 @@ namespace {
 
 // The goal for the NCHW training forward, as a share of the non-temporal copy's bandwidth.
 constexpr double kTargetRatioToCopyNt = 0.5;
-// Rows during which other processes used more of the CPUs than this are marked as unreliable.
-constexpr double kUnreliableOthersShare = 0.1;
 
 // The copy ceiling of the same shape: "copy" or "copy_nt".
 const Row* ceiling_of(const std::vector<Row>& rows, const Row& row, const std::string& copy_impl) {
@@ -68,11 +66,12 @@ std::string json_row(const Row& r) {
       "{{\"op\": {}, \"direction\": {}, \"epilogue\": \"none\", \"layout\": {}, \"dtype\": \"float32\", "
       "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"ms\": {:.6g}, \"ms_min\": {:.6g}, "
       "\"reps\": {}, \"gbps\": {:.6g}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, \"ratio_to_ceiling\": {}, "
-      "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"others_cpu_share\": {}}}",
+      "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"others_cpu_share\": {}, \"attempts\": {}}}",
       json_string(r.op), json_value(r.direction), json_value(r.layout), fmt::join(r.shape, ", "),
       json_string(r.shape_name), json_string(r.impl), json_string(r.kind), r.timing.median_ms, r.timing.min_ms,
       r.timing.reps, r.gbps(), r.bytes, r.threads, json_string(r.cache), json_value(r.ratio_to_ceiling),
-      json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline), json_value(r.timing.others_cpu_share));
+      json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline), json_value(r.timing.others_cpu_share),
+      r.timing.attempts);
 }
 
 }  // namespace
@@ -100,7 +99,7 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
   std::vector<Line> lines;
   int unreliable = 0;
   for (const Row& r : rows) {
-    const bool busy = r.timing.others_cpu_share.value_or(0) > kUnreliableOthersShare;
+    const bool busy = r.timing.disturbed();
     unreliable += busy;
     lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
                      fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
@@ -134,9 +133,9 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
   fmt::print("\nothers: the share of the CPUs other processes used while the row was timed (- : too short to tell).");
   if (unreliable > 0) {
     fmt::print(
-        " {} row(s) marked ! ran beside more than {:.0f}%: their numbers are unreliable; rerun on a quiet "
-        "machine (or with --filter)",
-        unreliable, 100 * kUnreliableOthersShare);
+        " {} row(s) marked ! ran beside more than {:.0f}% even when timed again: their numbers are unreliable; "
+        "rerun on a quiet machine (or with --filter)",
+        unreliable, 100 * kDisturbedShare);
   }
   fmt::print("\n");
 }

@@ -38,7 +38,12 @@ struct TimingPlan {
   int min_reps = 5;
   double min_seconds = 0.5;
   int max_reps = 100000;
+  // A row timed while other processes used more than kDisturbedShare of the CPUs is timed again, up to this
+  // many more times, keeping the least disturbed attempt: the machine may be shared with a compiler.
+  int retries_when_disturbed = 2;
 };
+
+constexpr double kDisturbedShare = 0.1;
 
 TimingPlan default_plan();
 TimingPlan quick_plan();
@@ -49,9 +54,13 @@ struct Timing {
   double min_ms = 0;
   int reps = 0;
   std::optional<double> others_cpu_share;  // of the CPUs, used by other processes during the timed runs
+  int attempts = 1;
+
+  bool disturbed() const { return others_cpu_share.value_or(0) > kDisturbedShare; }
 };
 
-// run(set) runs the timed operation once on buffer set `set`; cores: for the share of the CPUs others used.
+// run(set) runs the timed operation once on buffer set `set`. Warm-up, then runs until the plan is met;
+// again while disturbed (see TimingPlan). cores: for the share of the CPUs other processes used.
 Timing time_runs(const std::function<void(int set)>& run, const CacheRegime& regime, const TimingPlan& plan, int cores);
 
 }  // namespace fusednorm::bench
