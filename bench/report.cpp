@@ -149,9 +149,12 @@ void print_target_summary(const std::vector<Row>& rows) {
     any = true;
     const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
     const double ratio = r.ratio_to_copy_nt.value_or(NAN);
+    const bool reliable = copy_nt && !copy_nt->timing.disturbed() && !r.timing.disturbed();
+    const char* verdict = !reliable                       ? "unreliable (marked ! above)"
+                          : ratio >= kTargetRatioToCopyNt ? "meets the target"
+                                                          : "below the target";
     fmt::print("  {:<16} {:<20} {:<22} {:6.1f} GB/s of {:6.1f} GB/s: {:.2f}  {}\n", r.shape_name, shape_string(r.shape),
-               r.impl, r.gbps(), copy_nt ? copy_nt->gbps() : NAN, ratio,
-               ratio >= kTargetRatioToCopyNt ? "meets the target" : "below the target");
+               r.impl, r.gbps(), copy_nt ? copy_nt->gbps() : NAN, ratio, verdict);
   }
   if (!any) fmt::print("  (no such row in this run)\n");
 }
