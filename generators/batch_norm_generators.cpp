@@ -186,7 +186,7 @@ class BatchNormBackward : public BatchNormGenerator<BatchNormBackward> {
       return;
     }
     CpuScheduleContext cx = cpu_context(x);
-    std::vector<Func> per_channel = {alg.grads};
+    std::vector<Func> per_channel = {alg.centre, alg.grads};
     if (spec().layout == Layout::nchw) {
       schedule_nchw_channel_blocked(dx, outputs, alg.sums, per_channel, cx);
     } else {

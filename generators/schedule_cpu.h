@@ -12,8 +12,6 @@ namespace fusednorm {
 // same block one after the other, so it must stay in the core's L2 (2 MiB per core on the machines we
 // measured; half of it leaves room for the output lines being written).
 constexpr int kChannelBlockBytes = 1 << 20;
-// Rows (of all channels) per task in the NHWC statistics pass.
-constexpr int kNhwcRowsPerTask = 64;
 
 struct CpuScheduleContext {
   const Axes& axes;
@@ -21,15 +19,19 @@ struct CpuScheduleContext {
   int vector_width;
 };
 
-// Per-row partial sums vectorised over s by an rfactor into vector lanes: row(c, n) is then a horizontal
-// add of `vector_width` float32 partials, each over S / vector_width elements.
-inline void schedule_row_sums_over_contiguous_s(ChannelSums& sums, const CpuScheduleContext& cx) {
+// Chunk and tail sums along contiguous s, vectorised by an rfactor into vector lanes: each is then a
+// horizontal add of `vector_width` float32 partials.
+inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func consumer, Halide::Var at,
+                                            const CpuScheduleContext& cx) {
   using namespace Halide;
-  RVar rso("rso"), rsi("rsi");
-  Var lane("lane");
-  Func lanes = sums.row.update().split(sums.over_s.x, rso, rsi, cx.vector_width).rfactor(rsi, lane);
-  lanes.compute_at(sums.row, cx.axes.c).vectorize(lane);
-  lanes.update().vectorize(lane);
+  for (auto [f, r] : {std::pair{sums.chunk, sums.over_chunk}, std::pair{sums.tail, sums.over_tail}}) {
+    RVar rso("rso"), rsi("rsi");
+    Var lane("lane");
+    f.compute_at(consumer, at);
+    Func lanes = f.update().split(r.x, rso, rsi, cx.vector_width).rfactor(rsi, lane);
+    lanes.compute_at(f, cx.axes.c).vectorize(lane);
+    lanes.update().vectorize(lane);
+  }
 }
 
 // NCHW with the statistics over (s, n) of each channel: a parallel loop over blocks of channels; in each,
@@ -54,31 +56,28 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, const std::v
   }
   for (Func f : per_channel_funcs) f.compute_at(elementwise, co);
   sums.total.compute_at(elementwise, co);
-  sums.row.compute_at(elementwise, co);
-  schedule_row_sums_over_contiguous_s(sums, cx);
+  schedule_sums_over_contiguous_s(sums, elementwise, co, cx);
 }
 
 // NHWC: channels are innermost, so a block of channels is strided across all of x and cannot stay in cache.
-// Two passes: per-task partial sums over blocks of rows (vectorised over c), merged per channel, then the
-// elementwise pass, parallel over rows and vectorised over c.
+// Two passes: chunk and tail sums, parallel over samples and vectorised over c, merged per
+// channel, then the elementwise pass, parallel over rows and vectorised over c.
 inline void schedule_nhwc_two_pass(Halide::Func elementwise, const std::vector<Halide::Func>& per_channel_outputs,
                                    ChannelSums& sums, const std::vector<Halide::Func>& per_channel_funcs,
                                    const CpuScheduleContext& cx) {
   using namespace Halide;
   const Axes& a = cx.axes;
-  RVar rso("rso"), rsi("rsi");
-  Var block("block");
-  Func partial = sums.row.update().split(sums.over_s.x, rso, rsi, kNhwcRowsPerTask).rfactor(rso, block);
-  partial.compute_root().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf).fuse(block, a.n, block).parallel(block);
-  partial.update()
-      .reorder(a.c, rsi, block, a.n)
-      .vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf)
-      .fuse(block, a.n, block)
-      .parallel(block);
-  sums.row.compute_root().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
-  sums.row.update().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
-  sums.total.compute_root().vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
-  sums.total.update().reorder(a.c, sums.over_n.x).vectorize(a.c, cx.vector_width, TailStrategy::GuardWithIf);
+  const int vec = cx.vector_width;
+  // Parallel over samples, not over (chunk, sample) fused: a fused loop is given at least one iteration, and
+  // with S < kSumChunk there are no full chunks, so that iteration would read past x.
+  Var k = sums.chunk.args()[1];
+  sums.chunk.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
+  sums.chunk.update().reorder(a.c, sums.over_chunk.x, k, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf)
+      .parallel(a.n);
+  sums.tail.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
+  sums.tail.update().reorder(a.c, sums.over_tail.x, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
+  sums.total.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf);
+  for (int stage = 0; stage < 2; stage++) sums.total.update(stage).vectorize(a.c, vec, TailStrategy::GuardWithIf);
   for (Func f : per_channel_funcs) f.compute_root();
   for (Func f : per_channel_outputs) f.compute_root();
 
