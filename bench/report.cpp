@@ -36,7 +36,10 @@ const Row* baseline_of(const std::vector<Row>& rows, const Row& row) {
   return nullptr;
 }
 
-std::string ratio_text(const std::optional<double>& ratio) { return ratio ? fmt::format("{:.2f}", *ratio) : "-"; }
+// "! 0.42" when the row the ratio divides by was disturbed.
+std::string ratio_text(const std::optional<double>& ratio, bool disturbed) {
+  return ratio ? fmt::format("{}{:.2f}", disturbed ? "! " : "", *ratio) : "-";
+}
 
 std::string percent_text(const std::optional<double>& share, bool marked) {
   return share ? fmt::format("{}{:.0f}%", marked ? "! " : "", 100 * *share) : "-";
@@ -80,11 +83,15 @@ void complete_ratios(std::vector<Row>& rows) {
   for (Row& r : rows) {
     const Row* copy = ceiling_of(rows, r, "copy");
     const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
-    if (copy && copy_nt) r.ratio_to_ceiling = r.gbps() / std::max(copy->gbps(), copy_nt->gbps());
+    if (copy && copy_nt) {
+      r.ratio_to_ceiling = r.gbps() / std::max(copy->gbps(), copy_nt->gbps());
+      r.ceiling_disturbed = copy->timing.disturbed() || copy_nt->timing.disturbed();
+    }
     if (copy_nt) r.ratio_to_copy_nt = r.gbps() / copy_nt->gbps();
     if (r.kind == "ceiling") continue;
     if (const Row* baseline = baseline_of(rows, r)) {
       r.ratio_to_baseline = baseline->timing.median_ms / r.timing.median_ms;
+      r.baseline_disturbed = baseline->timing.disturbed();
     }
   }
 }
@@ -103,7 +110,8 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
     unreliable += busy;
     lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
                      fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
-                     ratio_text(r.ratio_to_ceiling), ratio_text(r.ratio_to_baseline),
+                     ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed),
+                     ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
                      percent_text(r.timing.others_cpu_share, busy)});
   }
   std::array<size_t, kColumns> width{};
@@ -130,7 +138,9 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
     }
     print_line(lines[i]);
   }
-  fmt::print("\nothers: the share of the CPUs other processes used while the row was timed (- : too short to tell).");
+  fmt::print(
+      "\nothers: the share of the CPUs other processes used while the row was timed (- : too short to tell); a ratio "
+      "marked ! divides by such a row.");
   if (unreliable > 0) {
     fmt::print(
         " {} row(s) marked ! ran beside more than {:.0f}% even when timed again: their numbers are unreliable; "

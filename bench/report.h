@@ -26,6 +26,8 @@ struct Row {
   std::optional<double> ratio_to_ceiling;   // GB/s over the faster copy's
   std::optional<double> ratio_to_copy_nt;   // GB/s over the non-temporal copy's
   std::optional<double> ratio_to_baseline;  // the naive baseline's time over this row's
+  bool ceiling_disturbed = false;           // the copies these ratios use were themselves disturbed
+  bool baseline_disturbed = false;
 
   double gbps() const { return static_cast<double>(bytes) / (timing.median_ms * 1e-3) / 1e9; }
 };
