@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
+#include <optional>
 #include <string>
 
 #include "fusednorm/dispatch.h"
@@ -77,7 +78,9 @@ bool allowed(Isa isa) {
   return limit < 0 || static_cast<int>(isa) >= limit;
 }
 
-bool verbose() {
+std::atomic<int> verbose_override{-1};  // -1: follow FUSEDNORM_VERBOSE
+
+bool verbose_from_environment() {
   static const bool on = [] {
     const char* value = std::getenv("FUSEDNORM_VERBOSE");
     return value && *value && std::string(value) != "0";
@@ -85,38 +88,60 @@ bool verbose() {
   return on;
 }
 
-}  // namespace
+// Why `v` was not run for `request`, or "" when it was a fit. `chosen` is the first fit, once found.
+std::string reason_passed_over(const KernelVariant& v, const VariantRequest& request, const KernelVariant* chosen) {
+  if (v.layout != request.layout) {
+    return fmt::format("layout {}, the tensors are {}", to_string(v.layout), to_string(request.layout));
+  }
+  if (v.affine != request.affine) {
+    return v.affine ? "affine, the call has no weight or bias" : "not affine, the call has a weight or bias";
+  }
+  if (!cpu_supports(v.isa)) return fmt::format("{} is not supported by this CPU", to_string(v.isa));
+  if (!allowed(v.isa)) return fmt::format("{} is above the max_isa limit {}", to_string(v.isa), max_isa());
+  if (chosen) return fmt::format("{} chosen first (better instruction set)", chosen->name);
+  return "";
+}
 
-const KernelVariant& select_variant(const VariantRequest& request) {
+// The last request on this thread, for last_dispatch_report().
+thread_local std::optional<VariantRequest> last_request;
+
+// The candidates of one request in table order: the one that runs, and each passed over with the reason.
+std::string explain(const VariantRequest& request) {
   const KernelVariant* chosen = nullptr;
   std::string passed_over;
   for (const KernelVariant& v : kBuiltVariants) {
-    std::string why;
     if (v.direction != request.direction) continue;  // another operation entirely: not a candidate
-    if (v.layout != request.layout) {
-      why = fmt::format("layout {}, the tensors are {}", to_string(v.layout), to_string(request.layout));
-    } else if (v.affine != request.affine) {
-      why = v.affine ? "affine, the call has no weight or bias" : "not affine, the call has a weight or bias";
-    } else if (!cpu_supports(v.isa)) {
-      why = fmt::format("{} is not supported by this CPU", to_string(v.isa));
-    } else if (!allowed(v.isa)) {
-      why = fmt::format("{} is above the max_isa limit {}", to_string(v.isa), max_isa());
-    } else if (chosen) {
-      why = fmt::format("{} chosen first (better instruction set)", chosen->name);
-    } else {
+    std::string why = reason_passed_over(v, request, chosen);
+    if (why.empty()) {
       chosen = &v;
-      continue;
+    } else {
+      passed_over += fmt::format("\n  passed over {}: {}", v.name, why);
     }
-    if (verbose()) passed_over += fmt::format("\n  passed over {}: {}", v.name, why);
   }
+  if (!chosen) {
+    return fmt::format("fusednorm: {} {}: no variant fits{}", request.function, to_string(request.direction),
+                       passed_over);
+  }
+  return fmt::format("fusednorm: {} {}: ran {} (schedule {}){}", request.function, to_string(request.direction),
+                     chosen->name, chosen->schedule, passed_over);
+}
+
+}  // namespace
+
+const KernelVariant& select_variant(const VariantRequest& request) {
+  last_request = request;
+  const KernelVariant* chosen = nullptr;
+  for (const KernelVariant& v : kBuiltVariants) {
+    if (v.direction == request.direction && reason_passed_over(v, request, nullptr).empty()) {
+      chosen = &v;
+      break;
+    }
+  }
+  if (fusednorm::verbose()) std::fprintf(stderr, "%s\n", explain(request).c_str());
   if (!chosen) {
     throw Error(fmt::format("{}: no {} kernel for layout {}{} runs on this CPU (max_isa '{}')", request.function,
                             to_string(request.direction), to_string(request.layout),
                             request.affine ? ", affine" : "", max_isa()));
-  }
-  if (verbose()) {
-    std::fprintf(stderr, "fusednorm: %s %s: ran %s (schedule %s)%s\n", request.function, to_string(request.direction),
-                 chosen->name, chosen->schedule, passed_over.c_str());
   }
   return *chosen;
 }
@@ -135,6 +160,17 @@ std::vector<VariantInfo> variants() {
 void set_max_isa(const std::string& isa) {
   detail::read_environment();
   detail::max_isa_index = isa.empty() ? -1 : static_cast<int>(detail::parse_isa(isa, "set_max_isa"));
+}
+
+void set_verbose(bool on) { detail::verbose_override = on ? 1 : 0; }
+
+bool verbose() {
+  int forced = detail::verbose_override.load();
+  return forced < 0 ? detail::verbose_from_environment() : forced == 1;
+}
+
+std::string last_dispatch_report() {
+  return detail::last_request ? detail::explain(*detail::last_request) : std::string();
 }
 
 std::string max_isa() {

@@ -1,5 +1,5 @@
-// Dispatch: which variant a call runs, from dispatch's own report (FUSEDNORM_VERBOSE=1 prints "ran <name>" on
-// stderr; main() below turns it on before the first call). batch_norm_test.cpp exercises every variant by
+// Dispatch: which variant a call runs, from dispatch's own report (last_dispatch_report(); the same text that
+// FUSEDNORM_VERBOSE=1 or set_verbose(true) prints on stderr). batch_norm_test.cpp exercises every variant by
 // construction (instruction set x layout x affine x direction); this checks that construction holds: with
 // max_isa set to an instruction set, each call runs the variant of exactly that set, layout, affine and
 // direction, and together the calls run every variant that variants() says runs here. A variant the
@@ -23,15 +23,14 @@ namespace {
 
 const std::vector<std::string> kKnownIsas = {"avx512", "avx2", "sse41"};
 
-// The variant a call ran, from dispatch's report on stderr.
+// The variant a call ran, from dispatch's report of it.
 template <typename Call>
 std::string variant_run_by(const Call& call) {
-  ::testing::internal::CaptureStderr();
   call();
-  const std::string report = ::testing::internal::GetCapturedStderr();
+  const std::string report = last_dispatch_report();
   std::smatch match;
   if (!std::regex_search(report, match, std::regex(R"(ran (\S+))"))) {
-    ADD_FAILURE() << "dispatch reported no variant (is FUSEDNORM_VERBOSE set?); stderr: " << report;
+    ADD_FAILURE() << "dispatch reported no variant; report: " << report;
     return "";
   }
   return match[1];
@@ -152,12 +151,50 @@ TEST(DispatchTest, EveryVariantThatRunsHereIsChosen) {
   }
 }
 
+// The report names the variant that ran and every other candidate of the same direction with its reason;
+// verbose mode prints exactly that report on stderr, and nothing when off.
+TEST(DispatchTest, VerboseReportExplainsEveryCandidate) {
+  const std::vector<std::string> isas = supported_isas();
+  test::ScopedMaxIsa limit(isas.back());  // the lowest: every better one is passed over for max_isa
+  set_verbose(true);
+  ::testing::internal::CaptureStderr();
+  const std::string ran = run_one("forward_training", Layout::nhwc, true);
+  const std::string printed = ::testing::internal::GetCapturedStderr();
+  set_verbose(false);
+  const std::string report = last_dispatch_report();
+  EXPECT_EQ(printed, report + "\n");
+  EXPECT_EQ(ran, "batch_norm_forward_training_nhwc_affine_" + isas.back());
+  EXPECT_NE(report.find("passed over batch_norm_forward_training_nchw_affine_" + isas.back() +
+                        ": layout nchw, the tensors are nhwc"),
+            std::string::npos)
+      << report;
+  EXPECT_NE(report.find("passed over batch_norm_forward_training_nhwc_plain_" + isas.back() +
+                        ": not affine, the call has a weight or bias"),
+            std::string::npos)
+      << report;
+  if (isas.size() > 1) {
+    EXPECT_NE(report.find("passed over batch_norm_forward_training_nhwc_affine_" + isas.front() + ": " +
+                          isas.front() + " is above the max_isa limit " + isas.back()),
+              std::string::npos)
+        << report;
+  }
+  for (const VariantInfo& v : variants()) {
+    if (v.direction == "forward_training" && v.name != ran) {
+      EXPECT_NE(report.find("passed over " + v.name + ": "), std::string::npos) << v.name << " missing from\n" << report;
+    }
+    if (v.direction != "forward_training") EXPECT_EQ(report.find(v.name), std::string::npos) << v.name;
+  }
+  ::testing::internal::CaptureStderr();
+  run_one("forward_training", Layout::nhwc, true);
+  EXPECT_EQ(::testing::internal::GetCapturedStderr(), "") << "set_verbose(false) still printed";
+}
+
 }  // namespace
 }  // namespace fusednorm
 
 int main(int argc, char** argv) {
-  // Dispatch reads FUSEDNORM_VERBOSE once, at its first call: set it before any.
-  setenv("FUSEDNORM_VERBOSE", "1", 1);
+  // Reports come from last_dispatch_report(), not stderr: keep the environment from printing them.
+  fusednorm::set_verbose(false);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();
 }

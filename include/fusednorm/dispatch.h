@@ -24,6 +24,15 @@ std::vector<VariantInfo> variants();
 void set_max_isa(const std::string& isa);
 std::string max_isa();
 
+// Dispatch reports in the manner of oneDNN's verbose mode: the variant that ran and, for each candidate passed
+// over, why ("layout nchw, the tensors are nhwc", "avx512 is not supported by this CPU", ...).
+// set_verbose(true) prints one on stderr at every call, as FUSEDNORM_VERBOSE=1 does; set_verbose(false) stops
+// it whatever the environment says.
+void set_verbose(bool on);
+bool verbose();
+// The report of the last call on this thread ("" before the first), whether or not verbose is on.
+std::string last_dispatch_report();
+
 // The instruction sets whose kernels can run on this CPU, best first (max_isa not applied).
 std::vector<std::string> supported_isas();
 
