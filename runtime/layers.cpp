@@ -87,6 +87,8 @@ void BatchNorm::forward(const TensorView& x, const TensorView& y) {
   // Only after success: what backward needs.
   if (batch_statistics) {
     saved_input_ = x;
+    // batch_norm_forward accepts no overlap of y and x but the same view: y.data() == x.data() is in place.
+    saved_input_overwritten_ = y.data() == x.data();
     save_mean_ = std::move(mean);
     save_invstd_ = std::move(invstd);
   } else {
@@ -98,6 +100,11 @@ void BatchNorm::backward(const TensorView& dy, const TensorView& dx) {
   if (!saved_input_) {
     throw Error(fmt::format("{}: backward has no forward to differentiate, expected a forward with batch statistics "
                             "(training mode, or track_running_stats=false) since the last backward",
+                            name_));
+  }
+  if (saved_input_overwritten_) {
+    throw Error(fmt::format("{}: backward of a forward that ran in place (output was input): the input it needs "
+                            "was overwritten, expected a forward with an output apart from its input",
                             name_));
   }
   check_input(dy, "grad_output");

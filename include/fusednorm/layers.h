@@ -36,7 +36,8 @@ class BatchNorm {
   bool is_training() const { return training_; }
 
   // y may be x itself (in place) for the forward. In training, keep x alive and unchanged until backward:
-  // the layer keeps a view of it (and of nothing else), as autograd keeps the input.
+  // the layer keeps a view of it (and of nothing else), as autograd keeps the input. A forward in place
+  // overwrites that input, so its backward throws (as PyTorch's autograd refuses a tensor modified in place).
   void forward(const TensorView& x, const TensorView& y);
   // Writes dx and accumulates the parameter gradients (grad_weight += ..., grad_bias += ...). Needs a forward
   // with batch statistics before it; each forward can be differentiated once.
@@ -77,6 +78,7 @@ class BatchNorm {
   int64_t num_batches_tracked_ = 0;
   // What the last batch-statistics forward saved for backward.
   std::optional<TensorView> saved_input_;
+  bool saved_input_overwritten_ = false;  // that forward wrote y over x
   std::vector<float> save_mean_, save_invstd_;
 };
 
