@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "fusednorm/error.h"
 
@@ -28,7 +29,9 @@ BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::s
   if (num_features < 1) {
     throw Error(fmt::format("{}: num_features is {}, expected >= 1", name_, num_features));
   }
-  if (!(options.eps >= 0.0)) throw Error(fmt::format("{}: eps is {}, expected a finite number >= 0", name_, options.eps));
+  if (!(options.eps >= 0.0) || !std::isfinite(options.eps)) {
+    throw Error(fmt::format("{}: eps is {}, expected a finite number >= 0", name_, options.eps));
+  }
   const size_t c = static_cast<size_t>(num_features);
   if (options.affine) {
     weight_.assign(c, 1.0f);
@@ -164,6 +167,12 @@ void BatchNorm::load_from(const StateDict& state, const std::string& prefix) {
       throw Error(fmt::format("{}: load_from: '{}{}' is {} {}, expected {} {}", name_, prefix, key,
                               t.dtype == StateTensor::DType::int64 ? "int64" : "float32", shape_string(t.shape),
                               scalar ? "int64" : "float32", shape_string(want_shape)));
+    }
+    // A StateTensor built by hand may not hold the values its shape says; load_state_dict's always do.
+    const size_t values = scalar ? t.i64.size() : t.f32.size();
+    if (static_cast<int64_t>(values) != t.numel()) {
+      throw Error(fmt::format("{}: load_from: '{}{}' has {} values, expected {} (shape {})", name_, prefix, key, values,
+                              t.numel(), shape_string(t.shape)));
     }
   }
   const std::string layer_keys[] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
