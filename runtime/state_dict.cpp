@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <optional>
 #include <variant>
 
 #include "fusednorm/error.h"
@@ -41,23 +42,49 @@ static_assert(sizeof(float) == 4 && sizeof(int64_t) == 8, "safetensors F32 / I64
 
 // The subset of JSON a safetensors header uses: objects, arrays, strings, integers.
 struct Json {
-  std::variant<std::monostate, std::string, int64_t, std::vector<Json>, std::vector<std::pair<std::string, Json>>> value;
+  using Object = std::vector<std::pair<std::string, Json>>;
+  std::variant<std::monostate, std::string, int64_t, std::vector<Json>, Object> value;
 };
 
+// Appends code point `c` in UTF-8.
+void append_utf8(std::string& out, uint32_t c) {
+  if (c < 0x80) {
+    out += static_cast<char>(c);
+  } else if (c < 0x800) {
+    out += static_cast<char>(0xc0 | (c >> 6));
+    out += static_cast<char>(0x80 | (c & 0x3f));
+  } else if (c < 0x10000) {
+    out += static_cast<char>(0xe0 | (c >> 12));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (c & 0x3f));
+  } else {
+    out += static_cast<char>(0xf0 | (c >> 18));
+    out += static_cast<char>(0x80 | ((c >> 12) & 0x3f));
+    out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
+    out += static_cast<char>(0x80 | (c & 0x3f));
+  }
+}
+
+// A header comes from a file, so anything malformed, including JSON of the wrong type where the format has an
+// object, a string or an integer, must end as fusednorm::Error naming the path, never as another exception or
+// a crash (deep nesting would exhaust the stack).
 class JsonParser {
  public:
   JsonParser(const std::string& text, const std::string& path) : text_(text), path_(path) {}
 
   Json parse_document() {
-    Json j = parse();
+    Json j = parse(0);
     skip_space();
     if (pos_ != text_.size()) fail("trailing characters after the header object");
     return j;
   }
 
  private:
+  // A safetensors header nests three levels (header, entry, shape); this leaves room for __metadata__.
+  static constexpr int kMaxDepth = 64;
+
   [[noreturn]] void fail(const std::string& what) const {
-    throw Error(fmt::format("load_state_dict: {}: malformed safetensors header at byte {}: {}", path_, pos_, what));
+    throw Error(fmt::format("load_state_dict: '{}': malformed safetensors header at byte {}: {}", path_, pos_, what));
   }
   void skip_space() {
     while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) pos_++;
@@ -71,28 +98,80 @@ class JsonParser {
     if (peek() != c) fail(fmt::format("expected '{}'", c));
     pos_++;
   }
+  uint32_t parse_hex4() {
+    if (text_.size() - pos_ < 4) fail("unterminated \\u escape");
+    uint32_t value = 0;
+    for (int i = 0; i < 4; i++) {
+      const char h = text_[pos_++];
+      const int digit = std::isdigit(static_cast<unsigned char>(h)) ? h - '0'
+                        : h >= 'a' && h <= 'f'                      ? h - 'a' + 10
+                        : h >= 'A' && h <= 'F'                      ? h - 'A' + 10
+                                                                    : -1;
+      if (digit < 0) fail("expected 4 hexadecimal digits after \\u");
+      value = value * 16 + static_cast<uint32_t>(digit);
+    }
+    return value;
+  }
   std::string parse_string() {
     expect('"');
     std::string s;
     while (pos_ < text_.size() && text_[pos_] != '"') {
-      if (text_[pos_] == '\\') {
-        if (++pos_ >= text_.size()) break;
-        char e = text_[pos_];
-        s += e == 'n' ? '\n' : e == 't' ? '\t' : e;  // names in state dicts need no \u escapes
-      } else {
-        s += text_[pos_];
+      const char ch = text_[pos_++];
+      if (ch != '\\') {
+        s += ch;
+        continue;
       }
-      pos_++;
+      if (pos_ >= text_.size()) break;
+      const char e = text_[pos_++];
+      switch (e) {
+        case '"':
+        case '\\':
+        case '/': s += e; break;
+        case 'b': s += '\b'; break;
+        case 'f': s += '\f'; break;
+        case 'n': s += '\n'; break;
+        case 'r': s += '\r'; break;
+        case 't': s += '\t'; break;
+        case 'u': {
+          uint32_t c = parse_hex4();
+          // A code point above U+FFFF comes as a surrogate pair.
+          if (c >= 0xd800 && c < 0xdc00 && text_.compare(pos_, 2, "\\u") == 0) {
+            pos_ += 2;
+            const uint32_t low = parse_hex4();
+            if (low < 0xdc00 || low >= 0xe000) fail("expected a low surrogate after a high one");
+            c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00);
+          }
+          append_utf8(s, c);
+          break;
+        }
+        default: pos_--; fail(fmt::format("unknown escape '\\{}'", e));
+      }
     }
     if (pos_ >= text_.size()) fail("unterminated string");
     pos_++;
     return s;
   }
-  Json parse() {
+  // JSON integers (the format's offsets and extents); a fraction or an exponent is not one.
+  int64_t parse_integer() {
+    const bool negative = text_[pos_] == '-';
+    if (negative) pos_++;
+    if (pos_ >= text_.size() || !std::isdigit(static_cast<unsigned char>(text_[pos_]))) fail("expected a digit");
+    uint64_t magnitude = 0;
+    const uint64_t limit = negative ? uint64_t{1} << 63 : (uint64_t{1} << 63) - 1;
+    while (pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]))) {
+      const uint64_t digit = static_cast<uint64_t>(text_[pos_] - '0');
+      if (magnitude > (limit - digit) / 10) fail("integer out of range (more than 64 bits)");
+      magnitude = magnitude * 10 + digit;
+      pos_++;
+    }
+    return negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
+  }
+  Json parse(int depth) {
+    if (depth > kMaxDepth) fail(fmt::format("nested deeper than {} levels", kMaxDepth));
     char c = peek();
     if (c == '{') {
       pos_++;
-      std::vector<std::pair<std::string, Json>> members;
+      Json::Object members;
       if (peek() == '}') {
         pos_++;
         return {members};
@@ -100,7 +179,7 @@ class JsonParser {
       while (true) {
         std::string key = parse_string();
         expect(':');
-        members.emplace_back(std::move(key), parse());
+        members.emplace_back(std::move(key), parse(depth + 1));
         if (peek() == ',') {
           pos_++;
           continue;
@@ -117,7 +196,7 @@ class JsonParser {
         return {items};
       }
       while (true) {
-        items.push_back(parse());
+        items.push_back(parse(depth + 1));
         if (peek() == ',') {
           pos_++;
           continue;
@@ -127,12 +206,7 @@ class JsonParser {
       }
     }
     if (c == '"') return {parse_string()};
-    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) {
-      size_t used = 0;
-      int64_t v = std::stoll(text_.substr(pos_, 24), &used);
-      pos_ += used;
-      return {v};
-    }
+    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) return {parse_integer()};
     fail(fmt::format("unexpected character '{}'", c));
   }
 
@@ -141,11 +215,40 @@ class JsonParser {
   size_t pos_ = 0;
 };
 
-const Json* member(const Json& object, const std::string& key) {
-  for (const auto& [k, v] : std::get<std::vector<std::pair<std::string, Json>>>(object.value)) {
+const Json* member(const Json::Object& object, const std::string& key) {
+  for (const auto& [k, v] : object) {
     if (k == key) return &v;
   }
   return nullptr;
+}
+
+// The integers of a JSON array, or nullopt when it is not an array of integers.
+std::optional<std::vector<int64_t>> integers(const Json& j) {
+  const auto* items = std::get_if<std::vector<Json>>(&j.value);
+  if (!items) return std::nullopt;
+  std::vector<int64_t> result;
+  for (const Json& item : *items) {
+    const auto* value = std::get_if<int64_t>(&item.value);
+    if (!value) return std::nullopt;
+    result.push_back(*value);
+  }
+  return result;
+}
+
+// A JSON string as the format writes names: quotes, backslashes and control characters escaped.
+std::string json_string(const std::string& text) {
+  std::string out = "\"";
+  for (char ch : text) {
+    if (ch == '"' || ch == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (static_cast<unsigned char>(ch) < 0x20) {
+      out += fmt::format("\\u{:04x}", static_cast<unsigned>(ch));
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
 }
 
 }  // namespace
@@ -161,7 +264,7 @@ void save_state_dict(const StateDict& state, const std::string& path) {
                               f32 ? t.f32.size() : t.i64.size(), t.numel(), fmt::join(t.shape, ", ")));
     }
     if (header.size() > 1) header += ",";
-    header += fmt::format("\"{}\":{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", name,
+    header += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", json_string(name),
                           f32 ? "F32" : "I64", fmt::join(t.shape, ","), data.size(), data.size() + bytes);
     const char* p = f32 ? reinterpret_cast<const char*>(t.f32.data()) : reinterpret_cast<const char*>(t.i64.data());
     data.append(p, bytes);  // x86-64 and arm-64 are little-endian, as the format is
@@ -190,40 +293,60 @@ StateDict load_state_dict(const std::string& path) {
   const std::string header = file.substr(8, length);
   const size_t data_begin = 8 + length;
   Json root = JsonParser(header, path).parse_document();
-  if (!std::holds_alternative<std::vector<std::pair<std::string, Json>>>(root.value)) {
-    throw Error(fmt::format("load_state_dict: '{}': the header is not a JSON object", path));
-  }
+  const auto* entries = std::get_if<Json::Object>(&root.value);
+  if (!entries) throw Error(fmt::format("load_state_dict: '{}': the header is not a JSON object", path));
   StateDict state;
-  for (const auto& [name, entry] : std::get<std::vector<std::pair<std::string, Json>>>(root.value)) {
+  for (const auto& [name, entry] : *entries) {
     if (name == "__metadata__") continue;
     auto bad = [&](const std::string& what) {
       return Error(fmt::format("load_state_dict: '{}': tensor '{}' {}", path, name, what));
     };
-    if (!std::holds_alternative<std::vector<std::pair<std::string, Json>>>(entry.value)) throw bad("is not an object");
-    const Json* dtype = member(entry, "dtype");
-    const Json* shape = member(entry, "shape");
-    const Json* offsets = member(entry, "data_offsets");
+    const auto* fields = std::get_if<Json::Object>(&entry.value);
+    if (!fields) throw bad("is not an object");
+    if (state.count(name)) throw bad("appears twice in the header");
+    const Json* dtype = member(*fields, "dtype");
+    const Json* shape = member(*fields, "shape");
+    const Json* offsets = member(*fields, "data_offsets");
     if (!dtype || !shape || !offsets) throw bad("lacks dtype, shape or data_offsets");
     StateTensor t;
-    const std::string& dtype_name = std::get<std::string>(dtype->value);
-    if (dtype_name == "F32") t.dtype = StateTensor::DType::float32;
-    else if (dtype_name == "I64") t.dtype = StateTensor::DType::int64;
-    else throw bad(fmt::format("has dtype '{}', expected F32 or I64", dtype_name));
-    for (const Json& extent : std::get<std::vector<Json>>(shape->value)) t.shape.push_back(std::get<int64_t>(extent.value));
-    const auto& range = std::get<std::vector<Json>>(offsets->value);
-    if (range.size() != 2) throw bad("has data_offsets without two entries");
-    const int64_t begin = std::get<int64_t>(range[0].value), end = std::get<int64_t>(range[1].value);
+    const auto* dtype_name = std::get_if<std::string>(&dtype->value);
+    if (!dtype_name) throw bad("has a dtype that is not a string");
+    if (*dtype_name == "F32") {
+      t.dtype = StateTensor::DType::float32;
+    } else if (*dtype_name == "I64") {
+      t.dtype = StateTensor::DType::int64;
+    } else {
+      throw bad(fmt::format("has dtype '{}', expected F32 or I64", *dtype_name));
+    }
+    std::optional<std::vector<int64_t>> extents = integers(*shape);
+    if (!extents) throw bad("has a shape that is not an array of integers");
+    t.shape = std::move(*extents);
+    // The element count must fit the file: anything near 2^56 elements is malformed. Checking each product
+    // against that keeps it, and its size in bytes, from overflowing.
+    int64_t numel = 1;
+    for (int64_t extent : t.shape) {
+      if (extent < 0) throw bad(fmt::format("has shape [{}], expected extents >= 0", fmt::join(t.shape, ", ")));
+      if (extent != 0 && numel > (int64_t{1} << 56) / extent) {
+        throw bad(fmt::format("has shape [{}]: too many elements", fmt::join(t.shape, ", ")));
+      }
+      numel *= extent;
+    }
+    std::optional<std::vector<int64_t>> range = integers(*offsets);
+    if (!range) throw bad("has data_offsets that are not two integers");
+    if (range->size() != 2) throw bad("has data_offsets without two entries");
+    const int64_t begin = (*range)[0], end = (*range)[1];
     const int64_t element = t.dtype == StateTensor::DType::float32 ? 4 : 8;
-    if (begin < 0 || end < begin || static_cast<uint64_t>(end) > file.size() - data_begin || end - begin != t.numel() * element) {
+    if (begin < 0 || end < begin || static_cast<uint64_t>(end) > file.size() - data_begin ||
+        end - begin != numel * element) {
       throw bad(fmt::format("has data_offsets [{}, {}], expected {} bytes within the {}-byte data section", begin, end,
-                            t.numel() * element, file.size() - data_begin));
+                            numel * element, file.size() - data_begin));
     }
     const char* p = file.data() + data_begin + begin;
     if (t.dtype == StateTensor::DType::float32) {
-      t.f32.resize(static_cast<size_t>(t.numel()));
+      t.f32.resize(static_cast<size_t>(numel));
       std::memcpy(t.f32.data(), p, static_cast<size_t>(end - begin));
     } else {
-      t.i64.resize(static_cast<size_t>(t.numel()));
+      t.i64.resize(static_cast<size_t>(numel));
       std::memcpy(t.i64.data(), p, static_cast<size_t>(end - begin));
     }
     state.emplace(name, std::move(t));
