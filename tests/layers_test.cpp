@@ -1,0 +1,1251 @@
+// The layer API (include/fusednorm/layers.h) and what comes with it: state dicts in safetensors files
+// (include/fusednorm/state_dict.h) and the thread-pool controls (include/fusednorm/threads.h).
+//
+// - Training: several steps on fresh data, each checked against a float64 model of PyTorch's update of the
+//   running statistics written here (the batch statistics come from the shared reference), with momentum and
+//   with the cumulative moving average; then evaluation with the running statistics.
+// - affine = false, track_running_stats = false, gradient accumulation and zero_grad.
+// - Refusals: fusednorm::Error naming the argument, and the layer bit for bit as a twin built the same way
+//   that never saw the bad call (parameters, buffers, gradients, and whether a backward is pending).
+// - State dicts: round trips through a file, prefixes, a file assembled byte by byte from the format's spec,
+//   malformed files.
+// - Threads: results do not depend on the pool's size; the setter's contract.
+// - A kernel's own error (Halide's bounds check) arrives as fusednorm::Error with Halide's text, and nothing
+//   is printed.
+#include "fusednorm/layers.h"
+
+#include <HalideRuntime.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <ostream>
+#include <set>
+#include <string>
+#include <typeinfo>
+#include <vector>
+
+#include "fusednorm/dispatch.h"
+#include "fusednorm/error.h"
+#include "fusednorm/state_dict.h"
+#include "fusednorm/threads.h"
+#include "runtime/dispatch.h"
+#include "runtime/halide_call.h"
+#include "support/batch_norm_reference.h"
+#include "support/test_data.h"
+
+namespace fusednorm {
+namespace {
+
+using test::close;
+using test::Random;
+using ::testing::HasSubstr;
+
+constexpr double kEps = 1e-5;
+
+// ---------------------------------------------------------------------------------------------------------------
+// Helpers
+
+// BatchNorm1d for (N, C) and (N, C, L), 2d for (N, C, H, W), 3d for (N, C, D, H, W).
+std::unique_ptr<BatchNorm> make_layer(size_t rank, int64_t channels, BatchNormLayerOptions options = {}) {
+  if (rank == 4) return std::make_unique<BatchNorm2d>(channels, options);
+  if (rank == 5) return std::make_unique<BatchNorm3d>(channels, options);
+  return std::make_unique<BatchNorm1d>(channels, options);
+}
+
+BatchNormLayerOptions with_momentum(std::optional<double> momentum) {
+  BatchNormLayerOptions options;
+  options.momentum = momentum;
+  return options;
+}
+
+std::vector<uint32_t> bits(const std::vector<float>& values) {
+  std::vector<uint32_t> result(values.size());
+  if (!values.empty()) std::memcpy(result.data(), values.data(), values.size() * sizeof(float));
+  return result;
+}
+
+// Everything a layer holds, as bit patterns (NaN and -0 compare as what they are).
+struct LayerState {
+  std::vector<uint32_t> weight, bias, grad_weight, grad_bias, running_mean, running_var;
+  int64_t num_batches_tracked;
+  bool training;
+};
+
+LayerState state_of(BatchNorm& layer) {
+  return {bits(layer.weight()),       bits(layer.bias()),        bits(layer.grad_weight()),   bits(layer.grad_bias()),
+          bits(layer.running_mean()), bits(layer.running_var()), layer.num_batches_tracked(), layer.is_training()};
+}
+
+void expect_same_state(const LayerState& got, const LayerState& expected, const std::string& context) {
+  EXPECT_EQ(got.weight, expected.weight) << context << ": weight";
+  EXPECT_EQ(got.bias, expected.bias) << context << ": bias";
+  EXPECT_EQ(got.grad_weight, expected.grad_weight) << context << ": grad_weight";
+  EXPECT_EQ(got.grad_bias, expected.grad_bias) << context << ": grad_bias";
+  EXPECT_EQ(got.running_mean, expected.running_mean) << context << ": running_mean";
+  EXPECT_EQ(got.running_var, expected.running_var) << context << ": running_var";
+  EXPECT_EQ(got.num_batches_tracked, expected.num_batches_tracked) << context << ": num_batches_tracked";
+  EXPECT_EQ(got.training, expected.training) << context << ": training";
+}
+
+// `call` must throw fusednorm::Error itself (not another std::invalid_argument) whose message has every part.
+void expect_error(const std::function<void()>& call, const std::vector<std::string>& parts) {
+  try {
+    call();
+    ADD_FAILURE() << "no fusednorm::Error was thrown";
+  } catch (const Error& error) {
+    EXPECT_EQ(typeid(error), typeid(Error));
+    for (const std::string& part : parts) EXPECT_THAT(error.what(), HasSubstr(part));
+  } catch (const std::exception& other) {
+    ADD_FAILURE() << "threw " << typeid(other).name() << " instead of fusednorm::Error: " << other.what();
+  }
+}
+
+// One batch: x and dy random, y and dx poisoned, viewed in one layout.
+struct Batch {
+  Batch(std::vector<int64_t> shape_, Layout layout_, Random& rng)
+      : shape(std::move(shape_)),
+        layout(layout_),
+        d(test::dims_of(shape, layout)),
+        x(test::random_input(d, rng)),
+        dy(test::random_input(d, rng)),
+        y(test::poisoned(d.numel())),
+        dx(test::poisoned(d.numel())) {}
+
+  TensorView view(std::vector<float>& data) const { return TensorView::with_layout(data.data(), shape, layout); }
+  double count() const { return static_cast<double>(d.n * d.s); }
+
+  std::vector<int64_t> shape;
+  Layout layout;
+  reference::Dims d;
+  std::vector<float> x, dy, y, dx;
+};
+
+const float* or_null(const std::vector<float>& values) { return values.empty() ? nullptr : values.data(); }
+
+// The reference's training forward with the layer's parameters (batch statistics only).
+reference::ForwardTraining reference_training(const Batch& b, BatchNorm& layer) {
+  return reference::batch_norm_forward_training(b.x.data(), b.d, or_null(layer.weight()), or_null(layer.bias()),
+                                                nullptr, nullptr, 0.0, kEps);
+}
+
+reference::Backward reference_backward(const Batch& b, BatchNorm& layer, const reference::ForwardTraining& forward) {
+  return reference::batch_norm_backward(b.x.data(), b.dy.data(), b.d, or_null(layer.weight()), forward.mean.data(),
+                                        forward.invstd.data(), true);
+}
+
+// PyTorch's update of the running statistics in training (torch/nn/modules/batchnorm.py and
+// native_batch_norm), in float64, written apart from the runtime:
+//   num_batches_tracked += 1
+//   factor = momentum, or 1 / num_batches_tracked when momentum is None (cumulative moving average)
+//   running_mean = (1 - factor) * running_mean + factor * batch_mean
+//   running_var  = (1 - factor) * running_var  + factor * batch_var * count / (count - 1)   (unbiased)
+// starting from running_mean 0, running_var 1, num_batches_tracked 0.
+struct RunningStatisticsModel {
+  explicit RunningStatisticsModel(int64_t channels)
+      : mean(static_cast<size_t>(channels), 0.0), var(static_cast<size_t>(channels), 1.0) {}
+
+  void update(const reference::ForwardTraining& batch, double count, std::optional<double> momentum) {
+    num_batches_tracked += 1;
+    const double factor = momentum ? *momentum : 1.0 / static_cast<double>(num_batches_tracked);
+    for (size_t c = 0; c < mean.size(); c++) {
+      mean[c] = (1 - factor) * mean[c] + factor * batch.mean[c];
+      var[c] = (1 - factor) * var[c] + factor * batch.biased_var[c] * count / (count - 1);
+    }
+  }
+
+  std::vector<double> mean, var;
+  int64_t num_batches_tracked = 0;
+};
+
+// A directory of its own for the running test (ctest runs tests of this file in parallel processes), removed
+// afterwards.
+class TempDir {
+ public:
+  TempDir() {
+    const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    path_ = std::filesystem::temp_directory_path() /
+            test::identifier(std::string("fusednorm_layers_test_") + std::to_string(::getpid()) + "_" +
+                             info->test_suite_name() + "_" + info->name());
+    std::filesystem::remove_all(path_);
+    std::filesystem::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ignored;
+    std::filesystem::remove_all(path_, ignored);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+
+  std::string file(const std::string& name) const { return (path_ / name).string(); }
+
+ private:
+  std::filesystem::path path_;
+};
+
+std::set<std::string> keys_of(const StateDict& state) {
+  std::set<std::string> keys;
+  for (const auto& entry : state) keys.insert(entry.first);
+  return keys;
+}
+
+// Test parameters are structs with a name: gtest names the cases, and prints them, by it.
+template <typename Case>
+std::string case_name(const ::testing::TestParamInfo<Case>& param) {
+  return param.param.name;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Training steps against the model of PyTorch's update
+
+struct TrainingCase {
+  std::string name;
+  std::vector<int64_t> shape;  // of the first step; N grows by one every other step
+  Layout layout;
+  std::optional<double> momentum;
+};
+
+std::vector<TrainingCase> training_cases() {
+  std::vector<TrainingCase> cases;
+  for (std::optional<double> momentum : {std::optional<double>(0.1), std::optional<double>()}) {
+    const std::string suffix = momentum ? "_momentum" : "_cumulative";
+    cases.push_back({"1d_n9_c4" + suffix, {9, 4}, Layout::nchw, momentum});
+    cases.push_back({"1d_n4_c3_l5" + suffix, {4, 3, 5}, Layout::nchw, momentum});
+    cases.push_back({"2d_n6_c5_7x3" + suffix, {6, 5, 7, 3}, Layout::nchw, momentum});
+    cases.push_back({"2d_n6_c5_7x3_channels_last" + suffix, {6, 5, 7, 3}, Layout::nhwc, momentum});
+    cases.push_back({"3d_n2_c3_3x4x5" + suffix, {2, 3, 3, 4, 5}, Layout::nchw, momentum});
+  }
+  return cases;
+}
+
+void PrintTo(const TrainingCase& c, std::ostream* os) { *os << c.name; }
+
+class LayerTrainingTest : public ::testing::TestWithParam<TrainingCase> {};
+
+// Five steps, each on a fresh batch (N varies, so the unbiased correction count / (count - 1) does too);
+// after each, y, the running statistics and num_batches_tracked match the model. Then evaluation normalizes
+// with the running statistics and changes nothing in the layer.
+TEST_P(LayerTrainingTest, RunningStatisticsFollowPyTorchsUpdateAtEveryStep) {
+  const TrainingCase& p = GetParam();
+  Random rng(test::seed_for_current_test());
+  const int64_t channels = p.shape[1];
+  std::unique_ptr<BatchNorm> layer = make_layer(p.shape.size(), channels, with_momentum(p.momentum));
+  // Parameters the user set: the forward must use them, not PyTorch's initial 1 and 0.
+  layer->weight() = test::random_vector(channels, rng, 0.5, 2.0);
+  layer->bias() = test::random_vector(channels, rng, -1.0, 1.0);
+  RunningStatisticsModel model(channels);
+
+  for (int step = 0; step < 5; step++) {
+    SCOPED_TRACE("step " + std::to_string(step));
+    std::vector<int64_t> shape = p.shape;
+    shape[0] += step % 2;
+    Batch b(shape, p.layout, rng);
+    layer->forward(b.view(b.x), b.view(b.y));
+    const reference::ForwardTraining ref = reference_training(b, *layer);
+    model.update(ref, b.count(), p.momentum);
+    EXPECT_TRUE(close("y", b.y, ref.y));
+    EXPECT_TRUE(close("running_mean", layer->running_mean(), model.mean));
+    EXPECT_TRUE(close("running_var", layer->running_var(), model.var));
+    EXPECT_EQ(layer->num_batches_tracked(), model.num_batches_tracked);
+  }
+
+  layer->eval();
+  const LayerState before = state_of(*layer);
+  Batch b(p.shape, p.layout, rng);
+  layer->forward(b.view(b.x), b.view(b.y));
+  EXPECT_TRUE(
+      close("y (evaluation)", b.y,
+            reference::batch_norm_forward_inference(b.x.data(), b.d, layer->weight().data(), layer->bias().data(),
+                                                    layer->running_mean().data(), layer->running_var().data(), kEps)));
+  expect_same_state(state_of(*layer), before, "after the evaluation forward");
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LayerTrainingTest, ::testing::ValuesIn(training_cases()), case_name<TrainingCase>);
+
+// PyTorch's initial state: weight 1, bias 0, running_mean 0, running_var 1, no batches, gradients 0, training.
+TEST(LayerTest, StartsWithPyTorchsInitialState) {
+  BatchNorm2d layer(3);
+  EXPECT_EQ(layer.weight(), std::vector<float>(3, 1.0f));
+  EXPECT_EQ(layer.bias(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(layer.grad_weight(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(layer.grad_bias(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(layer.running_mean(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(layer.running_var(), std::vector<float>(3, 1.0f));
+  EXPECT_EQ(layer.num_batches_tracked(), 0);
+  EXPECT_TRUE(layer.is_training());
+  EXPECT_EQ(layer.num_features(), 3);
+  layer.eval();
+  EXPECT_FALSE(layer.is_training());
+  layer.train();
+  EXPECT_TRUE(layer.is_training());
+}
+
+// reset_running_stats() returns the buffers to their initial values.
+TEST(LayerTest, ResetRunningStatsRestoresTheInitialBuffers) {
+  Random rng(test::seed_for_current_test());
+  BatchNorm2d layer(3);
+  Batch b({2, 3, 4, 5}, Layout::nchw, rng);
+  layer.forward(b.view(b.x), b.view(b.y));
+  ASSERT_EQ(layer.num_batches_tracked(), 1);
+  layer.reset_running_stats();
+  EXPECT_EQ(layer.running_mean(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(layer.running_var(), std::vector<float>(3, 1.0f));
+  EXPECT_EQ(layer.num_batches_tracked(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// affine, track_running_stats, gradients
+
+TEST(LayerTest, WithoutAffineThereAreNoParametersAndTheStateDictHasOnlyBuffers) {
+  Random rng(test::seed_for_current_test());
+  BatchNormLayerOptions options;
+  options.affine = false;
+  BatchNorm2d layer(5, options);
+  EXPECT_TRUE(layer.weight().empty());
+  EXPECT_TRUE(layer.bias().empty());
+  EXPECT_TRUE(layer.grad_weight().empty());
+  EXPECT_TRUE(layer.grad_bias().empty());
+
+  Batch b({3, 5, 4, 7}, Layout::nchw, rng);
+  layer.forward(b.view(b.x), b.view(b.y));
+  const reference::ForwardTraining ref = reference_training(b, layer);
+  EXPECT_TRUE(close("y", b.y, ref.y));
+  layer.backward(b.view(b.dy), b.view(b.dx));
+  EXPECT_TRUE(close("dx", b.dx, reference_backward(b, layer, ref).dx));
+  EXPECT_TRUE(layer.grad_weight().empty());
+
+  StateDict state;
+  layer.save_to(state, "bn.");
+  EXPECT_EQ(keys_of(state), (std::set<std::string>{"bn.running_mean", "bn.running_var", "bn.num_batches_tracked"}));
+}
+
+// Batch statistics in evaluation too (as PyTorch does), no buffers, nothing counted; and since the forward
+// used batch statistics, its backward is the training one.
+TEST(LayerTest, WithoutRunningStatsEvaluationUsesBatchStatistics) {
+  Random rng(test::seed_for_current_test());
+  BatchNormLayerOptions options;
+  options.track_running_stats = false;
+  BatchNorm1d layer(4, options);
+  layer.weight() = test::random_vector(4, rng, 0.5, 2.0);
+  layer.bias() = test::random_vector(4, rng, -1.0, 1.0);
+  EXPECT_TRUE(layer.running_mean().empty());
+  EXPECT_TRUE(layer.running_var().empty());
+
+  Batch train(std::vector<int64_t>{5, 4, 6}, Layout::nchw, rng);
+  layer.forward(train.view(train.x), train.view(train.y));
+  EXPECT_TRUE(close("y (training)", train.y, reference_training(train, layer).y));
+  EXPECT_EQ(layer.num_batches_tracked(), 0);
+  EXPECT_TRUE(layer.running_mean().empty());
+
+  layer.eval();
+  Batch eval(std::vector<int64_t>{5, 4, 6}, Layout::nchw, rng);
+  layer.forward(eval.view(eval.x), eval.view(eval.y));
+  const reference::ForwardTraining ref = reference_training(eval, layer);
+  EXPECT_TRUE(close("y (evaluation)", eval.y, ref.y));
+  EXPECT_EQ(layer.num_batches_tracked(), 0);
+  layer.backward(eval.view(eval.dy), eval.view(eval.dx));
+  const reference::Backward ref_backward = reference_backward(eval, layer, ref);
+  EXPECT_TRUE(close("dx", eval.dx, ref_backward.dx));
+  EXPECT_TRUE(close("grad_weight", layer.grad_weight(), ref_backward.dweight));
+  EXPECT_TRUE(close("grad_bias", layer.grad_bias(), ref_backward.dbias));
+
+  StateDict state;
+  layer.save_to(state, "bn.");
+  EXPECT_EQ(keys_of(state), (std::set<std::string>{"bn.weight", "bn.bias"}));
+}
+
+// Two forward/backward pairs: dx is each pair's own, the parameter gradients their sum; zero_grad clears them
+// and the next pair starts from zero.
+TEST(LayerTest, ParameterGradientsAccumulateUntilZeroGrad) {
+  Random rng(test::seed_for_current_test());
+  const std::vector<int64_t> shape{2, 3, 3, 4, 5};
+  BatchNorm3d layer(3);
+  layer.weight() = test::random_vector(3, rng, 0.5, 2.0);
+  layer.bias() = test::random_vector(3, rng, -1.0, 1.0);
+
+  std::vector<double> sum_dweight(3, 0.0), sum_dbias(3, 0.0);
+  for (int pair = 0; pair < 2; pair++) {
+    SCOPED_TRACE("pair " + std::to_string(pair));
+    Batch b(shape, Layout::nchw, rng);
+    layer.forward(b.view(b.x), b.view(b.y));
+    layer.backward(b.view(b.dy), b.view(b.dx));
+    const reference::Backward ref = reference_backward(b, layer, reference_training(b, layer));
+    EXPECT_TRUE(close("dx", b.dx, ref.dx));
+    for (size_t c = 0; c < 3; c++) {
+      sum_dweight[c] += ref.dweight[c];
+      sum_dbias[c] += ref.dbias[c];
+    }
+    EXPECT_TRUE(close("grad_weight", layer.grad_weight(), sum_dweight));
+    EXPECT_TRUE(close("grad_bias", layer.grad_bias(), sum_dbias));
+  }
+
+  layer.zero_grad();
+  EXPECT_EQ(bits(layer.grad_weight()), bits(std::vector<float>(3, 0.0f)));
+  EXPECT_EQ(bits(layer.grad_bias()), bits(std::vector<float>(3, 0.0f)));
+
+  Batch b(shape, Layout::nchw, rng);
+  layer.forward(b.view(b.x), b.view(b.y));
+  layer.backward(b.view(b.dy), b.view(b.dx));
+  const reference::Backward ref = reference_backward(b, layer, reference_training(b, layer));
+  EXPECT_TRUE(close("grad_weight after zero_grad", layer.grad_weight(), ref.dweight));
+  EXPECT_TRUE(close("grad_bias after zero_grad", layer.grad_bias(), ref.dbias));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Refusals leave the layer as it was
+
+// How the scene's last forward stands before the bad call.
+enum class Last {
+  fresh,              // no forward ever
+  pending,            // a training forward whose backward has not run
+  consumed,           // a training forward and its backward
+  eval,               // evaluation mode, after an evaluation forward (with running statistics when tracked)
+  in_place,           // a training forward with y = x, whose backward has not run
+  pending_then_eval,  // a training forward whose backward has not run, then eval() (no forward since)
+};
+
+// A layer two training steps in (each a forward and a backward, with user-set parameters), then `last`. Built
+// twice from one seed, the two are bit for bit the same: the twin never sees the bad call.
+struct Scene {
+  Scene(size_t rank, BatchNormLayerOptions options, Last last, uint64_t seed) : rng(seed) {
+    static const std::vector<int64_t> shapes[] = {{}, {}, {6, 4}, {3, 4, 5}, {3, 4, 5, 2}, {2, 4, 3, 2, 3}};
+    shape = shapes[rank];
+    layer = make_layer(rank, 4, options);
+    if (options.affine) {
+      layer->weight() = test::random_vector(4, rng, 0.5, 2.0);
+      layer->bias() = test::random_vector(4, rng, -1.0, 1.0);
+    }
+    const int steps = last == Last::fresh ? 0 : 2;
+    for (int step = 0; step < steps; step++) {
+      batch = std::make_unique<Batch>(shape, Layout::nchw, rng);
+      layer->forward(batch->view(batch->x), batch->view(batch->y));
+      layer->backward(batch->view(batch->dy), batch->view(batch->dx));
+    }
+    batch = std::make_unique<Batch>(shape, Layout::nchw, rng);
+    if (last == Last::eval) layer->eval();
+    if (last == Last::in_place) {
+      layer->forward(batch->view(batch->x), batch->view(batch->x));
+    } else if (last != Last::fresh) {
+      layer->forward(batch->view(batch->x), batch->view(batch->y));
+    }
+    if (last == Last::consumed) layer->backward(batch->view(batch->dy), batch->view(batch->dx));
+    if (last == Last::pending_then_eval) layer->eval();
+    other = test::random_vector(4 * batch->d.numel(), rng, -1.0, 1.0);
+  }
+
+  // A state dict of another layer (other values everywhere) with this layer's keys under "bn.".
+  StateDict other_state() {
+    std::unique_ptr<BatchNorm> donor = make_layer(shape.size(), 4, layer->options());
+    if (layer->options().affine) {
+      donor->weight() = test::random_vector(4, rng, 0.5, 2.0);
+      donor->bias() = test::random_vector(4, rng, -1.0, 1.0);
+    }
+    Batch b(shape, Layout::nchw, rng);
+    donor->forward(b.view(b.x), b.view(b.y));
+    StateDict state;
+    donor->save_to(state, "bn.");
+    return state;
+  }
+
+  TensorView x() { return batch->view(batch->x); }
+  TensorView y() { return batch->view(batch->y); }
+  TensorView dy() { return batch->view(batch->dy); }
+  TensorView dx() { return batch->view(batch->dx); }
+  // Memory of the test's own, for views of other shapes.
+  TensorView other_view(std::vector<int64_t> other_shape) { return TensorView(other.data(), std::move(other_shape)); }
+
+  Random rng;
+  std::vector<int64_t> shape;
+  std::unique_ptr<BatchNorm> layer;
+  std::unique_ptr<Batch> batch;
+  std::vector<float> other;
+};
+
+struct LayerErrorCase {
+  std::string name;
+  size_t rank;  // 2 or 3: BatchNorm1d, 4: BatchNorm2d, 5: BatchNorm3d
+  Last last;
+  std::function<void(Scene&)> call;
+  std::vector<std::string> message;
+  BatchNormLayerOptions options = {};
+};
+
+BatchNormLayerOptions without_affine() {
+  BatchNormLayerOptions options;
+  options.affine = false;
+  return options;
+}
+
+BatchNormLayerOptions without_running_stats() {
+  BatchNormLayerOptions options;
+  options.track_running_stats = false;
+  return options;
+}
+
+std::vector<LayerErrorCase> layer_error_cases() {
+  std::vector<LayerErrorCase> cases;
+  auto add = [&cases](std::string name, size_t rank, Last last, std::function<void(Scene&)> call,
+                      std::vector<std::string> message, BatchNormLayerOptions options = {}) {
+    cases.push_back({std::move(name), rank, last, std::move(call), std::move(message), options});
+  };
+  const std::string no_forward = "backward has no forward to differentiate, expected a forward with batch statistics";
+
+  // Input rank and channels, in both directions.
+  add("BatchNorm1d_input_rank_4", 2, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({6, 4, 1, 1}), s.y());
+      },
+      {"BatchNorm1d: input has 4 dimensions (shape [6, 4, 1, 1]), expected 2 or 3"});
+  add("BatchNorm2d_input_rank_3", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({3, 4, 10}), s.y());
+      },
+      {"BatchNorm2d: input has 3 dimensions (shape [3, 4, 10]), expected 4"});
+  add("BatchNorm2d_input_rank_5", 4, Last::consumed,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({3, 4, 5, 2, 1}), s.y());
+      },
+      {"BatchNorm2d: input has 5 dimensions (shape [3, 4, 5, 2, 1]), expected 4"});
+  add("BatchNorm3d_input_rank_4", 5, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({2, 4, 3, 6}), s.y());
+      },
+      {"BatchNorm3d: input has 4 dimensions (shape [2, 4, 3, 6]), expected 5"});
+  add("BatchNorm2d_input_channels", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({3, 5, 5, 2}), s.other_view({3, 5, 5, 2}));
+      },
+      {"BatchNorm2d: input has 5 channels (shape [3, 5, 5, 2]), expected 4 (num_features)"});
+  add("BatchNorm1d_input_channels_in_evaluation", 3, Last::eval,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({3, 3, 5}), s.y());
+      },
+      {"BatchNorm1d: input has 3 channels (shape [3, 3, 5]), expected 4 (num_features)"});
+  // A refused evaluation forward keeps the training forward before it differentiable.
+  add("BatchNorm2d_input_channels_in_evaluation_after_a_training_forward", 4, Last::pending_then_eval,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({3, 2, 5, 2}), s.other_view({3, 2, 5, 2}));
+      },
+      {"BatchNorm2d: input has 2 channels (shape [3, 2, 5, 2]), expected 4 (num_features)"});
+  add("output_in_evaluation_after_a_training_forward", 5, Last::pending_then_eval,
+      [](Scene& s) {
+        s.layer->forward(s.x(), s.other_view({2, 4, 3, 3, 2}));
+      },
+      {"batch_norm: output has shape [2, 4, 3, 3, 2], expected [2, 4, 3, 2, 3] (the shape of input)"});
+  add("BatchNorm2d_grad_output_rank", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->backward(s.other_view({3, 4, 10}), s.dx());
+      },
+      {"BatchNorm2d: grad_output has 3 dimensions (shape [3, 4, 10]), expected 4"});
+  add("BatchNorm3d_grad_output_channels", 5, Last::pending,
+      [](Scene& s) {
+        s.layer->backward(s.other_view({2, 3, 3, 2, 3}), s.dx());
+      },
+      {"BatchNorm3d: grad_output has 3 channels (shape [2, 3, 3, 2, 3]), expected 4 (num_features)"});
+  add("BatchNorm2d_grad_output_not_the_inputs_shape", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->backward(s.other_view({2, 4, 5, 2}), s.dx());
+      },
+      {"batch_norm: grad_output has shape [2, 4, 5, 2], expected [3, 4, 5, 2] (the shape of input)"});
+
+  // Outputs the functional API refuses: the layer passes the refusal on and keeps its pending backward.
+  add("output_shape", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.x(), s.other_view({3, 4, 2, 5}));
+      },
+      {"batch_norm: output has shape [3, 4, 2, 5], expected [3, 4, 5, 2] (the shape of input)"});
+  add("output_strides", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.x(), TensorView::channels_last(s.other.data(), {3, 4, 5, 2}));
+      },
+      {"batch_norm: output has strides [40, 1, 8, 4], expected [40, 10, 2, 1] (dense nchw"});
+  add("output_overlaps_input", 3, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.x(), TensorView(s.batch->x.data() + 1, {3, 4, 5}));
+      },
+      {"batch_norm: output overlaps input in memory"});
+  add("output_in_evaluation", 2, Last::eval,
+      [](Scene& s) {
+        s.layer->forward(s.x(), s.other_view({6, 5}));
+      },
+      {"batch_norm: output has shape [6, 5], expected [6, 4] (the shape of input)"});
+  add("grad_input_shape", 4, Last::pending,
+      [](Scene& s) {
+        s.layer->backward(s.dy(), s.other_view({3, 4, 10, 1}));
+      },
+      {"batch_norm: grad_input has shape [3, 4, 10, 1], expected [3, 4, 5, 2] (the shape of input)"});
+
+  // Backward without a forward to differentiate.
+  add("backward_without_forward", 4, Last::fresh, [](Scene& s) { s.layer->backward(s.dy(), s.dx()); },
+      {"BatchNorm2d: " + no_forward});
+  add("backward_twice", 3, Last::consumed, [](Scene& s) { s.layer->backward(s.dy(), s.dx()); },
+      {"BatchNorm1d: " + no_forward});
+  add("backward_after_evaluation_forward", 5, Last::eval, [](Scene& s) { s.layer->backward(s.dy(), s.dx()); },
+      {"BatchNorm3d: " + no_forward});
+  // The forward wrote y over x: the input the backward needs is gone (PyTorch's autograd refuses a backward
+  // through a tensor modified in place the same way).
+  add("backward_after_in_place_forward", 4, Last::in_place, [](Scene& s) { s.layer->backward(s.dy(), s.dx()); },
+      {"BatchNorm2d: backward of a forward that ran in place (output was input)"});
+
+  // Training needs more than one value per channel.
+  add("one_value_per_channel_1d", 2, Last::pending,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({1, 4}), TensorView(s.batch->y.data(), {1, 4}));
+      },
+      {"batch_norm: Expected more than 1 value per channel when training, got input size [1, 4]"});
+  add("one_value_per_channel_2d", 4, Last::consumed,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({1, 4, 1, 1}), TensorView(s.batch->y.data(), {1, 4, 1, 1}));
+      },
+      {"batch_norm: Expected more than 1 value per channel when training, got input size [1, 4, 1, 1]"});
+  // Evaluation without running statistics uses batch statistics, so its forward is pending a backward.
+  add(
+      "one_value_per_channel_without_running_stats_in_evaluation", 3, Last::eval,
+      [](Scene& s) {
+        s.layer->forward(s.other_view({1, 4, 1}), TensorView(s.batch->y.data(), {1, 4, 1}));
+      },
+      {"batch_norm: Expected more than 1 value per channel when training, got input size [1, 4, 1]"},
+      without_running_stats());
+
+  // load_from: strict, and all or nothing. The state is another layer's, so a partial load would show.
+  auto load = [&add](std::string name, size_t rank, BatchNormLayerOptions options,
+                     std::function<void(StateDict&)> change, std::vector<std::string> message) {
+    add(
+        "load_from_" + name, rank, Last::pending,
+        [change](Scene& s) {
+          StateDict state = s.other_state();
+          change(state);
+          s.layer->load_from(state, "bn.");
+        },
+        message, options);
+  };
+  load("missing_weight", 4, {}, [](StateDict& s) { s.erase("bn.weight"); },
+       {"BatchNorm2d: load_from: missing key 'bn.weight'"});
+  load("missing_num_batches_tracked", 4, {}, [](StateDict& s) { s.erase("bn.num_batches_tracked"); },
+       {"BatchNorm2d: load_from: missing key 'bn.num_batches_tracked'"});
+  load("wrong_prefix", 2, {},
+       [](StateDict& s) {
+         s = StateDict{{"bn1.weight", s.at("bn.weight")}};
+       },
+       {"BatchNorm1d: load_from: missing key 'bn.weight'"});
+  load("unexpected_weight", 5, without_affine(),
+       [](StateDict& s) {
+         s["bn.weight"] = StateTensor::from_floats({1, 2, 3, 4});
+       },
+       {"BatchNorm3d: load_from: unexpected key 'bn.weight' (affine=false, track_running_stats=true)"});
+  load("unexpected_running_var", 4, without_running_stats(),
+       [](StateDict& s) {
+         s["bn.running_var"] = StateTensor::from_floats({1, 2, 3, 4});
+       },
+       {"BatchNorm2d: load_from: unexpected key 'bn.running_var' (affine=true, track_running_stats=false)"});
+  load("running_var_shape", 4, {},
+       [](StateDict& s) {
+         s["bn.running_var"] = StateTensor::from_floats({1, 2, 3});
+       },
+       {"BatchNorm2d: load_from: 'bn.running_var' is float32 [3], expected float32 [4]"});
+  load("bias_rank", 3, {},
+       [](StateDict& s) {
+         s["bn.bias"].shape = {1, 4};
+       },
+       {"BatchNorm1d: load_from: 'bn.bias' is float32 [1, 4], expected float32 [4]"});
+  load("num_batches_tracked_dtype", 4, {},
+       [](StateDict& s) {
+         StateTensor t;
+         t.f32 = {7.0f};
+         s["bn.num_batches_tracked"] = t;
+       },
+       {"BatchNorm2d: load_from: 'bn.num_batches_tracked' is float32 [], expected int64 []"});
+  load("weight_dtype", 4, {},
+       [](StateDict& s) {
+         StateTensor t;
+         t.dtype = StateTensor::DType::int64;
+         t.shape = {4};
+         t.i64 = {1, 2, 3, 4};
+         s["bn.weight"] = t;
+       },
+       {"BatchNorm2d: load_from: 'bn.weight' is int64 [4], expected float32 [4]"});
+  // Tensors built by hand whose values do not fill their shape.
+  load("running_mean_values", 4, {}, [](StateDict& s) { s["bn.running_mean"].f32.pop_back(); },
+       {"BatchNorm2d: load_from: 'bn.running_mean' has 3 values, expected 4 (shape [4])"});
+  load("num_batches_tracked_values", 4, {}, [](StateDict& s) { s["bn.num_batches_tracked"].i64.clear(); },
+       {"BatchNorm2d: load_from: 'bn.num_batches_tracked' has 0 values, expected 1 (shape [])"});
+  return cases;
+}
+
+void PrintTo(const LayerErrorCase& c, std::ostream* os) { *os << c.name; }
+
+class LayerErrorTest : public ::testing::TestWithParam<LayerErrorCase> {};
+
+// The bad call throws; then the layer, and the memory its pending backward reads, are bit for bit the twin's;
+// and a backward does what it does on the twin (the same dx and gradients, or the same refusal).
+TEST_P(LayerErrorTest, RefusedWithANamedArgumentAndTheLayerUnchanged) {
+  const LayerErrorCase& p = GetParam();
+  const uint64_t seed = test::seed_for_current_test();
+  Scene scene(p.rank, p.options, p.last, seed), twin(p.rank, p.options, p.last, seed);
+  expect_error([&] { p.call(scene); }, p.message);
+
+  expect_same_state(state_of(*scene.layer), state_of(*twin.layer), "after the refusal");
+  EXPECT_EQ(bits(scene.batch->x), bits(twin.batch->x)) << "x was written";
+  EXPECT_EQ(bits(scene.batch->y), bits(twin.batch->y)) << "y was written";
+  EXPECT_EQ(bits(scene.batch->dx), bits(twin.batch->dx)) << "dx was written";
+
+  std::string scene_refusal, twin_refusal;
+  try {
+    twin.layer->backward(twin.dy(), twin.dx());
+  } catch (const Error& error) {
+    twin_refusal = error.what();
+  }
+  try {
+    scene.layer->backward(scene.dy(), scene.dx());
+  } catch (const Error& error) {
+    scene_refusal = error.what();
+  }
+  EXPECT_EQ(scene_refusal, twin_refusal) << "a backward after the refusal";
+  EXPECT_EQ(bits(scene.batch->dx), bits(twin.batch->dx)) << "dx of a backward after the refusal";
+  expect_same_state(state_of(*scene.layer), state_of(*twin.layer), "after a backward");
+}
+
+INSTANTIATE_TEST_SUITE_P(Malformed, LayerErrorTest, ::testing::ValuesIn(layer_error_cases()),
+                         case_name<LayerErrorCase>);
+
+TEST(LayerErrorTest, ConstructorRefusesNumFeaturesBelowOneAndBadEps) {
+  for (int64_t features : {0, -3}) {
+    const std::string value = std::to_string(features);
+    expect_error([&] { BatchNorm1d layer(features); }, {"BatchNorm1d: num_features is " + value + ", expected >= 1"});
+    expect_error([&] { BatchNorm2d layer(features); }, {"BatchNorm2d: num_features is " + value + ", expected >= 1"});
+    expect_error([&] { BatchNorm3d layer(features); }, {"BatchNorm3d: num_features is " + value + ", expected >= 1"});
+  }
+  for (double eps : {-1.0, std::numeric_limits<double>::quiet_NaN(), std::numeric_limits<double>::infinity()}) {
+    BatchNormLayerOptions options;
+    options.eps = eps;
+    expect_error([&] { BatchNorm2d layer(3, options); }, {"BatchNorm2d: eps is ", "expected a finite number >= 0"});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// State dicts
+
+void train_a_little(BatchNorm& layer, const std::vector<int64_t>& shape, Random& rng, int steps = 3) {
+  if (!layer.weight().empty()) {
+    layer.weight() = test::random_vector(layer.num_features(), rng, 0.5, 2.0);
+    layer.bias() = test::random_vector(layer.num_features(), rng, -1.0, 1.0);
+  }
+  for (int step = 0; step < steps; step++) {
+    Batch b(shape, Layout::nchw, rng);
+    layer.forward(b.view(b.x), b.view(b.y));
+    layer.backward(b.view(b.dy), b.view(b.dx));
+  }
+}
+
+// Save, write, read, load into a fresh layer: the same state bit for bit (gradients are not state, and stay
+// zero), and the same outputs bit for bit in evaluation and in training.
+TEST(StateDictTest, RoundTripThroughAFileIsBitForBit) {
+  struct Config {
+    std::string name;
+    std::vector<int64_t> shape;
+    BatchNormLayerOptions options;
+    std::set<std::string> keys;
+  };
+  const std::set<std::string> all = {"encoder.bn.weight", "encoder.bn.bias", "encoder.bn.running_mean",
+                                     "encoder.bn.running_var", "encoder.bn.num_batches_tracked"};
+  const std::vector<Config> configs = {
+      {"2d cumulative", {4, 5, 3, 2}, with_momentum(std::nullopt), all},
+      {"1d without affine",
+       {7, 6},
+       without_affine(),
+       {"encoder.bn.running_mean", "encoder.bn.running_var", "encoder.bn.num_batches_tracked"}},
+      {"3d without running stats", {2, 3, 2, 2, 3}, without_running_stats(), {"encoder.bn.weight", "encoder.bn.bias"}}};
+  TempDir dir;
+  Random rng(test::seed_for_current_test());
+  for (const Config& config : configs) {
+    SCOPED_TRACE(config.name);
+    const int64_t channels = config.shape[1];
+    std::unique_ptr<BatchNorm> layer = make_layer(config.shape.size(), channels, config.options);
+    train_a_little(*layer, config.shape, rng);
+    StateDict saved;
+    layer->save_to(saved, "encoder.bn.");
+    EXPECT_EQ(keys_of(saved), config.keys);
+    const std::string path = dir.file(test::identifier(config.name) + ".safetensors");
+    save_state_dict(saved, path);
+
+    std::unique_ptr<BatchNorm> restored = make_layer(config.shape.size(), channels, config.options);
+    restored->load_from(load_state_dict(path), "encoder.bn.");
+    layer->zero_grad();
+    expect_same_state(state_of(*restored), state_of(*layer), "restored");
+
+    for (bool training : {false, true}) {
+      layer->train(training);
+      restored->train(training);
+      Batch b(config.shape, Layout::nchw, rng);
+      std::vector<float> restored_y = test::poisoned(b.d.numel());
+      layer->forward(b.view(b.x), b.view(b.y));
+      restored->forward(b.view(b.x), b.view(restored_y));
+      EXPECT_EQ(bits(restored_y), bits(b.y)) << (training ? "training" : "evaluation") << " forward";
+      expect_same_state(state_of(*restored), state_of(*layer), "after a forward");
+    }
+  }
+}
+
+// Several layers in one dict, each under its own prefix, beside keys of other modules; the empty prefix.
+TEST(StateDictTest, PrefixesKeepLayersApart) {
+  Random rng(test::seed_for_current_test());
+  BatchNorm2d first(3), second(3);
+  train_a_little(first, {2, 3, 4, 4}, rng, 1);
+  train_a_little(second, {2, 3, 4, 4}, rng, 2);
+  StateDict state;
+  state["fc.weight"] = StateTensor::from_floats({1, 2, 3, 4, 5, 6});
+  first.save_to(state, "features.0.");
+  second.save_to(state, "features.1.");
+  EXPECT_EQ(state.size(), 11u);
+
+  TempDir dir;
+  save_state_dict(state, dir.file("model.safetensors"));
+  const StateDict loaded = load_state_dict(dir.file("model.safetensors"));
+  EXPECT_EQ(keys_of(loaded), keys_of(state));
+  BatchNorm2d first_restored(3), second_restored(3);
+  first_restored.load_from(loaded, "features.0.");
+  second_restored.load_from(loaded, "features.1.");
+  first.zero_grad();
+  second.zero_grad();
+  expect_same_state(state_of(first_restored), state_of(first), "features.0.");
+  expect_same_state(state_of(second_restored), state_of(second), "features.1.");
+  EXPECT_EQ(second_restored.num_batches_tracked(), 2);
+
+  StateDict bare;
+  second.save_to(bare);
+  EXPECT_EQ(keys_of(bare),
+            (std::set<std::string>{"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}));
+  BatchNorm2d bare_restored(3);
+  bare_restored.load_from(bare);
+  expect_same_state(state_of(bare_restored), state_of(second), "no prefix");
+}
+
+// A safetensors file as another writer (Python's safetensors) makes it, assembled here byte by byte from the
+// format's description: an 8-byte little-endian header length, a JSON header with "__metadata__" and the
+// tensors in an order of its own (not ours, which is sorted), spaces after separators, padded with spaces to
+// 8 bytes, then the data in yet another order.
+void append_little_endian(std::string& out, uint64_t value, int bytes) {
+  for (int i = 0; i < bytes; i++) out += static_cast<char>((value >> (8 * i)) & 0xff);
+}
+
+struct HandTensor {
+  std::string name, dtype, shape;  // shape as JSON, e.g. "[3]"
+  std::string data;                // little-endian bytes
+};
+
+std::string float_bytes(const std::vector<float>& values) {
+  std::string out;
+  for (float value : values) append_little_endian(out, std::bit_cast<uint32_t>(value), 4);
+  return out;
+}
+
+std::string int64_bytes(int64_t value) {
+  std::string out;
+  append_little_endian(out, static_cast<uint64_t>(value), 8);
+  return out;
+}
+
+// Header entries in `order`, data laid out in `data_order` (indices into tensors).
+std::string safetensors_file(const std::vector<HandTensor>& tensors, const std::vector<size_t>& order,
+                             const std::vector<size_t>& data_order, const std::string& metadata) {
+  std::vector<std::pair<size_t, size_t>> offsets(tensors.size());
+  std::string data;
+  for (size_t i : data_order) {
+    offsets[i] = {data.size(), data.size() + tensors[i].data.size()};
+    data += tensors[i].data;
+  }
+  std::string header = "{";
+  for (size_t k = 0; k < order.size(); k++) {
+    if (k == 1) header += "\"__metadata__\": " + metadata + ", ";
+    const HandTensor& t = tensors[order[k]];
+    header += "\"" + t.name + "\": {\"dtype\": \"" + t.dtype + "\", \"shape\": " + t.shape + ", \"data_offsets\": [" +
+              std::to_string(offsets[order[k]].first) + ", " + std::to_string(offsets[order[k]].second) + "]}";
+    if (k + 1 < order.size()) header += ", ";
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';
+  std::string file;
+  append_little_endian(file, header.size(), 8);
+  return file + header + data;
+}
+
+void write_file(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+TEST(StateDictTest, LoadsAFileFromAnotherWriter) {
+  const std::vector<float> weight{0.5f, -1.25f, 3.0f}, bias{0.125f, 0.0f, -2.5f};
+  const std::vector<float> running_mean{1.5f, -0.75f, 1e-3f}, running_var{2.0f, 0.25f, 7.5f};
+  const std::vector<HandTensor> tensors = {{"bn.weight", "F32", "[3]", float_bytes(weight)},
+                                           {"bn.bias", "F32", "[3]", float_bytes(bias)},
+                                           {"bn.running_mean", "F32", "[3]", float_bytes(running_mean)},
+                                           {"bn.running_var", "F32", "[3]", float_bytes(running_var)},
+                                           {"bn.num_batches_tracked", "I64", "[]", int64_bytes(7)}};
+  TempDir dir;
+  const std::string path = dir.file("from_python.safetensors");
+  write_file(path, safetensors_file(tensors, {4, 2, 0, 3, 1}, {1, 3, 4, 0, 2}, "{\"format\": \"pt\"}"));
+
+  const StateDict state = load_state_dict(path);
+  EXPECT_EQ(keys_of(state), (std::set<std::string>{"bn.weight", "bn.bias", "bn.running_mean", "bn.running_var",
+                                                   "bn.num_batches_tracked"}));
+  EXPECT_EQ(state.at("bn.num_batches_tracked").dtype, StateTensor::DType::int64);
+  EXPECT_TRUE(state.at("bn.num_batches_tracked").shape.empty());
+  EXPECT_EQ(state.at("bn.weight").shape, std::vector<int64_t>{3});
+  BatchNorm2d layer(3);
+  layer.load_from(state, "bn.");
+  EXPECT_EQ(bits(layer.weight()), bits(weight));
+  EXPECT_EQ(bits(layer.bias()), bits(bias));
+  EXPECT_EQ(bits(layer.running_mean()), bits(running_mean));
+  EXPECT_EQ(bits(layer.running_var()), bits(running_var));
+  EXPECT_EQ(layer.num_batches_tracked(), 7);
+}
+
+// What we write is what the format says, byte for byte where it is fixed: the length, a JSON object, 8-byte
+// alignment, and each tensor's little-endian bytes at its offsets.
+TEST(StateDictTest, WritesTheFormat) {
+  StateDict state;
+  state["b"] = StateTensor::from_floats({1.5f, -2.0f});
+  state["a"] = StateTensor::scalar_int64(-3);
+  TempDir dir;
+  save_state_dict(state, dir.file("ours.safetensors"));
+  std::ifstream in(dir.file("ours.safetensors"), std::ios::binary);
+  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_GE(file.size(), 8u);
+  uint64_t length = 0;
+  for (int i = 7; i >= 0; i--) length = (length << 8) | static_cast<unsigned char>(file[static_cast<size_t>(i)]);
+  ASSERT_EQ(length % 8, 0u);
+  ASSERT_EQ(file.size(), 8 + length + 8 + 8);
+  const std::string header = file.substr(8, length);
+  EXPECT_EQ(header.front(), '{');
+  EXPECT_THAT(header, HasSubstr("\"a\":{\"dtype\":\"I64\",\"shape\":[],\"data_offsets\":[0,8]}"));
+  EXPECT_THAT(header, HasSubstr("\"b\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}"));
+  EXPECT_EQ(file.substr(8 + length), int64_bytes(-3) + float_bytes({1.5f, -2.0f}));
+}
+
+// Files that are not valid safetensors (or that use what we do not read) are refused with the path named.
+TEST(StateDictTest, MalformedFilesAreRefusedNamingThePath) {
+  TempDir dir;
+  const std::vector<HandTensor> good = {{"bn.weight", "F32", "[3]", float_bytes({1, 2, 3})},
+                                        {"bn.num_batches_tracked", "I64", "[]", int64_bytes(2)}};
+  const std::string valid = safetensors_file(good, {0, 1}, {0, 1}, "{}");
+  auto with_header = [](const std::string& header, const std::string& data) {
+    std::string file;
+    append_little_endian(file, header.size(), 8);
+    return file + header + data;
+  };
+  const std::string twelve_bytes = float_bytes({1, 2, 3});
+  struct Case {
+    std::string name, bytes;
+    std::vector<std::string> message;
+  };
+  const std::vector<Case> cases = {
+      {"empty", "", {"has 0 bytes, expected at least 8"}},
+      {"shorter_than_the_length", valid.substr(0, 5), {"has 5 bytes, expected at least 8"}},
+      {"truncated_data",
+       valid.substr(0, valid.size() - 4),
+       {"tensor 'bn.num_batches_tracked' has data_offsets [12, 20]"}},
+      {"truncated_header", valid.substr(0, 20), {"declares a", "-byte header, but the file has 20 bytes"}},
+      {"header_length_too_large",
+       with_header("{}", "").replace(0, 8, int64_bytes(int64_t{1} << 40)),
+       {"declares a 1099511627776-byte header"}},
+      {"header_length_wraps", with_header("{}", "").replace(0, 8, int64_bytes(-1)), {"-byte header"}},
+      {"bad_json_missing_comma",
+       with_header("{\"w\": {\"dtype\": \"F32\" \"shape\": [3], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"malformed safetensors header", "expected '}'"}},
+      {"bad_json_unterminated", with_header("{\"w\": {\"dtype\": \"F3", ""), {"malformed safetensors header"}},
+      {"bad_json_trailing", with_header("{} x", ""), {"malformed safetensors header", "trailing characters"}},
+      {"header_not_an_object", with_header("[1, 2]", ""), {"the header is not a JSON object"}},
+      {"unsupported_dtype_F16",
+       with_header("{\"w\": {\"dtype\": \"F16\", \"shape\": [6], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' has dtype 'F16', expected F32 or I64"}},
+      {"data_offsets_out_of_range",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [4, 16]}}", twelve_bytes),
+       {"tensor 'w' has data_offsets [4, 16], expected 12 bytes within the 12-byte data section"}},
+      {"data_offsets_reversed",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [12, 0]}}", twelve_bytes),
+       {"tensor 'w' has data_offsets [12, 0]"}},
+      {"data_offsets_not_the_shape",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' has data_offsets [0, 12], expected 8 bytes"}},
+      {"data_offsets_one_entry",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [12]}}", twelve_bytes),
+       {"tensor 'w' has data_offsets without two entries"}},
+      {"entry_lacks_shape",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' lacks dtype, shape or data_offsets"}},
+      {"entry_not_an_object", with_header("{\"w\": 5}", ""), {"tensor 'w' is not an object"}},
+      // JSON of the wrong type where the format has a string, an array or an integer.
+      {"dtype_not_a_string",
+       with_header("{\"w\": {\"dtype\": 32, \"shape\": [3], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' has a dtype that is not a string"}},
+      {"shape_not_an_array",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": 3, \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' has a shape that is not an array of integers"}},
+      {"shape_of_strings",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [\"3\"], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' has a shape that is not an array of integers"}},
+      {"data_offsets_not_integers",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [\"0\", 12]}}", twelve_bytes),
+       {"tensor 'w' has data_offsets that are not two integers"}},
+      {"negative_extents",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [-1, -3], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"tensor 'w' has shape [-1, -3], expected extents >= 0"}},
+      {"extents_overflow",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296, 4], \"data_offsets\": [0, 0]}}",
+                   ""),
+       {"tensor 'w' has shape [4294967296, 4294967296, 4]", "too many elements"}},
+      {"integer_too_large",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 99999999999999999999999]}}",
+                   twelve_bytes),
+       {"malformed safetensors header", "integer out of range"}},
+      {"lone_minus", with_header("{\"w\": -}", ""), {"malformed safetensors header", "expected a digit"}},
+      {"fraction", with_header("{\"w\": 1.5}", ""), {"malformed safetensors header", "expected '}'"}},
+      {"unknown_escape", with_header("{\"w\\q\": 1}", ""), {"malformed safetensors header", "unknown escape '\\q'"}},
+      {"bad_unicode_escape",
+       with_header("{\"w\\u12x4\": 1}", ""),
+       {"malformed safetensors header", "expected 4 hexadecimal digits after \\u"}},
+      {"duplicate_name",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}, "
+                   "\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}}",
+                   twelve_bytes),
+       {"tensor 'w' appears twice"}},
+      {"nested_too_deep",
+       with_header(std::string(100000, '[') + std::string(100000, ']'), ""),
+       {"malformed safetensors header", "nested deeper than"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string path = dir.file(c.name + ".safetensors");
+    write_file(path, c.bytes);
+    std::vector<std::string> parts = c.message;
+    parts.push_back("load_state_dict: '" + path + "'");
+    expect_error([&] { load_state_dict(path); }, parts);
+  }
+  expect_error([&] { load_state_dict(dir.file("absent.safetensors")); },
+               {"load_state_dict: cannot open '" + dir.file("absent.safetensors") + "'"});
+  expect_error([&] { save_state_dict({}, dir.file("no/such/directory.safetensors")); },
+               {"save_state_dict: cannot write '" + dir.file("no/such/directory.safetensors") + "'"});
+}
+
+// Names with characters JSON escapes survive our round trip, and another writer's escapes (\u, surrogate
+// pairs, \/) are read as JSON defines them.
+TEST(StateDictTest, NamesAreEscapedAsJsonDefines) {
+  StateDict state;
+  state["quote\"back\\slash"] = StateTensor::from_floats({1.0f});
+  state["control\x01\ttab\nnewline"] = StateTensor::from_floats({2.0f});
+  state["caf\xc3\xa9"] = StateTensor::from_floats({3.0f});
+  TempDir dir;
+  save_state_dict(state, dir.file("escaped.safetensors"));
+  EXPECT_EQ(keys_of(load_state_dict(dir.file("escaped.safetensors"))), keys_of(state));
+
+  const std::vector<HandTensor> tensors = {{"bn\\u002eweight", "F32", "[1]", float_bytes({1})},
+                                           {"a\\/b", "F32", "[1]", float_bytes({2})},
+                                           {"caf\\u00e9 \\ud83d\\ude00", "F32", "[1]", float_bytes({3})}};
+  write_file(dir.file("theirs.safetensors"), safetensors_file(tensors, {0, 1, 2}, {0, 1, 2}, "{}"));
+  EXPECT_EQ(keys_of(load_state_dict(dir.file("theirs.safetensors"))),
+            (std::set<std::string>{"bn.weight", "a/b", "caf\xc3\xa9 \xf0\x9f\x98\x80"}));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Threads
+
+// Restores the pool's size at the end of a test.
+class ScopedNumThreads {
+ public:
+  ScopedNumThreads() : saved_(num_threads()) {}
+  ~ScopedNumThreads() { set_num_threads(saved_); }
+  ScopedNumThreads(const ScopedNumThreads&) = delete;
+  ScopedNumThreads& operator=(const ScopedNumThreads&) = delete;
+
+ private:
+  int saved_;
+};
+
+// Sets (or unsets, with nullopt) an environment variable for a scope.
+class ScopedEnvironment {
+ public:
+  ScopedEnvironment(const char* name, const std::optional<std::string>& value) : name_(name) {
+    if (const char* old = std::getenv(name)) saved_ = old;
+    set(value);
+  }
+  ~ScopedEnvironment() { set(saved_); }
+  ScopedEnvironment(const ScopedEnvironment&) = delete;
+  ScopedEnvironment& operator=(const ScopedEnvironment&) = delete;
+
+ private:
+  void set(const std::optional<std::string>& value) {
+    if (value) {
+      ::setenv(name_, value->c_str(), 1);
+    } else {
+      ::unsetenv(name_);
+    }
+  }
+  const char* name_;
+  std::optional<std::string> saved_;
+};
+
+struct PoolSizeCase {
+  std::string name;
+  std::optional<std::string> hl_num_threads;
+  int expected;  // 0: the online CPUs
+};
+
+void PrintTo(const PoolSizeCase& c, std::ostream* os) { *os << c.name; }
+
+class ThreadsBeforeStartTest : public ::testing::TestWithParam<PoolSizeCase> {};
+
+// HL_NUM_THREADS as users set it, before the first kernel: num_threads() already says the size the pool then
+// takes, by Halide's rule (atoi, clamped to [1, 256]). ctest runs each case alone in its process, so the pool
+// has not started; run together in one process, the later cases cannot check this and skip.
+TEST_P(ThreadsBeforeStartTest, NumThreadsIsThePoolsSizeBeforeTheFirstKernel) {
+  if (halide_get_num_threads() != 0) GTEST_SKIP() << "the pool already started in this process";
+  ScopedEnvironment env("HL_NUM_THREADS", GetParam().hl_num_threads);
+  ScopedEnvironment legacy("HL_NUMTHREADS", std::nullopt);
+  const int expected = GetParam().expected ? GetParam().expected : static_cast<int>(::sysconf(_SC_NPROCESSORS_ONLN));
+  EXPECT_EQ(num_threads(), expected);
+  Random rng(test::seed_for_current_test());
+  BatchNorm2d layer(3);
+  Batch b({2, 3, 4, 5}, Layout::nchw, rng);
+  layer.forward(b.view(b.x), b.view(b.y));
+  EXPECT_EQ(halide_get_num_threads(), expected) << "the pool started with another size";
+  EXPECT_EQ(num_threads(), expected);
+}
+
+INSTANTIATE_TEST_SUITE_P(HlNumThreads, ThreadsBeforeStartTest,
+                         ::testing::Values(PoolSizeCase{"unset", std::nullopt, 0}, PoolSizeCase{"three", "3", 3},
+                                           PoolSizeCase{"above_the_limit", "1000", 256}, PoolSizeCase{"zero", "0", 1},
+                                           PoolSizeCase{"not_a_number", "many", 1}),
+                         case_name<PoolSizeCase>);
+
+// Before the first kernel, set_num_threads returns the size the pool would have taken (run alone by ctest).
+TEST(ThreadsTest, SetNumThreadsBeforeTheFirstKernelReturnsThePoolsSize) {
+  if (halide_get_num_threads() != 0) GTEST_SKIP() << "the pool already started in this process";
+  ScopedNumThreads restore;
+  const int size = num_threads();
+  EXPECT_EQ(set_num_threads(2), size);
+}
+
+// The training forward and the backward on 1 and on 2 threads, in both layouts: bit for bit the same (the
+// schedules split work into tasks by data, not by thread count, and merge partial sums in a fixed order), and
+// both match the reference.
+TEST(ThreadsTest, ResultsDoNotDependOnTheNumberOfThreads) {
+  ScopedNumThreads restore;
+  Random rng(test::seed_for_current_test());
+  const std::vector<int64_t> shape{8, 32, 48, 48};  // 2.4 MB: several NCHW channel blocks and NHWC tasks
+  for (Layout layout : {Layout::nchw, Layout::nhwc}) {
+    SCOPED_TRACE(to_string(layout));
+    const Batch data(shape, layout, rng);
+    std::vector<LayerState> states;
+    std::vector<std::vector<uint32_t>> ys, dxs;
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      ASSERT_EQ(num_threads(), threads);
+      Batch b = data;
+      BatchNorm2d layer(32);
+      layer.forward(b.view(b.x), b.view(b.y));
+      layer.backward(b.view(b.dy), b.view(b.dx));
+      const reference::ForwardTraining ref = reference_training(b, layer);
+      EXPECT_TRUE(close("y", b.y, ref.y)) << threads << " threads";
+      EXPECT_TRUE(close("dx", b.dx, reference_backward(b, layer, ref).dx)) << threads << " threads";
+      states.push_back(state_of(layer));
+      ys.push_back(bits(b.y));
+      dxs.push_back(bits(b.dx));
+    }
+    EXPECT_TRUE(ys[0] == ys[1]) << "y differs between 1 and 2 threads";
+    EXPECT_TRUE(dxs[0] == dxs[1]) << "dx differs between 1 and 2 threads";
+    expect_same_state(states[1], states[0], "2 threads against 1");
+  }
+}
+
+TEST(ThreadsTest, SetNumThreadsReturnsThePreviousSizeAndRefusesNegatives) {
+  const int original = num_threads();
+  ASSERT_GE(original, 1);
+  {
+    ScopedNumThreads restore;
+    EXPECT_EQ(set_num_threads(1), original);
+    EXPECT_EQ(num_threads(), 1);
+    EXPECT_EQ(set_num_threads(3), 1);
+    EXPECT_EQ(num_threads(), 3);
+    expect_error([] { set_num_threads(-1); }, {"set_num_threads: n is -1, expected >= 1 (or 0 for the default"});
+    EXPECT_EQ(num_threads(), 3) << "a refused set_num_threads changed the pool";
+    EXPECT_EQ(set_num_threads(0), 3);
+    EXPECT_EQ(num_threads(), original) << "0 is the default (HL_NUM_THREADS or the CPUs)";
+    set_num_threads(2);
+  }
+  EXPECT_EQ(num_threads(), original);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// A kernel's own error
+
+// Every forward training variant that runs here, called directly with an output that asks for more batches
+// than x has: Halide's bounds check refuses it, and the message arrives as fusednorm::Error with the kernel's
+// name and Halide's text. (An output smaller than x is not an error to Halide: it computes that region.) The
+// runtime's error handler keeps Halide from printing.
+TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
+  using detail::HalideTensor;
+  using Dims = std::initializer_list<std::pair<int64_t, int64_t>>;
+  const int64_t n = 2, c = 3, s = 20;
+  std::vector<float> x(static_cast<size_t>(n * c * s), 1.0f), y(static_cast<size_t>((n + 1) * c * s));
+  std::vector<float> channels(static_cast<size_t>(8 * c), 0.5f);
+  for (size_t i = 0; i < x.size(); i++) x[i] = static_cast<float>(i % 5);
+  int calls = 0;
+  for (const std::string& isa : supported_isas()) {
+    test::ScopedMaxIsa limit(isa);
+    for (Layout layout : {Layout::nchw, Layout::nhwc}) {
+      for (bool affine : {false, true}) {
+        const detail::KernelVariant& variant =
+            detail::select_variant({"layers_test", detail::Direction::forward_training, layout, affine});
+        SCOPED_TRACE(variant.name);
+        // (extent, stride) innermost first, as the kernels index x: (S, C, N) or (C, S, N).
+        auto view = [&](float* data, int64_t batches) {
+          return layout == Layout::nchw ? std::make_unique<HalideTensor>(data, Dims{{s, 1}, {c, s}, {batches, c * s}})
+                                        : std::make_unique<HalideTensor>(data, Dims{{c, 1}, {s, c}, {batches, c * s}});
+        };
+        std::unique_ptr<HalideTensor> x_view = view(x.data(), n), y_view = view(y.data(), n + 1);
+        std::vector<std::unique_ptr<HalideTensor>> per_channel;
+        for (int64_t k = 0; k < 8; k++) {
+          per_channel.push_back(std::make_unique<HalideTensor>(channels.data() + k * c, Dims{{c, 1}}));
+        }
+        float momentum = 0.1f, eps = 1e-5f, correction = 1.0f;
+        detail::KernelArgs args;
+        args.bind("x", *x_view);
+        args.bind("y", *y_view);
+        args.bind("running_mean", *per_channel[0]);
+        args.bind("running_var", *per_channel[1]);
+        args.bind("momentum", &momentum);
+        args.bind("eps", &eps);
+        args.bind("running_var_correction", &correction);
+        for (int k = 0; k < 4; k++) {
+          args.bind(("channel_outputs." + std::to_string(k)).c_str(), *per_channel[static_cast<size_t>(2 + k)]);
+        }
+        if (affine) {
+          args.bind("weight", *per_channel[6]);
+          args.bind("bias", *per_channel[7]);
+        }
+        ::testing::internal::CaptureStderr();
+        expect_error([&] { args.call(variant, "layers_test"); },
+                     {"layers_test: kernel " + std::string(variant.name) + " failed (Halide error",
+                      "Input buffer x is accessed at 2, which is beyond the max (1) in dimension 2"});
+        EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
+        calls++;
+      }
+    }
+  }
+  EXPECT_GE(calls, 4);
+}
+
+}  // namespace
+}  // namespace fusednorm
