@@ -61,6 +61,28 @@ int selected_cases(const Options& options, const shapes::NamedShape& shape) {
   return count;
 }
 
+// The rows of a case: fusednorm, fusednorm in place (forwards), naive.
+int rows_per_case(Direction direction) { return 2 + has_in_place_row(direction); }
+
+int selected_rows(const Options& options, const shapes::NamedShape& shape) {
+  int count = 0;
+  for (Layout layout : kLayouts) {
+    for (Direction direction : kDirections) {
+      if (selected(options, shape, layout, direction)) count += rows_per_case(direction);
+    }
+  }
+  return count;
+}
+
+bool selects_in_place_rows(const Options& options, const shapes::NamedShape& shape) {
+  for (Layout layout : kLayouts) {
+    for (Direction direction : kDirections) {
+      if (has_in_place_row(direction) && selected(options, shape, layout, direction)) return true;
+    }
+  }
+  return false;
+}
+
 std::string default_json_path() {
   std::error_code error;
   std::filesystem::path executable = std::filesystem::read_symlink("/proc/self/exe", error);
@@ -112,12 +134,12 @@ class Benchmark {
   const std::vector<ShapeNote>& notes() const { return notes_; }
 
  private:
-  // Two copy ceilings per shape with any selected row, then a kernel and a baseline row per selected case.
+  // Two copy ceilings per shape with any selected row, then the rows of each selected case.
   int count_steps() const {
     int steps = 0;
     for (const shapes::NamedShape& shape : shapes_) {
-      const int cases = selected_cases(options_, shape);
-      steps += cases > 0 ? 2 + 2 * cases : 0;
+      const int rows = selected_rows(options_, shape);
+      steps += rows > 0 ? 2 + rows : 0;
     }
     return steps;
   }
@@ -128,9 +150,14 @@ class Benchmark {
     for (int64_t extent : shape.shape) numel *= extent;
     const int64_t tensor_bytes = numel * static_cast<int64_t>(sizeof(float));
     const CacheRegime regime = choose_cache_regime(tensor_bytes, machine_.llc_bytes);
-    notes_.push_back(
-        {shape.name, fmt::format("{:.1f}M elements, {} per tensor; {}", static_cast<double>(numel) / 1e6,
-                                 megabytes(tensor_bytes), describe(regime, tensor_bytes, machine_.llc_bytes))});
+    const CacheRegime in_place = in_place_regime(regime, tensor_bytes, machine_.llc_bytes);
+    std::string note = fmt::format("{:.1f}M elements, {} per tensor; {}", static_cast<double>(numel) / 1e6,
+                                   megabytes(tensor_bytes), describe(regime, tensor_bytes, machine_.llc_bytes));
+    if (const std::string text = describe_in_place(in_place, tensor_bytes);
+        !text.empty() && selects_in_place_rows(options_, shape)) {
+      note += ", " + text;
+    }
+    notes_.push_back({shape.name, note});
 
     measure_copy_ceilings(shape, numel, regime);
     for (Layout layout : kLayouts) {
@@ -140,7 +167,9 @@ class Benchmark {
       Problem problem = make_problem(shape, layout, regime.buffer_sets);
       Verifier verifier(problem);
       for (Direction direction : kDirections) {
-        if (selected(options_, shape, layout, direction)) measure_case(problem, verifier, direction, regime);
+        if (selected(options_, shape, layout, direction)) {
+          measure_case(problem, verifier, direction, regime, in_place);
+        }
       }
     }
   }
@@ -178,24 +207,34 @@ class Benchmark {
     }
   }
 
-  void measure_case(Problem& problem, Verifier& verifier, Direction direction, const CacheRegime& regime) {
+  // in_place: the regime of the in-place rows, the same as `regime` but for the buffers it rotates through.
+  void measure_case(Problem& problem, Verifier& verifier, Direction direction, const CacheRegime& regime,
+                    const CacheRegime& in_place) {
     const std::string what =
         fmt::format("{} {} {}", problem.shape.name, fusednorm::to_string(problem.layout), to_string(direction));
     progress_.status(what + ": computing the float64 reference");
     verifier.prepare(direction);
-    for (const Implementation& impl :
-         {fusednorm_implementation(direction, problem.layout), naive_implementation(direction)}) {
+    std::vector<Implementation> implementations = {fusednorm_implementation(direction, problem.layout)};
+    if (has_in_place_row(direction)) {
+      implementations.push_back(fusednorm_implementation(direction, problem.layout, /*in_place=*/true));
+    }
+    implementations.push_back(naive_implementation(direction));
+    for (const Implementation& impl : implementations) {
       progress_.step(fmt::format("{} {}: verifying", what, impl.name));
       verifier.check(impl, direction);
       progress_.status(fmt::format("{} {}: timing", what, impl.name));
-      Row row = base_row(problem.shape, regime);
+      const CacheRegime& row_regime = impl.in_place ? in_place : regime;
+      // Every in-place buffer starts from a copy of x, whatever the rows before left in it.
+      if (impl.in_place) problem.refill_in_place(row_regime.buffer_sets);
+      Row row = base_row(problem.shape, row_regime);
       row.op = "batch_norm";
       row.direction = to_string(direction);
       row.layout = fusednorm::to_string(problem.layout);
       row.impl = impl.name;
       row.kind = impl.kind;
+      row.in_place = impl.in_place;
       row.bytes = tensors_moved(direction) * problem.tensor_bytes();
-      row.timing = time_runs([&](int set) { impl.run(problem, set); }, regime, plan_, machine_.cores);
+      row.timing = time_runs([&](int set) { impl.run(problem, set); }, row_regime, plan_, machine_.cores);
       rows_.push_back(row);
     }
   }
@@ -233,16 +272,19 @@ void print_header(const MachineInfo& machine, const RunSettings& settings, const
              settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
              isas.empty() ? "none" : isas.front());
   fmt::print(
+      "  in place the forwards' .../inplace rows write y over x (output == input), each run on the previous run's "
+      "output (the inference's every other run with the inverse parameters, so that it stays finite)\n");
+  fmt::print(
       "  ceiling  the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and cache "
       "regime as the row; GB/s counts read + write\n",
       settings.copy_isa, settings.copy_isa);
   fmt::print(
-      "  GB/s     forward: x read + y written; backward: x and dy read + dx written (per-channel tensors "
-      "not counted)\n");
+      "  GB/s     forward: x read + y written (in place too); backward: x and dy read + dx written (per-channel "
+      "tensors not counted)\n");
   fmt::print("  timing   {}\n", describe_plan(plan));
   fmt::print(
-      "  checked  every fusednorm and baseline row against the float64 reference first: max |out - ref| / "
-      "max |ref| < {:g}\n",
+      "  checked  every fusednorm and baseline row against the float64 reference first (in place: on a copy of "
+      "x): max |out - ref| / max |ref| < {:g}\n",
       kTolerance);
   if (!settings.filter.empty()) fmt::print("  filter   '{}'\n", settings.filter);
   if (machine.load_average > kBusyLoadAverage) {

@@ -13,6 +13,7 @@ constexpr const char* kUsage = R"(usage: fusednorm_bench [options]
 
 Times FusedNorm's BatchNorm kernels (forward training, forward inference, backward; NCHW and NHWC) on the
 ResNet-50 batch-32 shapes, against a naive OpenMP baseline and the copy bandwidth measured in the same run.
+The forwards are timed out of place and in place (impl ".../inplace": y written over x).
 
   --quick          the same shapes at batch 2 and short timing, for development
   --filter TEXT    only rows whose "batch_norm/<direction>/<layout>/<shape name>" contains TEXT,

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "bench/copy_ceiling.h"
 #include "bench/naive_batch_norm.h"
 #include "fusednorm/batch_norm.h"
 #include "fusednorm/dispatch.h"
@@ -19,17 +20,24 @@ std::vector<float> random_vector(int64_t count, float low, float high, uint64_t 
 BatchNormOptions training_options() { return {.training = true, .eps = kEps, .momentum = kMomentum}; }
 BatchNormOptions inference_options() { return {.training = false, .eps = kEps, .momentum = kMomentum}; }
 
-void run_fusednorm(Direction direction, Problem& p, int set) {
-  BufferSet& b = p.sets[static_cast<size_t>(set)];
+void run_fusednorm(Direction direction, Problem& p, int set, bool in_place) {
   ChannelTensors& ch = p.channels;
   auto tensor = [&](const AlignedBuffer& buffer) {
     return TensorView::with_layout(buffer.data(), p.shape.shape, p.layout);
   };
   auto per_channel = [&](std::vector<float>& v) { return TensorView(v.data(), {p.dims.c}); };
+  const AlignedBuffer& x = in_place ? p.in_place[static_cast<size_t>(set)] : p.sets[static_cast<size_t>(set)].x;
+  const AlignedBuffer& y = in_place ? x : p.sets[static_cast<size_t>(set)].output;  // y, or dx for the backward
+  // In place, each run starts from the previous run's output. The training forward's output normalized again
+  // is itself (up to eps and rounding), so it can run on it indefinitely. The inference is an affine map per
+  // channel with slopes up to 2.1 here (weight / sqrt(running_var)), which would overflow to inf in about 120
+  // runs, so every other run on a buffer undoes the previous one with the inverse parameters.
+  const int runs_before = in_place ? p.in_place_runs[static_cast<size_t>(set)]++ : 0;
+  const bool inverse = direction == Direction::forward_inference && runs_before % 2 == 1;
   switch (direction) {
     case Direction::forward_training:
-      batch_norm_forward({.input = tensor(b.x),
-                          .output = tensor(b.output),
+      batch_norm_forward({.input = tensor(x),
+                          .output = tensor(y),
                           .weight = per_channel(ch.weight),
                           .bias = per_channel(ch.bias),
                           .running_mean = per_channel(ch.running_mean),
@@ -39,18 +47,18 @@ void run_fusednorm(Direction direction, Problem& p, int set) {
                          training_options());
       return;
     case Direction::forward_inference:
-      batch_norm_forward({.input = tensor(b.x),
-                          .output = tensor(b.output),
-                          .weight = per_channel(ch.weight),
-                          .bias = per_channel(ch.bias),
-                          .running_mean = per_channel(ch.running_mean),
-                          .running_var = per_channel(ch.running_var)},
+      batch_norm_forward({.input = tensor(x),
+                          .output = tensor(y),
+                          .weight = per_channel(inverse ? ch.inverse_weight : ch.weight),
+                          .bias = per_channel(inverse ? ch.inverse_bias : ch.bias),
+                          .running_mean = per_channel(inverse ? ch.inverse_running_mean : ch.running_mean),
+                          .running_var = per_channel(inverse ? ch.inverse_running_var : ch.running_var)},
                          inference_options());
       return;
     case Direction::backward:
-      batch_norm_backward({.grad_output = tensor(b.grad_output),
-                           .input = tensor(b.x),
-                           .grad_input = tensor(b.output),
+      batch_norm_backward({.grad_output = tensor(p.sets[static_cast<size_t>(set)].grad_output),
+                           .input = tensor(x),
+                           .grad_input = tensor(y),
                            .weight = per_channel(ch.weight),
                            .save_mean = per_channel(ch.batch_mean),
                            .save_invstd = per_channel(ch.batch_invstd),
@@ -95,13 +103,42 @@ const char* to_string(Direction direction) {
 
 int tensors_moved(Direction direction) { return direction == Direction::backward ? 3 : 2; }
 
+bool has_in_place_row(Direction direction) { return direction != Direction::backward; }
+
 void ChannelTensors::reset_running_statistics() {
   running_mean = initial_running_mean;
   running_var = initial_running_var;
 }
 
+// The inference computes y = (x - m) * w / sqrt(v + eps) + b per channel. With m' = b, v' = v, b' = m and
+// w' = (v + eps) / w it computes (y - b) * (v + eps) / (w * sqrt(v + eps)) + m = (y - b) * sqrt(v + eps) / w + m
+// = x. (w is in [0.5, 1.5] here, never 0.) Keeping v' = v makes both runs round sqrt(v + eps) alike; what
+// rounding is left drifts by about 1e-7 of the values per pair of runs.
+void ChannelTensors::prepare_inverse_inference() {
+  const size_t channels = weight.size();
+  inverse_weight.resize(channels);
+  for (size_t c = 0; c < channels; c++) {
+    inverse_weight[c] = static_cast<float>((static_cast<double>(running_var[c]) + kEps) / weight[c]);
+  }
+  inverse_bias = running_mean;
+  inverse_running_mean = bias;
+  inverse_running_var = running_var;
+}
+
+void Problem::refill_in_place(int count) {
+  for (int i = 0; i < count; i++) {
+    if (static_cast<int>(in_place.size()) <= i) in_place.emplace_back(dims.numel());
+    parallel_copy(sets[static_cast<size_t>(i) % sets.size()].x.data(), in_place[static_cast<size_t>(i)].data(),
+                  dims.numel(), CopyStores::regular);
+  }
+  in_place_runs.assign(in_place.size(), 0);
+  channels.prepare_inverse_inference();
+}
+
 Problem make_problem(const shapes::NamedShape& shape, Layout layout, int buffer_sets) {
-  Problem p{shape, layout, {}, {}, {}};
+  Problem p{};
+  p.shape = shape;
+  p.layout = layout;
   int64_t spatial = 1;
   for (size_t d = 2; d < shape.shape.size(); d++) spatial *= shape.shape[d];
   p.dims = {shape.shape.at(0), shape.shape.at(1), spatial, layout};
@@ -126,12 +163,15 @@ Problem make_problem(const shapes::NamedShape& shape, Layout layout, int buffer_
   return p;
 }
 
-Implementation fusednorm_implementation(Direction direction, Layout layout) {
+Implementation fusednorm_implementation(Direction direction, Layout layout, bool in_place) {
+  if (in_place && !has_in_place_row(direction)) {
+    throw Error(fmt::format("fusednorm_bench: batch_norm {} has no in-place form", to_string(direction)));
+  }
   // The same rule as the dispatch: the first variant that fits the call and runs here (best ISA first).
   for (const VariantInfo& v : variants()) {
     if (v.direction == to_string(direction) && v.layout == to_string(layout) && v.affine && v.runs_here) {
-      return {fmt::format("fusednorm/{}/{}", v.schedule, v.isa), "fusednorm",
-              [direction](Problem& p, int set) { run_fusednorm(direction, p, set); }};
+      return {fmt::format("fusednorm/{}/{}{}", v.schedule, v.isa, in_place ? "/inplace" : ""), "fusednorm", in_place,
+              [direction, in_place](Problem& p, int set) { run_fusednorm(direction, p, set, in_place); }};
     }
   }
   throw Error(fmt::format("fusednorm_bench: no affine {} {} kernel was built that runs on this CPU (max_isa '{}')",
@@ -139,7 +179,7 @@ Implementation fusednorm_implementation(Direction direction, Layout layout) {
 }
 
 Implementation naive_implementation(Direction direction) {
-  return {"naive", "baseline", [direction](Problem& p, int set) { run_naive(direction, p, set); }};
+  return {"naive", "baseline", false, [direction](Problem& p, int set) { run_naive(direction, p, set); }};
 }
 
 }  // namespace fusednorm::bench

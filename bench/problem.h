@@ -22,8 +22,12 @@ const char* to_string(Direction direction);
 constexpr double kMomentum = 0.1;
 constexpr double kEps = 1e-5;
 
-// The fewest (N, C, H, W) tensors a direction must move: x in, y out; the backward reads dy as well.
+// The fewest (N, C, H, W) tensors a direction must move: x in, y out; the backward reads dy as well. In place
+// too: y's lines are then already in cache, but the bytes counted stay the same so that ratios compare.
 int tensors_moved(Direction direction);
+
+// The forwards accept y written over x (the same view); the backward does not accept dx over dy.
+bool has_in_place_row(Direction direction);
 
 // What one run reads and writes; rotating among several sets keeps runs from finding their data in cache.
 struct BufferSet {
@@ -37,8 +41,13 @@ struct ChannelTensors {
   std::vector<float> save_mean, save_invstd;     // written by the training forward
   std::vector<float> batch_mean, batch_invstd;   // read by the backward: the statistics of x (set by the Verifier)
   std::vector<float> grad_weight, grad_bias;     // written by the backward
+  // The inference's inverse: the same kernel with these parameters takes its y back to its x (see
+  // prepare_inverse_inference). In place, alternate runs use them, so that the data never diverges.
+  std::vector<float> inverse_weight, inverse_bias, inverse_running_mean, inverse_running_var;
 
   void reset_running_statistics();
+  // From weight, bias and the current running statistics.
+  void prepare_inverse_inference();
 };
 
 struct Problem {
@@ -47,8 +56,15 @@ struct Problem {
   reference::Dims dims;
   std::vector<BufferSet> sets;
   ChannelTensors channels;
+  // The in-place rows' buffers, each x overwritten by y: one tensor per run, so as many as in_place_regime
+  // rotates through, apart from the sets (whose x the other rows and the reference keep reading).
+  std::vector<AlignedBuffer> in_place;
+  std::vector<int> in_place_runs;  // runs on each buffer since it was refilled
 
   int64_t tensor_bytes() const { return dims.numel() * static_cast<int64_t>(sizeof(float)); }
+  // Makes in_place[0, count) fresh copies of x (buffer i of set i % sets, so that they differ as the sets'
+  // do), allocating any missing, and prepares the inference's inverse from the current running statistics.
+  void refill_in_place(int count);
 };
 
 // Allocates and fills `buffer_sets` sets of random inputs (each set its own values) and the per-channel
@@ -56,13 +72,15 @@ struct Problem {
 Problem make_problem(const shapes::NamedShape& shape, Layout layout, int buffer_sets);
 
 struct Implementation {
-  std::string name;  // "fusednorm/<schedule>/<isa>" or "naive"
-  std::string kind;  // "fusednorm" or "baseline"
+  std::string name;       // "fusednorm/<schedule>/<isa>", "fusednorm/<schedule>/<isa>/inplace" or "naive"
+  std::string kind;       // "fusednorm" or "baseline"
+  bool in_place = false;  // y written over x in problem.in_place[set], instead of x and output of sets[set]
   std::function<void(Problem& problem, int set)> run;
 };
 
-// The kernel dispatch picks for this direction and layout (affine, best instruction set allowed).
-Implementation fusednorm_implementation(Direction direction, Layout layout);
+// The kernel dispatch picks for this direction and layout (affine, best instruction set allowed); in place,
+// with output == input (forwards only).
+Implementation fusednorm_implementation(Direction direction, Layout layout, bool in_place = false);
 Implementation naive_implementation(Direction direction);
 
 }  // namespace fusednorm::bench

@@ -67,14 +67,15 @@ std::string json_value(const std::optional<double>& number) {
 std::string json_row(const Row& r) {
   return fmt::format(
       "{{\"op\": {}, \"direction\": {}, \"epilogue\": \"none\", \"layout\": {}, \"dtype\": \"float32\", "
-      "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"ms\": {:.6g}, \"ms_min\": {:.6g}, "
-      "\"reps\": {}, \"gbps\": {:.6g}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, \"ratio_to_ceiling\": {}, "
+      "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"inplace\": {}, \"ms\": {:.6g}, "
+      "\"ms_min\": {:.6g}, \"reps\": {}, \"gbps\": {:.6g}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, "
+      "\"ratio_to_ceiling\": {}, "
       "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"others_cpu_share\": {}, \"attempts\": {}}}",
       json_string(r.op), json_value(r.direction), json_value(r.layout), fmt::join(r.shape, ", "),
-      json_string(r.shape_name), json_string(r.impl), json_string(r.kind), r.timing.median_ms, r.timing.min_ms,
-      r.timing.reps, r.gbps(), r.bytes, r.threads, json_string(r.cache), json_value(r.ratio_to_ceiling),
-      json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline), json_value(r.timing.others_cpu_share),
-      r.timing.attempts);
+      json_string(r.shape_name), json_string(r.impl), json_string(r.kind), r.in_place, r.timing.median_ms,
+      r.timing.min_ms, r.timing.reps, r.gbps(), r.bytes, r.threads, json_string(r.cache),
+      json_value(r.ratio_to_ceiling), json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline),
+      json_value(r.timing.others_cpu_share), r.timing.attempts);
 }
 
 }  // namespace
@@ -163,7 +164,7 @@ void print_target_summary(const std::vector<Row>& rows) {
     const char* verdict = !reliable                       ? "unreliable (marked ! above)"
                           : ratio >= kTargetRatioToCopyNt ? "meets the target"
                                                           : "below the target";
-    fmt::print("  {:<16} {:<20} {:<22} {:6.1f} GB/s of {:6.1f} GB/s: {:.2f}  {}\n", r.shape_name, shape_string(r.shape),
+    fmt::print("  {:<16} {:<20} {:<30} {:6.1f} GB/s of {:6.1f} GB/s: {:.2f}  {}\n", r.shape_name, shape_string(r.shape),
                r.impl, r.gbps(), copy_nt ? copy_nt->gbps() : NAN, ratio, verdict);
   }
   if (!any) fmt::print("  (no such row in this run)\n");

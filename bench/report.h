@@ -16,8 +16,9 @@ struct Row {
   std::optional<std::string> layout;     // "nchw", "nhwc"; none for copies
   std::string shape_name;                // "resnet50.conv1"
   std::vector<int64_t> shape;            // (N, C, H, W)
-  std::string impl;                      // "fusednorm/hand/avx512", "naive", "copy", "copy_nt"
+  std::string impl;                      // "fusednorm/hand/avx512", ".../inplace", "naive", "copy", "copy_nt"
   std::string kind;                      // "fusednorm", "baseline", "ceiling"
+  bool in_place = false;                 // y written over x (output == input)
   std::string cache;                     // "hot", "cold"
   int threads = 0;
   int64_t bytes = 0;  // the fewest bytes the operation must move, which GB/s counts

@@ -18,7 +18,8 @@ constexpr int64_t kMemoryBudgetBytes = int64_t{8} << 30;
 constexpr int64_t kColdFootprintInCaches = 2;
 
 constexpr int kTensorsPerSet = 3;    // x, dy, and y or dx
-constexpr int kTensorsPerRun = 2;    // the fewest a run touches: the forward's and the copy's
+constexpr int kTensorsPerRun = 2;    // the fewest an out-of-place run touches: the forward's and the copy's
+constexpr int kTensorsInPlace = 1;   // an in-place forward's: x, overwritten by y
 constexpr int kTensorsBackward = 3;  // the most a run touches
 
 double seconds_since(std::chrono::steady_clock::time_point start) {
@@ -30,6 +31,11 @@ void flush_caches(AlignedBuffer& buffer) {
   float* data = buffer.data();
 #pragma omp parallel for schedule(static)
   for (int64_t i = 0; i < buffer.size(); i += 16) data[i] += 1.0f;
+}
+
+// Enough sets of run_bytes that together they hold kColdFootprintInCaches last-level caches.
+int64_t rotating_sets(int64_t run_bytes, int64_t llc_bytes) {
+  return std::max<int64_t>(2, (kColdFootprintInCaches * llc_bytes + run_bytes - 1) / run_bytes);
 }
 
 Timing time_attempt(const std::function<void(int set)>& run, const CacheRegime& regime, const TimingPlan& plan,
@@ -72,8 +78,7 @@ Timing time_attempt(const std::function<void(int set)>& run, const CacheRegime& 
 CacheRegime choose_cache_regime(int64_t tensor_bytes, int64_t llc_bytes) {
   CacheRegime regime;
   if (kTensorsBackward * tensor_bytes <= llc_bytes) return regime;
-  const int64_t run_bytes = kTensorsPerRun * tensor_bytes;
-  const int64_t sets = std::max<int64_t>(2, (kColdFootprintInCaches * llc_bytes + run_bytes - 1) / run_bytes);
+  const int64_t sets = rotating_sets(kTensorsPerRun * tensor_bytes, llc_bytes);
   if (sets * kTensorsPerSet * tensor_bytes <= kMemoryBudgetBytes) {
     regime.mode = CacheRegime::Mode::rotate;
     regime.buffer_sets = static_cast<int>(sets);
@@ -83,6 +88,16 @@ CacheRegime choose_cache_regime(int64_t tensor_bytes, int64_t llc_bytes) {
         std::make_shared<AlignedBuffer>(kColdFootprintInCaches * llc_bytes / static_cast<int64_t>(sizeof(float)));
   }
   return regime;
+}
+
+// Memory: ceil(2 x cache / tensor) tensors, at most twice the x and output tensors of the out-of-place sets (2/3
+// of their memory budget), allocated beside them.
+CacheRegime in_place_regime(const CacheRegime& regime, int64_t tensor_bytes, int64_t llc_bytes) {
+  CacheRegime in_place = regime;
+  if (regime.mode == CacheRegime::Mode::rotate) {
+    in_place.buffer_sets = static_cast<int>(rotating_sets(kTensorsInPlace * tensor_bytes, llc_bytes));
+  }
+  return in_place;
 }
 
 std::string describe(const CacheRegime& regime, int64_t tensor_bytes, int64_t llc_bytes) {
@@ -103,6 +118,12 @@ std::string describe(const CacheRegime& regime, int64_t tensor_bytes, int64_t ll
           megabytes(kTensorsBackward * tensor_bytes), mebibytes(llc_bytes), megabytes(regime.flush_buffer->bytes()));
   }
   return "";
+}
+
+std::string describe_in_place(const CacheRegime& in_place, int64_t tensor_bytes) {
+  if (in_place.mode != CacheRegime::Mode::rotate) return "";
+  return fmt::format("in-place rows (one tensor per run) through {} buffers ({} touched between two uses)",
+                     in_place.buffer_sets, megabytes((in_place.buffer_sets - 1) * kTensorsInPlace * tensor_bytes));
 }
 
 TimingPlan default_plan() { return {}; }

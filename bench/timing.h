@@ -29,8 +29,14 @@ struct CacheRegime {
 // tensor_bytes: one (N, C, H, W) tensor; a buffer set holds the three of the backward (x, dy, dx), and the
 // forward and the copies touch two of them per run.
 CacheRegime choose_cache_regime(int64_t tensor_bytes, int64_t llc_bytes);
+// The same regime for rows that run in place: a run touches one tensor (x, overwritten by y) instead of two,
+// so a cold regime rotates through about twice as many buffers (of one tensor each) to keep as much data
+// passing through the cache between two uses of a buffer. Hot and flush are unchanged.
+CacheRegime in_place_regime(const CacheRegime& regime, int64_t tensor_bytes, int64_t llc_bytes);
 // One line for the output: which regime and why.
 std::string describe(const CacheRegime& regime, int64_t tensor_bytes, int64_t llc_bytes);
+// The in-place rows' part of that line; empty unless they rotate differently.
+std::string describe_in_place(const CacheRegime& in_place, int64_t tensor_bytes);
 
 struct TimingPlan {
   int warmup_runs = 2;           // at least, and at least one per buffer set

@@ -27,8 +27,9 @@ class Verifier {
   // Computes the reference for `direction`, releasing the previous one. For the backward, also sets the
   // problem's batch_mean / batch_invstd: the statistics the training forward would have saved.
   void prepare(Direction direction);
-  // Runs the implementation once on set 0 from fresh running statistics and compares every output it
-  // writes; throws VerificationError naming the output, its error and the tolerance.
+  // Runs the implementation once on set 0 from fresh running statistics (in place: on a fresh copy of set 0's
+  // x) and compares every output it writes; throws VerificationError naming the output, its error and the
+  // tolerance.
   void check(const Implementation& implementation, Direction direction);
 
  private:
