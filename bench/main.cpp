@@ -260,39 +260,47 @@ std::string describe_plan(const TimingPlan& plan) {
   return text;
 }
 
-void print_header(const MachineInfo& machine, const RunSettings& settings, const TimingPlan& plan) {
+std::string title(const RunSettings& settings) {
+  return fmt::format("FusedNorm schedule benchmark{}", settings.quick ? " (--quick: batch 2, short timing)" : "");
+}
+
+std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettings& settings, const TimingPlan& plan) {
   std::vector<std::string> isas = supported_isas();
-  fmt::print("FusedNorm schedule benchmark{}\n", settings.quick ? " (--quick: batch 2, short timing)" : "");
-  fmt::print("  machine  {}, {} cores, last-level cache {} ({}), {} GiB memory\n", machine.cpu_model, machine.cores,
-             mebibytes(machine.llc_bytes), machine.llc_source, machine.memory_bytes >> 30);
-  fmt::print("  date     {}\n", machine.date);
-  fmt::print("  threads  {} (HL_NUM_THREADS for the kernels, OpenMP for the baseline and the copies)\n",
-             settings.threads);
-  fmt::print("  kernels  the variant dispatch picks (affine, best instruction set{}: {})\n",
-             settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
-             isas.empty() ? "none" : isas.front());
-  fmt::print(
-      "  in place the forwards' .../inplace rows write y over x (output == input), each run on the previous run's "
-      "output (the inference's every other run with the inverse parameters, so that it stays finite)\n");
-  fmt::print(
-      "  ceiling  the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and cache "
-      "regime as the row; GB/s counts read + write\n",
-      settings.copy_isa, settings.copy_isa);
-  fmt::print(
-      "  GB/s     forward: x read + y written (in place too); backward: x and dy read + dx written (per-channel "
-      "tensors not counted)\n");
-  fmt::print("  timing   {}\n", describe_plan(plan));
-  fmt::print(
-      "  checked  every fusednorm and baseline row against the float64 reference first (in place: on a copy of "
-      "x): max |out - ref| / max |ref| < {:g}\n",
-      kTolerance);
-  if (!settings.filter.empty()) fmt::print("  filter   '{}'\n", settings.filter);
+  std::vector<HeaderLine> lines = {
+      {"machine", fmt::format("{}, {} cores, last-level cache {} ({}), {} GiB memory", machine.cpu_model, machine.cores,
+                              mebibytes(machine.llc_bytes), machine.llc_source, machine.memory_bytes >> 30)},
+      {"date", machine.date},
+      {"threads",
+       fmt::format("{} (HL_NUM_THREADS for the kernels, OpenMP for the baseline and the copies)", settings.threads)},
+      {"kernels", fmt::format("the variant dispatch picks (affine, best instruction set{}: {})",
+                              settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
+                              isas.empty() ? "none" : isas.front())},
+      {"in place",
+       "the forwards' .../inplace rows write y over x (output == input), each run on the previous run's output "
+       "(the inference's every other run with the inverse parameters, so that it stays finite)"},
+      {"ceiling", fmt::format("the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and "
+                              "cache regime as the row; GB/s counts read + write",
+                              settings.copy_isa, settings.copy_isa)},
+      {"GB/s",
+       "forward: x read + y written (in place too); backward: x and dy read + dx written (per-channel tensors not "
+       "counted)"},
+      {"timing", describe_plan(plan)},
+      {"checked", fmt::format("every fusednorm and baseline row against the float64 reference first (in place: on a "
+                              "copy of x): max |out - ref| / max |ref| < {:g}",
+                              kTolerance)},
+  };
+  if (!settings.filter.empty()) lines.push_back({"filter", fmt::format("'{}'", settings.filter)});
   if (machine.load_average > kBusyLoadAverage) {
-    fmt::print(
-        "  load     {:.2f} (1-minute average) at the start: other processes are running; timings may be "
-        "noisy\n",
-        machine.load_average);
+    lines.push_back({"load", fmt::format("{:.2f} (1-minute average) at the start: other processes are running; "
+                                         "timings may be noisy",
+                                         machine.load_average)});
   }
+  return lines;
+}
+
+void print_header(const std::string& title, const std::vector<HeaderLine>& lines) {
+  fmt::print("{}\n", title);
+  for (const HeaderLine& line : lines) fmt::print("  {:<8} {}\n", line.label, line.text);
   fmt::print("\n");
   std::fflush(stdout);
 }
@@ -305,7 +313,8 @@ int run(int argc, char** argv) {
   const RunSettings settings{threads, options.quick, options.filter, options.reps, max_isa(), copy_isa()};
 
   Benchmark benchmark(options, machine, threads);
-  print_header(machine, settings, benchmark.plan());
+  const std::vector<HeaderLine> header = header_lines(machine, settings, benchmark.plan());
+  print_header(title(settings), header);
   std::vector<Row> rows = benchmark.run();
   if (rows.empty()) {
     fmt::print(stderr, "fusednorm_bench: --filter '{}' selects no row\n", options.filter);
@@ -318,6 +327,11 @@ int run(int argc, char** argv) {
       std::filesystem::absolute(options.json_path.empty() ? default_json_path() : options.json_path).string();
   write_json(json_path, rows, machine, settings);
   fmt::print("\nJSON rows: {}\n", json_path);
+  if (!options.markdown_path.empty()) {
+    const std::string markdown_path = std::filesystem::absolute(options.markdown_path).string();
+    write_markdown(markdown_path, title(settings), header, rows, benchmark.notes());
+    fmt::print("Markdown table: {}\n", markdown_path);
+  }
   fmt::print("Took {:.0f} s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   return 0;
 }

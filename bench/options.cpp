@@ -21,6 +21,8 @@ The forwards are timed out of place and in place (impl ".../inplace": y written 
   --threads N      threads for the kernels (HL_NUM_THREADS), the baseline and the copies (default: cores)
   --reps N         exactly N timed runs per row (default: at least 5 and about 0.5 s)
   --json PATH      where the JSON rows go (default: results.json beside the executable)
+  --markdown PATH  also write the table as GitHub-flavoured markdown (one table per shape under its cache
+                   regime line, then the target summary), for docs/PERFORMANCE.md to include verbatim
   --help           this text
 )";
 
@@ -68,6 +70,8 @@ Options parse_options(int argc, char** argv) {
       options.reps = positive_int(arg, next_value());
     } else if (arg == "--json") {
       options.json_path = next_value();
+    } else if (arg == "--markdown") {
+      options.markdown_path = next_value();
     } else {
       usage_error(fmt::format("unknown argument '{}'", argv[i]));
     }

@@ -5,11 +5,12 @@
 namespace fusednorm::bench {
 
 struct Options {
-  bool quick = false;     // small shapes and short timing, for development
-  std::string filter;     // substring of "batch_norm/<direction>/<layout>/<shape name>"; empty selects all
-  int threads = 0;        // kernels, baseline and copies alike; 0 means one per core
-  std::string json_path;  // empty means results.json beside the executable
-  int reps = 0;           // timed runs per row; 0 means adaptive (at least 5 and about 0.5 s)
+  bool quick = false;         // small shapes and short timing, for development
+  std::string filter;         // substring of "batch_norm/<direction>/<layout>/<shape name>"; empty selects all
+  int threads = 0;            // kernels, baseline and copies alike; 0 means one per core
+  std::string json_path;      // empty means results.json beside the executable
+  std::string markdown_path;  // also the table as GitHub-flavoured markdown there; empty: no markdown
+  int reps = 0;               // timed runs per row; 0 means adaptive (at least 5 and about 0.5 s)
 };
 
 // Exits with the usage text on --help (status 0) or on a malformed command line (status 2).

@@ -78,6 +78,89 @@ std::string json_row(const Row& r) {
       json_value(r.timing.others_cpu_share), r.timing.attempts);
 }
 
+// The table's columns, the same in the text and the markdown.
+constexpr size_t kColumns = 11;
+using Line = std::array<std::string, kColumns>;
+const Line kHeader = {"op", "direction", "layout",    "shape",   "impl",  "kind",
+                      "ms", "GB/s",      "x ceiling", "x naive", "others"};
+constexpr std::array<bool, kColumns> kRightAligned = {false, false, false, false, false, false,
+                                                      true,  true,  true,  true,  true};
+
+std::vector<Line> table_lines(const std::vector<Row>& rows) {
+  std::vector<Line> lines;
+  for (const Row& r : rows) {
+    lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
+                     fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
+                     ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed),
+                     ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
+                     percent_text(r.timing.others_cpu_share, r.timing.disturbed())});
+  }
+  return lines;
+}
+
+bool starts_shape(const std::vector<Row>& rows, size_t i) { return i == 0 || rows[i].shape != rows[i - 1].shape; }
+
+// The line above a shape's rows, after its name: "[32, 64, 112, 112]: 25.7M elements, ...; cold: ...".
+std::string shape_caption(const Row& row, const std::vector<ShapeNote>& notes) {
+  auto note =
+      std::find_if(notes.begin(), notes.end(), [&](const ShapeNote& n) { return n.shape_name == row.shape_name; });
+  return fmt::format("{}{}", shape_string(row.shape), note != notes.end() ? ": " + note->text : "");
+}
+
+std::string footnote(const std::vector<Row>& rows) {
+  const auto unreliable = std::count_if(rows.begin(), rows.end(), [](const Row& r) { return r.timing.disturbed(); });
+  std::string text =
+      "others: the share of the CPUs other processes used while the row was timed (- : too short to tell); a ratio "
+      "marked ! divides by such a row.";
+  if (unreliable > 0) {
+    text += fmt::format(
+        " {} row(s) marked ! ran beside more than {:.0f}% even when timed again: their numbers are unreliable; "
+        "rerun on a quiet machine (or with --filter)",
+        unreliable, 100 * kDisturbedShare);
+  }
+  return text;
+}
+
+std::string target_title() {
+  return fmt::format("Target: batch_norm forward_training nchw at >= {} x the non-temporal copy (copy_nt) bandwidth",
+                     kTargetRatioToCopyNt);
+}
+
+struct TargetLine {
+  std::string shape_name, shape, impl;
+  double gbps, copy_nt_gbps, ratio;
+  std::string verdict;
+};
+
+// The fusednorm rows the target is about, out of place and in place.
+std::vector<TargetLine> target_lines(const std::vector<Row>& rows) {
+  std::vector<TargetLine> lines;
+  for (const Row& r : rows) {
+    if (r.kind != "fusednorm" || r.direction != "forward_training" || r.layout != "nchw") continue;
+    const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
+    const double ratio = r.ratio_to_copy_nt.value_or(NAN);
+    const bool reliable = copy_nt && !copy_nt->timing.disturbed() && !r.timing.disturbed();
+    const char* verdict = !reliable                       ? "unreliable (marked ! above)"
+                          : ratio >= kTargetRatioToCopyNt ? "meets the target"
+                                                          : "below the target";
+    lines.push_back(
+        {r.shape_name, shape_string(r.shape), r.impl, r.gbps(), copy_nt ? copy_nt->gbps() : NAN, ratio, verdict});
+  }
+  return lines;
+}
+
+// Markdown would read a | inside a table cell as the next column (escaped, it reads as | elsewhere too). Our
+// text has no other markup characters: GitHub does not read the underscores inside words such as
+// forward_training as emphasis.
+std::string markdown_text(const std::string& text) {
+  std::string out;
+  for (char c : text) {
+    if (c == '|') out += '\\';
+    out += c;
+  }
+  return out;
+}
+
 }  // namespace
 
 void complete_ratios(std::vector<Row>& rows) {
@@ -98,26 +181,10 @@ void complete_ratios(std::vector<Row>& rows) {
 }
 
 void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& notes) {
-  constexpr size_t kColumns = 11;
-  using Line = std::array<std::string, kColumns>;
-  const Line header = {"op", "direction", "layout",    "shape",   "impl",  "kind",
-                       "ms", "GB/s",      "x ceiling", "x naive", "others"};
-  constexpr std::array<bool, kColumns> kRightAligned = {false, false, false, false, false, false,
-                                                        true,  true,  true,  true,  true};
-  std::vector<Line> lines;
-  int unreliable = 0;
-  for (const Row& r : rows) {
-    const bool busy = r.timing.disturbed();
-    unreliable += busy;
-    lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
-                     fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
-                     ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed),
-                     ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
-                     percent_text(r.timing.others_cpu_share, busy)});
-  }
+  const std::vector<Line> lines = table_lines(rows);
   std::array<size_t, kColumns> width{};
   for (size_t c = 0; c < kColumns; c++) {
-    width[c] = header[c].size();
+    width[c] = kHeader[c].size();
     for (const Line& line : lines) width[c] = std::max(width[c], line[c].size());
   }
   auto print_line = [&](const Line& line) {
@@ -129,45 +196,62 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
     fmt::print("{}\n", text);
   };
 
-  print_line(header);
+  print_line(kHeader);
   for (size_t i = 0; i < rows.size(); i++) {
-    if (i == 0 || rows[i].shape != rows[i - 1].shape) {
-      auto note = std::find_if(notes.begin(), notes.end(),
-                               [&](const ShapeNote& n) { return n.shape_name == rows[i].shape_name; });
-      fmt::print("\n# {} {}{}\n", rows[i].shape_name, shape_string(rows[i].shape),
-                 note != notes.end() ? ": " + note->text : "");
-    }
+    if (starts_shape(rows, i)) fmt::print("\n# {} {}\n", rows[i].shape_name, shape_caption(rows[i], notes));
     print_line(lines[i]);
   }
-  fmt::print(
-      "\nothers: the share of the CPUs other processes used while the row was timed (- : too short to tell); a ratio "
-      "marked ! divides by such a row.");
-  if (unreliable > 0) {
-    fmt::print(
-        " {} row(s) marked ! ran beside more than {:.0f}% even when timed again: their numbers are unreliable; "
-        "rerun on a quiet machine (or with --filter)",
-        unreliable, 100 * kDisturbedShare);
-  }
-  fmt::print("\n");
+  fmt::print("\n{}\n", footnote(rows));
 }
 
 void print_target_summary(const std::vector<Row>& rows) {
-  fmt::print("\nTarget: batch_norm forward_training nchw at >= {} x the non-temporal copy (copy_nt) bandwidth\n",
-             kTargetRatioToCopyNt);
-  bool any = false;
-  for (const Row& r : rows) {
-    if (r.kind != "fusednorm" || r.direction != "forward_training" || r.layout != "nchw") continue;
-    any = true;
-    const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
-    const double ratio = r.ratio_to_copy_nt.value_or(NAN);
-    const bool reliable = copy_nt && !copy_nt->timing.disturbed() && !r.timing.disturbed();
-    const char* verdict = !reliable                       ? "unreliable (marked ! above)"
-                          : ratio >= kTargetRatioToCopyNt ? "meets the target"
-                                                          : "below the target";
-    fmt::print("  {:<16} {:<20} {:<30} {:6.1f} GB/s of {:6.1f} GB/s: {:.2f}  {}\n", r.shape_name, shape_string(r.shape),
-               r.impl, r.gbps(), copy_nt ? copy_nt->gbps() : NAN, ratio, verdict);
+  fmt::print("\n{}\n", target_title());
+  const std::vector<TargetLine> targets = target_lines(rows);
+  for (const TargetLine& t : targets) {
+    fmt::print("  {:<16} {:<20} {:<30} {:6.1f} GB/s of {:6.1f} GB/s: {:.2f}  {}\n", t.shape_name, t.shape, t.impl,
+               t.gbps, t.copy_nt_gbps, t.ratio, t.verdict);
   }
-  if (!any) fmt::print("  (no such row in this run)\n");
+  if (targets.empty()) fmt::print("  (no such row in this run)\n");
+}
+
+void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,
+                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes) {
+  std::ofstream out(path);
+  if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the markdown table to {}", path));
+  auto table_row = [](const auto& cells) {
+    std::string text = "|";
+    for (const std::string& cell : cells) text += fmt::format(" {} |", markdown_text(cell));
+    return text + "\n";
+  };
+  std::string separator = "|";
+  for (bool right : kRightAligned) separator += right ? " ---: |" : " --- |";
+
+  out << markdown_text(title) << "\n\n";
+  for (const HeaderLine& line : header) {
+    out << "- **" << markdown_text(line.label) << "** " << markdown_text(line.text) << "\n";
+  }
+  const std::vector<Line> lines = table_lines(rows);
+  for (size_t i = 0; i < rows.size(); i++) {
+    if (starts_shape(rows, i)) {
+      out << "\n**" << rows[i].shape_name << "** " << markdown_text(shape_caption(rows[i], notes)) << "\n\n";
+      out << table_row(kHeader) << separator << "\n";
+    }
+    out << table_row(lines[i]);
+  }
+  out << "\n" << markdown_text(footnote(rows)) << "\n";
+
+  out << "\n" << markdown_text(target_title()) << "\n\n";
+  const std::vector<TargetLine> targets = target_lines(rows);
+  const std::array<std::string, 7> target_header = {"shape name",   "shape", "impl",   "GB/s",
+                                                    "copy_nt GB/s", "ratio", "verdict"};
+  if (!targets.empty()) out << table_row(target_header) << "| --- | --- | --- | ---: | ---: | ---: | --- |\n";
+  for (const TargetLine& t : targets) {
+    out << table_row(std::array<std::string, 7>{t.shape_name, t.shape, t.impl, fmt::format("{:.1f}", t.gbps),
+                                                fmt::format("{:.1f}", t.copy_nt_gbps), fmt::format("{:.2f}", t.ratio),
+                                                t.verdict});
+  }
+  if (targets.empty()) out << "(no such row in this run)\n";
+  if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: writing the markdown table to {} failed", path));
 }
 
 void write_json(const std::string& path, const std::vector<Row>& rows, const MachineInfo& machine,

@@ -41,9 +41,19 @@ struct ShapeNote {
   std::string text;
 };
 
+// What the run was and how it was timed, above the table: "  machine  ...", or "- **machine** ..." in markdown.
+struct HeaderLine {
+  std::string label;
+  std::string text;
+};
+
 void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
 // The target: NCHW forward training at >= 0.5 of the non-temporal copy ceiling.
 void print_target_summary(const std::vector<Row>& rows);
+// The same header, tables (one per shape, its note above it) and target summary as GitHub-flavoured markdown,
+// for docs/PERFORMANCE.md to include verbatim.
+void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,
+                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
 
 struct RunSettings {
   int threads = 0;
