@@ -186,6 +186,7 @@ class BatchNormBackward : public BatchNormGenerator<BatchNormBackward> {
       return;
     }
     CpuScheduleContext cx = cpu_context(x);
+    cx.tensors_reread = 2;  // x and dy
     std::vector<Func> per_channel = {alg.centre, alg.grads};
     if (spec().layout == Layout::nchw) {
       schedule_nchw_channel_blocked(dx, outputs, alg.sums, per_channel, cx);

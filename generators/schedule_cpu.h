@@ -19,6 +19,7 @@ struct CpuScheduleContext {
   const Axes& axes;
   Halide::Expr spatial, channels, batch;
   int vector_width;
+  int tensors_reread = 1;  // tensors the statistics read and the elementwise pass reads again
 };
 
 // Chunk and tail sums along contiguous s, vectorised by an rfactor into vector lanes: each is then a
@@ -63,7 +64,8 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, const std::v
   using namespace Halide;
   const Axes& a = cx.axes;
   Var co("co"), ci("ci");
-  Expr channel_bytes = cast<int64_t>(cx.spatial) * cx.batch * 4;
+  // Every tensor the statistics read stays for the elementwise pass: x, and dy too in the backward.
+  Expr channel_bytes = cast<int64_t>(cx.spatial) * cx.batch * 4 * cx.tensors_reread;
   Expr block = cast<int>(clamp(cast<int64_t>(kChannelBlockBytes) / max(channel_bytes, 1), 1, cx.channels));
 
   elementwise.split(a.c, co, ci, block, TailStrategy::GuardWithIf)
