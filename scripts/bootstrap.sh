@@ -7,7 +7,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-debian_packages=(g++ make libfmt-dev libgtest-dev libdnnl-dev)
+debian_packages=(g++ make libfmt-dev libgtest-dev libgmock-dev)
 # Any Python 3 with venv will do (a pyenv one included); Debian's only when there is none.
 if ! { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
   debian_packages+=(python3 python3-venv)
