@@ -434,6 +434,13 @@ std::vector<double> variance_from_invstd(const std::vector<float>& invstd, doubl
   return var;
 }
 
+// The backward's three outputs against the reference's.
+void expect_gradients(const Problem& p, const reference::Backward& ref) {
+  EXPECT_TRUE(close("grad_input", p.dx, ref.dx));
+  EXPECT_TRUE(close("grad_weight", p.grad_weight, ref.dweight));
+  EXPECT_TRUE(close("grad_bias", p.grad_bias, ref.dbias));
+}
+
 // Each channel's mean is 1e4 times its standard deviation (of either sign), and the standard deviations
 // span 1e-2 to 1e2: raw sums of x and x^2 in float32 would lose every digit of the variance here.
 TEST_P(HardNumericsTest, MeanTenThousandTimesTheStandardDeviation) {
@@ -473,9 +480,7 @@ TEST_P(HardNumericsTest, MeanTenThousandTimesTheStandardDeviation) {
                                                      test::to_double(p.save_mean).data(),
                                                      test::to_double(p.save_invstd).data(), true);
   batch_norm_backward(p.backward(Affine::weight_bias), training_options());
-  EXPECT_TRUE(close("grad_input", p.dx, ref_backward.dx));
-  EXPECT_TRUE(close("grad_weight", p.grad_weight, ref_backward.dweight));
-  EXPECT_TRUE(close("grad_bias", p.grad_bias, ref_backward.dbias));
+  expect_gradients(p, ref_backward);
 }
 
 // Every value of a channel equal up to 1e-6 noise (variance about 3e-13, far below eps = 1e-5), and channel 0
@@ -531,9 +536,7 @@ TEST_P(HardNumericsTest, EvaluationWithRunningVarianceBelowEps) {
     auto ref_backward = reference::batch_norm_backward(p.x.data(), p.dy.data(), p.d, p.weight.data(),
                                                        test::to_double(p.running_mean).data(), invstd.data(), false);
     batch_norm_backward(p.backward(Affine::weight_bias), options);
-    EXPECT_TRUE(close("grad_input", p.dx, ref_backward.dx));
-    EXPECT_TRUE(close("grad_weight", p.grad_weight, ref_backward.dweight));
-    EXPECT_TRUE(close("grad_bias", p.grad_bias, ref_backward.dbias));
+    expect_gradients(p, ref_backward);
   }
 }
 
@@ -570,9 +573,7 @@ TEST_P(HardNumericsTest, LongSpatialRows) {
                                                      test::to_double(p.save_mean).data(),
                                                      test::to_double(p.save_invstd).data(), true);
   batch_norm_backward(p.backward(Affine::weight_bias), training_options());
-  EXPECT_TRUE(close("grad_input", p.dx, ref_backward.dx));
-  EXPECT_TRUE(close("grad_weight", p.grad_weight, ref_backward.dweight));
-  EXPECT_TRUE(close("grad_bias", p.grad_bias, ref_backward.dbias));
+  expect_gradients(p, ref_backward);
 }
 
 // A NaN in one channel's input stays in that channel: the other channels' results are finite and correct.
@@ -624,9 +625,7 @@ TEST_P(HardNumericsTest, NanStaysInItsChannel) {
                                                        test::to_double(p.save_mean).data(),
                                                        test::to_double(p.save_invstd).data(), true);
     batch_norm_backward(p.backward(Affine::weight_bias), training_options());
-    EXPECT_TRUE(close("grad_input", p.dx, ref_backward.dx));
-    EXPECT_TRUE(close("grad_weight", p.grad_weight, ref_backward.dweight));
-    EXPECT_TRUE(close("grad_bias", p.grad_bias, ref_backward.dbias));
+    expect_gradients(p, ref_backward);
   }
 }
 
@@ -693,9 +692,7 @@ TEST_P(OneValuePerChannelTest, EvaluationForwardAndBackward) {
                                                        test::to_double(p.running_mean).data(),
                                                        p.running_invstd().data(), false);
     batch_norm_backward(p.backward(Affine::weight_bias), evaluation_options());
-    EXPECT_TRUE(close("grad_input", p.dx, ref_backward.dx));
-    EXPECT_TRUE(close("grad_weight", p.grad_weight, ref_backward.dweight));
-    EXPECT_TRUE(close("grad_bias", p.grad_bias, ref_backward.dbias));
+    expect_gradients(p, ref_backward);
   }
 }
 
