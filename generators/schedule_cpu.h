@@ -23,7 +23,8 @@ struct CpuScheduleContext {
 };
 
 // Chunk and tail sums along contiguous s, vectorised by an rfactor into vector lanes: each is then a
-// horizontal add of `vector_width` float32 partials.
+// horizontal add of `vector_width` float32 partials. That add is a scalar loop, about half the time of the 7x7
+// training forward (perf record, docs/PERFORMANCE.md): short rows need another schedule.
 inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func consumer, Halide::Var at,
                                             const CpuScheduleContext& cx) {
   using namespace Halide;
@@ -57,7 +58,9 @@ inline void schedule_rows(Halide::Func elementwise, Layout layout, const CpuSche
 // NCHW with the statistics over (s, n) of each channel: a parallel loop over blocks of channels; in each,
 // the per-channel reductions, then the elementwise output over the same block while it is still in L2, and
 // the per-channel outputs in the same loop (compute_with). One read of x from memory instead of two.
-// Measured (2-core AVX-512 Xeon, forward training 32x256x56x56): see docs/PERFORMANCE.md.
+// Measured 2026-11-26 (2-core AVX-512 Xeon, ResNet-50 batch 32): forward training at 0.37-0.47 of the
+// non-temporal copy out of place, bound by write-allocate on y (no streaming stores in Halide 21), 0.51-0.77 in
+// place; docs/PERFORMANCE.md.
 inline void schedule_nchw_channel_blocked(Halide::Func elementwise, const std::vector<Halide::Func>& per_channel_outputs,
                                           ChannelSums& sums, const std::vector<Halide::Func>& per_channel_funcs,
                                           const CpuScheduleContext& cx) {
