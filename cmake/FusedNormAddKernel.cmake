@@ -9,6 +9,8 @@
 # Runs FusedNorm's installed generator at build time and makes <name>, a static library, with <name>.h
 # declaring `int <name>(halide_buffer_t* ...)` (arguments as in the installed kernels; see the generated
 # header). Each kernel gets its own Halide runtime unless the project passes one in with USE_RUNTIME.
+# Autoscheduled kernels are planned for the generator's estimates (32x256x56x56) and may refuse smaller extents
+# with a Halide bounds error (seen: Mullapudi2016 on C = 24); the hand schedule takes any shape.
 function(fusednorm_add_kernel name)
   cmake_parse_arguments(PARSE_ARGV 1 arg "" "NORM;DIRECTION;LAYOUT;AFFINE;SCHEDULE;USE_RUNTIME" "TARGETS")
   if (arg_UNPARSED_ARGUMENTS)
