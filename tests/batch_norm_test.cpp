@@ -112,6 +112,14 @@ struct Problem {
     return t;
   }
 
+  // What an evaluation forward takes: the running statistics, no saved ones (evaluation saves none).
+  BatchNormForwardTensors forward_evaluation(Affine affine) {
+    BatchNormForwardTensors t = forward(affine);
+    t.save_mean.reset();
+    t.save_invstd.reset();
+    return t;
+  }
+
   // Both the saved and the running statistics, different from each other, so a kernel that read the ones of
   // the other mode fails.
   BatchNormBackwardTensors backward(Affine affine) {
@@ -202,10 +210,7 @@ TEST_P(BatchNormTest, ForwardInference) {
   auto ref = reference::batch_norm_forward_inference(p_.x.data(), p_.d, p_.weight_or_null(affine_),
                                                      p_.bias_or_null(affine_), p_.running_mean.data(),
                                                      p_.running_var.data(), kEps);
-  BatchNormForwardTensors t = p_.forward(affine_);
-  t.save_mean.reset();
-  t.save_invstd.reset();
-  batch_norm_forward(t, evaluation_options());
+  batch_norm_forward(p_.forward_evaluation(affine_), evaluation_options());
 
   EXPECT_TRUE(close("y", p_.y, ref));
   // Evaluation reads the running statistics and leaves them, and the counter, as they were.
@@ -413,9 +418,7 @@ TEST_P(RunningStatisticsTest, WithoutSavedStatistics) {
   Problem p = problem({2, 17, 13, 17});
   auto ref = reference::batch_norm_forward_training(p.x.data(), p.d, p.weight.data(), p.bias.data(),
                                                     p.running_mean.data(), p.running_var.data(), 0.1, kEps);
-  BatchNormForwardTensors t = p.forward(Affine::weight_bias);
-  t.save_mean.reset();
-  t.save_invstd.reset();
+  BatchNormForwardTensors t = p.forward_evaluation(Affine::weight_bias);
   batch_norm_forward(t, training_options());
   EXPECT_TRUE(close("y", p.y, ref.y));
   EXPECT_TRUE(close("running_mean", p.running_mean, ref.running_mean));
@@ -469,9 +472,7 @@ TEST_P(HardNumericsTest, MeanTenThousandTimesTheStandardDeviation) {
   p.y = test::poisoned(p.d.numel());
   auto ref_inference = reference::batch_norm_forward_inference(p.x.data(), p.d, p.weight.data(), p.bias.data(),
                                                                p.running_mean.data(), p.running_var.data(), kEps);
-  BatchNormForwardTensors t = p.forward(Affine::weight_bias);
-  t.save_mean.reset();
-  t.save_invstd.reset();
+  BatchNormForwardTensors t = p.forward_evaluation(Affine::weight_bias);
   batch_norm_forward(t, evaluation_options());
   EXPECT_TRUE(close("y (evaluation)", p.y, ref_inference));
 
@@ -525,9 +526,7 @@ TEST_P(HardNumericsTest, EvaluationWithRunningVarianceBelowEps) {
     options.eps = eps;
     auto ref = reference::batch_norm_forward_inference(p.x.data(), p.d, p.weight.data(), p.bias.data(),
                                                        p.running_mean.data(), p.running_var.data(), eps);
-    BatchNormForwardTensors t = p.forward(Affine::weight_bias);
-    t.save_mean.reset();
-    t.save_invstd.reset();
+    BatchNormForwardTensors t = p.forward_evaluation(Affine::weight_bias);
     batch_norm_forward(t, options);
     EXPECT_TRUE(close("y", p.y, ref));
 
@@ -613,9 +612,7 @@ TEST_P(HardNumericsTest, NanStaysInItsChannel) {
     std::fill(p.running_var.begin(), p.running_var.end(), 2.0f);
     auto ref_inference = reference::batch_norm_forward_inference(p.x.data(), p.d, p.weight.data(), p.bias.data(),
                                                                  p.running_mean.data(), p.running_var.data(), kEps);
-    BatchNormForwardTensors t = p.forward(Affine::weight_bias);
-    t.save_mean.reset();
-    t.save_invstd.reset();
+    BatchNormForwardTensors t = p.forward_evaluation(Affine::weight_bias);
     batch_norm_forward(t, evaluation_options());
     EXPECT_TRUE(close("y (evaluation)", p.y, ref_inference));
 
@@ -661,10 +658,8 @@ TEST_P(InPlaceTest, ForwardInference) {
     Problem p = problem(shape);
     auto ref = reference::batch_norm_forward_inference(p.x.data(), p.d, p.weight.data(), p.bias.data(),
                                                        p.running_mean.data(), p.running_var.data(), kEps);
-    BatchNormForwardTensors t = p.forward(Affine::weight_bias);
+    BatchNormForwardTensors t = p.forward_evaluation(Affine::weight_bias);
     t.output = t.input;
-    t.save_mean.reset();
-    t.save_invstd.reset();
     batch_norm_forward(t, evaluation_options());
     EXPECT_TRUE(close("y (in x)", p.x, ref));
   }
@@ -682,9 +677,7 @@ TEST_P(OneValuePerChannelTest, EvaluationForwardAndBackward) {
     Problem p = problem(shape);
     auto ref = reference::batch_norm_forward_inference(p.x.data(), p.d, p.weight.data(), p.bias.data(),
                                                        p.running_mean.data(), p.running_var.data(), kEps);
-    BatchNormForwardTensors t = p.forward(Affine::weight_bias);
-    t.save_mean.reset();
-    t.save_invstd.reset();
+    BatchNormForwardTensors t = p.forward_evaluation(Affine::weight_bias);
     batch_norm_forward(t, evaluation_options());
     EXPECT_TRUE(close("y", p.y, ref));
 
