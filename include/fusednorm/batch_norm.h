@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "fusednorm/epilogue.h"
 #include "fusednorm/error.h"
 #include "fusednorm/tensor.h"
 
@@ -24,6 +25,8 @@ struct BatchNormOptions {
   // (num_batches_tracked is incremented first, and is then required).
   std::optional<double> momentum = 0.1;
   RunningVarianceUpdate running_variance_update = RunningVarianceUpdate::unbiased;
+  // Fused after the affine step: none, relu or add_relu (the residual is BatchNormForwardTensors::residual).
+  Epilogue epilogue = Epilogue::none;
 };
 
 struct BatchNormForwardTensors {
@@ -40,6 +43,8 @@ struct BatchNormForwardTensors {
   // Training only, optional: the batch mean and 1 / sqrt(biased batch variance + eps), for the backward.
   std::optional<TensorView> save_mean = std::nullopt;
   std::optional<TensorView> save_invstd = std::nullopt;
+  // z, same shape and layout as x: required by Epilogue::add_relu, refused otherwise.
+  std::optional<TensorView> residual = std::nullopt;
 };
 
 // y = (x - mean) / sqrt(var + eps) * weight + bias, per channel. In training, mean and var are the batch
@@ -60,6 +65,10 @@ struct BatchNormBackwardTensors {
   // Written (not accumulated) when given: sum(dy * xhat) and sum(dy) per channel.
   std::optional<TensorView> grad_weight = std::nullopt;
   std::optional<TensorView> grad_bias = std::nullopt;
+  // Epilogue::relu and add_relu: the forward's y, whose sign is the mask (required, refused otherwise).
+  std::optional<TensorView> output = std::nullopt;
+  // Epilogue::add_relu: dz, the residual's gradient (written, required).
+  std::optional<TensorView> grad_residual = std::nullopt;
 };
 
 // The gradients of batch_norm_forward. Uses options.training (batch statistics were used, so dx carries the
