@@ -1,26 +1,40 @@
 #pragma once
-// Hand-written CPU schedules (x86-64 now, arm-64 later), loops only: what is computed is fixed by the
-// algorithm files. The vector width comes from the target, so one schedule serves SSE4.1, AVX2 and AVX-512.
+// Hand-written CPU schedules (x86-64 now, arm-64 later), loops only: what is computed is fixed by
+// norm_algorithm.h. The vector width comes from the target, so one schedule serves SSE4.1, AVX2 and AVX-512.
 #include <vector>
 
 #include "Halide.h"
-#include "batch_norm_algorithm.h"
+#include "norm_algorithm.h"
 
 namespace fusednorm {
 
-// Bytes of one channel block in the NCHW schedules: the statistics pass and the elementwise pass touch the
-// same block one after the other, so it must stay in the core's L2 (2 MiB per core on the machines we
-// measured; half of it leaves room for the output lines being written).
-constexpr int kChannelBlockBytes = 1 << 20;
+// Bytes of one block in the blocked schedules: the statistics pass and the elementwise pass touch the same
+// block one after the other, so it must stay in the core's L2 (2 MiB per core on the machines we measured;
+// half of it leaves room for the output lines being written).
+constexpr int kBlockBytes = 1 << 20;
 // Elements per parallel task in elementwise passes: enough that the thread pool's cost per task is noise.
 constexpr int kElementsPerTask = 1 << 16;
 
 struct CpuScheduleContext {
   const Axes& axes;
-  Halide::Expr spatial, channels, batch;
+  const Problem& problem;
   int vector_width;
   int tensors_reread = 1;  // tensors the statistics read and the elementwise pass reads again
 };
+
+// What the blocked schedules compute per block, besides the elementwise output.
+struct BlockedFuncs {
+  std::vector<Halide::Func> elementwise_outputs;  // more outputs over (s, c, n), e.g. dz: same loops
+  std::vector<Halide::Func> channel_outputs;      // outputs over (c) (or (s) for rows): one block's worth each
+  std::vector<Halide::Func> group_outputs;        // outputs over (g, b)
+  std::vector<Halide::Func> per_block;            // intermediate Funcs the block's elementwise pass reads
+};
+
+inline std::vector<Halide::Func> with_more(Halide::Func first, const std::vector<Halide::Func>& more) {
+  std::vector<Halide::Func> all{first};
+  all.insert(all.end(), more.begin(), more.end());
+  return all;
+}
 
 // Chunk and tail sums along contiguous s, vectorised by an rfactor into vector lanes: each is then a
 // horizontal add of `vector_width` float32 partials. That add is a scalar loop, about half the time of the 7x7
@@ -36,6 +50,7 @@ inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func cons
     lanes.compute_at(f, cx.axes.c).vectorize(lane);
     lanes.update().vectorize(lane);
   }
+  sums.total.compute_at(consumer, at);
 }
 
 // An elementwise pass over rows of the innermost axis (s in NCHW, c in NHWC), vectorised along the row, in
@@ -47,7 +62,7 @@ inline void schedule_rows(Halide::Func elementwise, Layout layout, const CpuSche
   Var row("row"), task("task");
   Var inner = layout == Layout::nchw ? a.s : a.c;
   Var outer = layout == Layout::nchw ? a.c : a.s;
-  Expr row_length = layout == Layout::nchw ? cx.spatial : cx.channels;
+  Expr row_length = layout == Layout::nchw ? cx.problem.spatial : cx.problem.channels;
   Expr rows_per_task = max(1, kElementsPerTask / max(row_length, 1));
   elementwise.fuse(outer, a.n, row)
       .vectorize(inner, cx.vector_width, TailStrategy::GuardWithIf)
@@ -55,39 +70,92 @@ inline void schedule_rows(Halide::Func elementwise, Layout layout, const CpuSche
       .parallel(task);
 }
 
-// NCHW with the statistics over (s, n) of each channel: a parallel loop over blocks of channels; in each,
-// the per-channel reductions, then the elementwise output over the same block while it is still in L2, and
-// the per-channel outputs in the same loop (compute_with). One read of x from memory instead of two.
-// Measured 2026-11-26 (2-core AVX-512 Xeon, ResNet-50 batch 32): forward training at 0.37-0.47 of the
+// NCHW, statistics per channel or group of channels (BatchNorm, InstanceNorm, GroupNorm): a parallel loop
+// over blocks of whole groups of channels, all samples inside; in each, the reductions, then the elementwise
+// output over the same block while it is still in L2, and the block's per-channel and per-group outputs in
+// the same loop (compute_with). One read of x from memory instead of two.
+// Measured 2026-11-26 (2-core AVX-512 Xeon, ResNet-50 batch 32): BatchNorm forward training at 0.37-0.47 of the
 // non-temporal copy out of place, bound by write-allocate on y (no streaming stores in Halide 21), 0.51-0.77 in
 // place; docs/PERFORMANCE.md.
-inline void schedule_nchw_channel_blocked(Halide::Func elementwise, const std::vector<Halide::Func>& per_channel_outputs,
-                                          ChannelSums& sums, const std::vector<Halide::Func>& per_channel_funcs,
+inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums& sums, const BlockedFuncs& funcs,
                                           const CpuScheduleContext& cx) {
   using namespace Halide;
   const Axes& a = cx.axes;
+  const Problem& p = cx.problem;
   Var co("co"), ci("ci");
-  // Every tensor the statistics read stays for the elementwise pass: x, and dy too in the backward.
-  Expr channel_bytes = cast<int64_t>(cx.spatial) * cx.batch * 4 * cx.tensors_reread;
-  Expr block = cast<int>(clamp(cast<int64_t>(kChannelBlockBytes) / max(channel_bytes, 1), 1, cx.channels));
+  // Every tensor the statistics read stays for the elementwise pass: x, and dy (and y) in the backward.
+  Expr group_bytes = cast<int64_t>(p.spatial) * p.batch * p.group_size * 4 * cx.tensors_reread;
+  Expr groups = p.channels / p.group_size;
+  Expr groups_per_block = cast<int>(clamp(cast<int64_t>(kBlockBytes) / max(group_bytes, 1), 1, groups));
+  Expr block = groups_per_block * p.group_size;
 
-  elementwise.split(a.c, co, ci, block, TailStrategy::GuardWithIf)
-      .reorder(a.s, a.n, ci, co)
-      .vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf)
-      .parallel(co);
-  for (Func f : per_channel_outputs) {
+  for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {
+    f.split(a.c, co, ci, block, TailStrategy::GuardWithIf)
+        .reorder(a.s, a.n, ci, co)
+        .vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf)
+        .parallel(co);
+  }
+  for (Func f : funcs.elementwise_outputs) f.compute_with(elementwise, co);
+  for (Func f : funcs.channel_outputs) {
     f.split(a.c, co, ci, block, TailStrategy::GuardWithIf).parallel(co).compute_with(elementwise, co);
   }
-  for (Func f : per_channel_funcs) f.compute_at(elementwise, co);
-  sums.total.compute_at(elementwise, co);
+  // compute_with needs the same loop names: g is renamed c before it is split into blocks.
+  for (Func f : funcs.group_outputs) {
+    f.rename(a.g, a.c)
+        .split(a.c, co, ci, groups_per_block, TailStrategy::GuardWithIf)
+        .reorder(ci, a.b, co)
+        .parallel(co)
+        .compute_with(elementwise, co);
+  }
+  for (Func f : funcs.per_block) f.compute_at(elementwise, co);
   schedule_sums_over_contiguous_s(sums, elementwise, co, cx);
 }
 
+// LayerNorm and RMSNorm rows, (s, 1, n): a parallel loop over blocks of rows, each block's statistics and then
+// its elementwise output while it is in L2, and its per-row outputs in the same loop.
+inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, const BlockedFuncs& funcs,
+                                 const CpuScheduleContext& cx) {
+  using namespace Halide;
+  const Axes& a = cx.axes;
+  const Problem& p = cx.problem;
+  Var no("no"), ni("ni");
+  Expr rows_per_block = max(1, kElementsPerTask / max(p.spatial, 1));
+  for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {
+    f.split(a.n, no, ni, rows_per_block, TailStrategy::GuardWithIf)
+        .reorder(a.s, a.c, ni, no)
+        .vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf)
+        .parallel(no);
+  }
+  for (Func f : funcs.elementwise_outputs) f.compute_with(elementwise, no);
+  for (Func f : funcs.group_outputs) {
+    f.rename(a.b, a.n)
+        .split(a.n, no, ni, rows_per_block, TailStrategy::GuardWithIf)
+        .reorder(a.g, ni, no)
+        .parallel(no)
+        .compute_with(elementwise, no);
+  }
+  for (Func f : funcs.per_block) f.compute_at(elementwise, no);
+  schedule_sums_over_contiguous_s(sums, elementwise, no, cx);
+}
+
+// Column sums over the rows (LayerNorm's and RMSNorm's parameter gradients): vectorised along s, parallel over
+// strips of s, each strip walking all rows.
+inline void schedule_column_sums(Halide::Func sums, Halide::RDom rows, const CpuScheduleContext& cx) {
+  using namespace Halide;
+  const Axes& a = cx.axes;
+  Var so("so"), si("si");
+  sums.compute_root().vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf);
+  sums.update()
+      .split(a.s, so, si, cx.vector_width, TailStrategy::GuardWithIf)
+      .reorder(si, rows.x, so)
+      .vectorize(si)
+      .parallel(so);
+}
+
 // NHWC: channels are innermost, so a block of channels is strided across all of x and cannot stay in cache.
-// Two passes: chunk and tail sums, parallel over samples and vectorised over c, merged per
-// channel, then the elementwise pass, parallel over rows and vectorised over c.
-inline void schedule_nhwc_two_pass(Halide::Func elementwise, const std::vector<Halide::Func>& per_channel_outputs,
-                                   ChannelSums& sums, const std::vector<Halide::Func>& per_channel_funcs,
+// Two passes: chunk and tail sums, parallel over samples and vectorised over c, merged per channel and per
+// group, then the elementwise pass, parallel over rows and vectorised over c.
+inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, const BlockedFuncs& funcs,
                                    const CpuScheduleContext& cx) {
   using namespace Halide;
   const Axes& a = cx.axes;
@@ -101,17 +169,15 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, const std::vector<H
   sums.tail.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
   sums.tail.update().reorder(a.c, sums.over_tail.x, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
   sums.total.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf);
-  for (int stage = 0; stage < 2; stage++) sums.total.update(stage).vectorize(a.c, vec, TailStrategy::GuardWithIf);
-  for (Func f : per_channel_funcs) f.compute_root();
-  for (Func f : per_channel_outputs) f.compute_root();
-
-  schedule_rows(elementwise, Layout::nhwc, cx);
+  sums.total.update().vectorize(a.c, vec, TailStrategy::GuardWithIf);
+  for (Func f : funcs.per_block) f.compute_root();
+  for (Func f : with_more(elementwise, funcs.elementwise_outputs)) schedule_rows(f, Layout::nhwc, cx);
 }
 
 // Elementwise only (inference).
-inline void schedule_elementwise(Halide::Func elementwise, Layout layout, const std::vector<Halide::Func>& per_channel_funcs,
+inline void schedule_elementwise(Halide::Func elementwise, Layout layout, const std::vector<Halide::Func>& per_channel,
                                  const CpuScheduleContext& cx) {
-  for (Halide::Func f : per_channel_funcs) f.compute_root();
+  for (Halide::Func f : per_channel) f.compute_root();
   schedule_rows(elementwise, layout, cx);
 }
 

@@ -1,19 +1,24 @@
 #pragma once
 // One built kernel: what it computes, for which layout and instruction set, and how to call it. The build
 // generates the table of every variant (fusednorm_variant_table.h); the runtime never lists them by hand.
+// docs/KERNELS.md lists each kernel's arguments.
 #include <HalideRuntime.h>
 
+#include "fusednorm/epilogue.h"
 #include "fusednorm/tensor.h"
 
 namespace fusednorm::detail {
 
+enum class Norm { batch, instance, group, layer, rms };
 enum class Direction { forward_training, forward_inference, backward };
 // x86-64 instruction sets, best first.
 enum class Isa { avx512, avx2, sse41 };
 
 struct KernelVariant {
+  Norm norm;
   Direction direction;
-  Layout layout;
+  Layout layout;  // nchw for layer and rms (rows)
+  Epilogue epilogue;
   bool affine;
   Isa isa;
   const char* schedule;  // "hand", or the autoscheduler's name
@@ -22,6 +27,7 @@ struct KernelVariant {
   const halide_filter_metadata_t* (*metadata)();
 };
 
+const char* to_string(Norm norm);  // "batch_norm", "instance_norm", ...
 const char* to_string(Direction direction);
 const char* to_string(Isa isa);
 

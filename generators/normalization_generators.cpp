@@ -1,0 +1,333 @@
+// Generator registration for the whole family: which inputs and outputs a NormSpec has, the algorithm
+// (norm_algorithm.h) and the schedule (schedule_cpu.h, or an autoscheduler from the estimates). Generator
+// parameters select the variant; the build instantiates every variant from them (generators/CMakeLists.txt), and
+// fusednorm_add_kernel() does the same in a downstream build. docs/KERNELS.md lists the arguments.
+#include "Halide.h"
+#include "norm_algorithm.h"
+#include "schedule_cpu.h"
+
+namespace fusednorm {
+namespace {
+
+using namespace Halide;
+
+enum class Direction { forward_training, forward_inference, backward };
+
+// The sizes the autoschedulers plan for: ResNet-50 at batch 32 (256 x 56 x 56) for the channel norms, and
+// transformer rows (8192 x 1024) for LayerNorm and RMSNorm.
+struct Estimates {
+  int spatial, channels, batch, groups;
+};
+Estimates estimates_for(const NormSpec& spec) {
+  if (spec.affine_per_element()) return {1024, 1, 8192, 1};
+  return {56 * 56, 256, 32, spec.norm == Norm::group ? 32 : 256};
+}
+
+// Parameters, inputs and outputs shared by the three generators, added in configure() from the NormSpec (the
+// order of the add_* calls is the order of the kernel's arguments).
+template <typename T>
+class NormalizationGenerator : public Generator<T> {
+ public:
+  GeneratorParam<Norm> norm{"norm", Norm::batch, norm_names};
+  GeneratorParam<Layout> layout{"layout", Layout::nchw, layout_names};
+  GeneratorParam<bool> affine{"affine", true};
+  GeneratorParam<Epilogue> epilogue{"epilogue", Epilogue::none, epilogue_names};
+  GeneratorParam<StorageType> dtype{"dtype", StorageType::float32, storage_type_names};
+
+ protected:
+  using Tensor = GeneratorInput<Buffer<>>;
+  using Vector = GeneratorInput<Buffer<float, 1>>;
+  using Statistic = GeneratorInput<Buffer<float, 2>>;
+
+  NormSpec spec() const { return NormSpec{norm, layout, affine, epilogue, dtype}; }
+
+  void check_spec(Direction direction) const {
+    const NormSpec s = spec();
+    if (s.affine_per_element() && s.layout == Layout::nhwc) {
+      throw CompileError("layer and rms norms take rows, (D, 1, R): layout must be nchw");
+    }
+    if (direction == Direction::forward_inference && !s.has_inference_kernel()) {
+      throw CompileError("forward_inference exists for norm=batch only (the others always use their own statistics)");
+    }
+  }
+
+  Tensor* add_tensor(const char* name) { return this->template add_input<Buffer<>>(name, spec().storage_type(), 3); }
+  Vector* add_vector(const char* name) { return this->template add_input<Buffer<float, 1>>(name); }
+  Statistic* add_statistic(const char* name) { return this->template add_input<Buffer<float, 2>>(name); }
+  GeneratorInput<float>* add_scalar(const char* name) { return this->template add_input<float>(name); }
+  GeneratorOutput<Buffer<>>* add_tensor_output(const char* name) {
+    return this->template add_output<Buffer<>>(name, spec().storage_type(), 3);
+  }
+
+  // weight and bias inputs (configure()); affine_funcs() gives the identity for those absent.
+  void add_affine(bool with_bias = true) {
+    if (!spec().affine) return;
+    weight = add_vector("weight");
+    if (with_bias && spec().has_bias()) bias = add_vector("bias");
+  }
+  Affine affine_funcs() const {
+    Affine result{Func("weight_or_one"), Func("bias_or_zero")};
+    Var i("i");
+    if (weight) result.weight = *weight;
+    else result.weight(i) = 1.0f;
+    if (bias) result.bias = *bias;
+    else result.bias(i) = 0.0f;
+    return result;
+  }
+
+  Problem problem(const Tensor& x) const {
+    const bool nchw = spec().layout == Layout::nchw;
+    return Problem(spec(), x.dim(nchw ? 0 : 1).extent(), x.dim(nchw ? 1 : 0).extent(), x.dim(2).extent(),
+                   groups ? Expr(*groups) : Expr(1));
+  }
+
+  CpuScheduleContext cpu_context(const Problem& p) const {
+    return {axes, p, this->natural_vector_size(Float(32))};
+  }
+
+  // Estimates for the autoschedulers, from estimates_for().
+  void estimate_tensor(Tensor* t) { estimate_tensor_dims(*t); }
+  void estimate_tensor(GeneratorOutput<Buffer<>>* t) { estimate_tensor_dims(*t); }
+  template <typename B>
+  void estimate_tensor_dims(B& t) {
+    Estimates e = estimates_for(spec());
+    if (spec().layout == Layout::nchw) t.set_estimates({{0, e.spatial}, {0, e.channels}, {0, e.batch}});
+    else t.set_estimates({{0, e.channels}, {0, e.spatial}, {0, e.batch}});
+  }
+  void estimate_common() {
+    Estimates e = estimates_for(spec());
+    int parameters = spec().affine_per_element() ? e.spatial : e.channels;
+    if (weight) weight->set_estimates({{0, parameters}});
+    if (bias) bias->set_estimates({{0, parameters}});
+    if (groups) groups->set_estimate(e.groups);
+  }
+  Region statistic_region() const {
+    Estimates e = estimates_for(spec());
+    return {{0, spec().norm == Norm::group ? e.groups : e.channels}, {0, spec().reduces_batch() ? 1 : e.batch}};
+  }
+
+  Axes axes;
+  Vector* weight = nullptr;
+  Vector* bias = nullptr;
+  GeneratorInput<int>* groups = nullptr;
+};
+
+class ForwardTraining : public NormalizationGenerator<ForwardTraining> {
+ public:
+  void configure() {
+    check_spec(Direction::forward_training);
+    const NormSpec s = spec();
+    x = add_tensor("x");
+    if (s.epilogue == Epilogue::add_relu) z = add_tensor("z");
+    if (s.has_running_statistics()) {
+      running_mean = add_vector("running_mean");
+      running_var = add_vector("running_var");
+      momentum = add_scalar("momentum");
+      // count / (count - 1) for PyTorch's unbiased running variance, 1 for ONNX's biased one.
+      running_var_correction = add_scalar("running_var_correction");
+    }
+    eps = add_scalar("eps");
+    if (s.norm == Norm::group) groups = this->add_input<int>("groups");
+    add_affine();
+    y = add_tensor_output("y");
+    // New running statistics are outputs because Halide cannot alias an input as an output.
+    if (s.centred()) saved = add_output<Func>("saved_statistics", {Float(32), Float(32)}, 2);
+    else saved = add_output<Func>("saved_statistics", {Float(32)}, 2);
+    if (s.has_running_statistics()) running = add_output<Func>("running_statistics", {Float(32), Float(32)}, 1);
+  }
+
+  void generate() {
+    const NormSpec s = spec();
+    const Problem p = problem(*x);
+    Func identity("no_running_statistics");
+    identity(axes.c) = 0.0f;
+    Func residual = z ? Func(*z) : Func("no_residual");
+    ForwardTrainingAlgorithm alg(axes, p, *x, residual, affine_funcs(), running_mean ? Func(*running_mean) : identity,
+                                 running_var ? Func(*running_var) : identity,
+                                 momentum ? Expr(*momentum) : Expr(0.0f), *eps,
+                                 running_var_correction ? Expr(*running_var_correction) : Expr(1.0f));
+    *y = alg.y;
+    *saved = alg.saved_statistics;
+    if (running) *running = alg.running_statistics;
+
+    if (using_autoscheduler()) {
+      Estimates e = estimates_for(s);
+      estimate_tensor(x);
+      if (z) estimate_tensor(z);
+      estimate_tensor(y);
+      estimate_common();
+      for (Vector* v : {running_mean, running_var}) {
+        if (v) v->set_estimates({{0, e.channels}});
+      }
+      eps->set_estimate(1e-5f);
+      if (momentum) momentum->set_estimate(0.1f);
+      if (running_var_correction) running_var_correction->set_estimate(1.0f);
+      saved->set_estimates(statistic_region());
+      if (running) running->set_estimates({{0, e.channels}});
+      return;
+    }
+    CpuScheduleContext cx = cpu_context(p);
+    const Statistics& st = alg.statistics;
+    // The shift is read before its element of x is overwritten when y is x (in place).
+    BlockedFuncs funcs;
+    funcs.per_block = {st.shift, st.group_sums.sums, st.stats, alg.coefficients};
+    funcs.group_outputs = {*saved};
+    if (running) {
+      funcs.per_block.push_back(alg.running_batch_values);
+      funcs.channel_outputs = {*running};
+    }
+    ChannelSums sums = st.channel_sums;
+    if (s.affine_per_element()) {
+      schedule_row_blocked(*y, sums, funcs, cx);
+    } else if (s.layout == Layout::nchw) {
+      schedule_nchw_channel_blocked(*y, sums, funcs, cx);
+    } else {
+      schedule_nhwc_two_pass(*y, sums, funcs, cx);
+    }
+  }
+
+ private:
+  Tensor* x = nullptr;
+  Tensor* z = nullptr;
+  Vector* running_mean = nullptr;
+  Vector* running_var = nullptr;
+  GeneratorInput<float>* momentum = nullptr;
+  GeneratorInput<float>* running_var_correction = nullptr;
+  GeneratorInput<float>* eps = nullptr;
+  GeneratorOutput<Buffer<>>* y = nullptr;
+  GeneratorOutput<Func>* saved = nullptr;
+  GeneratorOutput<Func>* running = nullptr;
+};
+
+class ForwardInference : public NormalizationGenerator<ForwardInference> {
+ public:
+  void configure() {
+    check_spec(Direction::forward_inference);
+    x = add_tensor("x");
+    if (spec().epilogue == Epilogue::add_relu) z = add_tensor("z");
+    running_mean = add_vector("running_mean");
+    running_var = add_vector("running_var");
+    eps = add_scalar("eps");
+    add_affine();
+    y = add_tensor_output("y");
+  }
+
+  void generate() {
+    const Problem p = problem(*x);
+    Func residual = z ? Func(*z) : Func("no_residual");
+    ForwardInferenceAlgorithm alg(axes, p, *x, residual, affine_funcs(), *running_mean, *running_var, *eps);
+    *y = alg.y;
+
+    if (using_autoscheduler()) {
+      estimate_tensor(x);
+      if (z) estimate_tensor(z);
+      estimate_tensor(y);
+      estimate_common();
+      for (Vector* v : {running_mean, running_var}) v->set_estimates({{0, estimates_for(spec()).channels}});
+      eps->set_estimate(1e-5f);
+      return;
+    }
+    schedule_elementwise(*y, spec().layout, {alg.scale}, cpu_context(p));
+  }
+
+ private:
+  Tensor* x = nullptr;
+  Tensor* z = nullptr;
+  Vector* running_mean = nullptr;
+  Vector* running_var = nullptr;
+  GeneratorInput<float>* eps = nullptr;
+  GeneratorOutput<Buffer<>>* y = nullptr;
+};
+
+class Backward : public NormalizationGenerator<Backward> {
+ public:
+  void configure() {
+    check_spec(Direction::backward);
+    const NormSpec s = spec();
+    x = add_tensor("x");
+    dy = add_tensor("dy");
+    if (s.epilogue_needs_output_in_backward()) y = add_tensor("y");
+    // training: the forward's saved statistics; evaluation (BatchNorm): the running mean and 1 / sqrt(var + eps).
+    if (s.centred()) mean = add_statistic("mean");
+    invstd = add_statistic("invstd");
+    // Whether the forward used batch statistics (dx then has the terms through mean and variance).
+    if (s.backward_has_training_flag()) training = add_input<bool>("training");
+    if (s.norm == Norm::group) groups = add_input<int>("groups");
+    // The bias only where SiLU's derivative needs v = xhat * weight + bias.
+    add_affine(s.epilogue == Epilogue::silu);
+    dx = add_tensor_output("dx");
+    if (s.epilogue == Epilogue::add_relu) dz = add_tensor_output("dz");
+    if (s.affine) {
+      std::vector<Type> types(s.has_bias() ? 2 : 1, Float(32));
+      param_grads = add_output<Func>("param_grads", types, 1);
+    }
+  }
+
+  void generate() {
+    const NormSpec s = spec();
+    const Problem p = problem(*x);
+    Func zero_mean("no_mean");
+    zero_mean(axes.g, axes.b) = 0.0f;
+    Func output = y ? Func(*y) : Func("no_output");
+    Affine params = affine_funcs();
+    BackwardAlgorithm alg(axes, p, *x, *dy, output, mean ? Func(*mean) : zero_mean, *invstd, params,
+                          training ? Expr(*training) : Expr(true));
+    *dx = alg.dx;
+    if (dz) *dz = alg.dz;
+    if (param_grads) *param_grads = alg.param_grads;
+
+    if (using_autoscheduler()) {
+      Estimates e = estimates_for(s);
+      for (Tensor* t : {x, dy, y}) {
+        if (t) estimate_tensor(t);
+      }
+      estimate_tensor(dx);
+      if (dz) estimate_tensor(dz);
+      estimate_common();
+      for (Statistic* t : {mean, invstd}) {
+        if (t) t->set_estimates(statistic_region());
+      }
+      if (training) training->set_estimate(true);
+      if (param_grads) param_grads->set_estimates({{0, s.affine_per_element() ? e.spatial : e.channels}});
+      return;
+    }
+    CpuScheduleContext cx = cpu_context(p);
+    cx.tensors_reread = y ? 3 : 2;  // x and dy, and y for the ReLU mask
+    BlockedFuncs funcs;
+    funcs.per_block = {alg.centre, alg.group_sums.sums, alg.terms, alg.coefficients};
+    if (dz) funcs.elementwise_outputs = {*dz};
+    ChannelSums sums = alg.channel_sums;
+    if (s.affine_per_element()) {
+      if (param_grads) schedule_column_sums(alg.param_sums, alg.over_rows, cx);
+      schedule_row_blocked(*dx, sums, funcs, cx);
+      return;
+    }
+    if (param_grads) {
+      funcs.per_block.push_back(alg.param_sums);
+      funcs.channel_outputs = {*param_grads};
+    }
+    if (s.layout == Layout::nchw) {
+      schedule_nchw_channel_blocked(*dx, sums, funcs, cx);
+    } else {
+      schedule_nhwc_two_pass(*dx, sums, funcs, cx);
+    }
+  }
+
+ private:
+  Tensor* x = nullptr;
+  Tensor* dy = nullptr;
+  Tensor* y = nullptr;
+  Statistic* mean = nullptr;
+  Statistic* invstd = nullptr;
+  GeneratorInput<bool>* training = nullptr;
+  GeneratorOutput<Buffer<>>* dx = nullptr;
+  GeneratorOutput<Buffer<>>* dz = nullptr;
+  GeneratorOutput<Func>* param_grads = nullptr;
+};
+
+}  // namespace
+}  // namespace fusednorm
+
+HALIDE_REGISTER_GENERATOR(fusednorm::ForwardTraining, normalization_forward_training)
+HALIDE_REGISTER_GENERATOR(fusednorm::ForwardInference, normalization_forward_inference)
+HALIDE_REGISTER_GENERATOR(fusednorm::Backward, normalization_backward)
