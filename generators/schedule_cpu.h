@@ -161,7 +161,7 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, 
   const Axes& a = cx.axes;
   const int vec = cx.vector_width;
   // Parallel over samples, not over (chunk, sample) fused: a fused loop is given at least one iteration, and
-  // with S < kSumChunk there are no full chunks, so that iteration would read past x.
+  // with S shorter than a chunk there are no full chunks, so that iteration would read past x.
   Var k = sums.chunk.args()[1];
   sums.chunk.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
   sums.chunk.update().reorder(a.c, sums.over_chunk.x, k, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf)
