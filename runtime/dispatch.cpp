@@ -2,19 +2,44 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
 #include "fusednorm_variant_table.h"
 
 namespace fusednorm {
+
+const char* to_string(Epilogue epilogue) {
+  switch (epilogue) {
+    case Epilogue::none: return "none";
+    case Epilogue::relu: return "relu";
+    case Epilogue::add_relu: return "add_relu";
+    case Epilogue::silu: return "silu";
+  }
+  return "?";
+}
+
 namespace detail {
+
+const char* to_string(Norm norm) {
+  switch (norm) {
+    case Norm::batch: return "batch_norm";
+    case Norm::instance: return "instance_norm";
+    case Norm::group: return "group_norm";
+    case Norm::layer: return "layer_norm";
+    case Norm::rms: return "rms_norm";
+  }
+  return "?";
+}
 
 const char* to_string(Direction direction) {
   switch (direction) {
@@ -88,10 +113,18 @@ bool verbose_from_environment() {
   return on;
 }
 
-// Why `v` was not run for `request`, or "" when it was a fit. `chosen` is the first fit, once found.
+// The variants of the request's norm and direction; the others compute something else entirely.
+bool is_candidate(const KernelVariant& v, const VariantRequest& request) {
+  return v.norm == request.norm && v.direction == request.direction;
+}
+
+// Why candidate `v` was not run for `request`, or "" when it was a fit. `chosen` is the first fit, once found.
 std::string reason_passed_over(const KernelVariant& v, const VariantRequest& request, const KernelVariant* chosen) {
   if (v.layout != request.layout) {
     return fmt::format("layout {}, the tensors are {}", to_string(v.layout), to_string(request.layout));
+  }
+  if (v.epilogue != request.epilogue) {
+    return fmt::format("epilogue {}, the call asks for {}", to_string(v.epilogue), to_string(request.epilogue));
   }
   if (v.affine != request.affine) {
     return v.affine ? "affine, the call has no weight or bias" : "not affine, the call has a weight or bias";
@@ -110,7 +143,7 @@ std::string explain(const VariantRequest& request) {
   const KernelVariant* chosen = nullptr;
   std::string passed_over;
   for (const KernelVariant& v : kBuiltVariants) {
-    if (v.direction != request.direction) continue;  // another operation entirely: not a candidate
+    if (!is_candidate(v, request)) continue;
     std::string why = reason_passed_over(v, request, chosen);
     if (why.empty()) {
       chosen = &v;
@@ -118,12 +151,30 @@ std::string explain(const VariantRequest& request) {
       passed_over += fmt::format("\n  passed over {}: {}", v.name, why);
     }
   }
-  if (!chosen) {
-    return fmt::format("fusednorm: {} {}: no variant fits{}", request.function, to_string(request.direction),
-                       passed_over);
+  // "instance_norm forward_inference (batch_norm kernels)" where a function runs another norm's kernels.
+  const std::string call = fmt::format("{} {}{}", request.function, to_string(request.direction),
+                                       std::string(request.function) == to_string(request.norm)
+                                           ? ""
+                                           : fmt::format(" ({} kernels)", to_string(request.norm)));
+  if (!chosen) return fmt::format("fusednorm: {}: no variant fits{}", call, passed_over);
+  return fmt::format("fusednorm: {}: ran {} (schedule {}){}", call, chosen->name, chosen->schedule, passed_over);
+}
+
+bool epilogue_built(const VariantRequest& request, Epilogue epilogue) {
+  return std::any_of(std::begin(kBuiltVariants), std::end(kBuiltVariants),
+                     [&](const KernelVariant& v) { return is_candidate(v, request) && v.epilogue == epilogue; });
+}
+
+// The epilogues the build made kernels of the request's norm and direction for: "none, relu or add_relu".
+std::string built_epilogues(const VariantRequest& request) {
+  std::vector<std::string> built;
+  for (Epilogue e : {Epilogue::none, Epilogue::relu, Epilogue::add_relu, Epilogue::silu}) {
+    if (epilogue_built(request, e)) built.emplace_back(to_string(e));
   }
-  return fmt::format("fusednorm: {} {}: ran {} (schedule {}){}", request.function, to_string(request.direction),
-                     chosen->name, chosen->schedule, passed_over);
+  if (built.empty()) return "no epilogue at all";
+  std::string result = built.front();
+  for (size_t i = 1; i < built.size(); i++) result += (i + 1 == built.size() ? " or " : ", ") + built[i];
+  return result;
 }
 
 }  // namespace
@@ -132,16 +183,22 @@ const KernelVariant& select_variant(const VariantRequest& request) {
   last_request = request;
   const KernelVariant* chosen = nullptr;
   for (const KernelVariant& v : kBuiltVariants) {
-    if (v.direction == request.direction && reason_passed_over(v, request, nullptr).empty()) {
+    if (is_candidate(v, request) && reason_passed_over(v, request, nullptr).empty()) {
       chosen = &v;
       break;
     }
   }
   if (fusednorm::verbose()) std::fprintf(stderr, "%s\n", explain(request).c_str());
   if (!chosen) {
-    throw Error(fmt::format("{}: no {} kernel for layout {}{} runs on this CPU (max_isa '{}')", request.function,
-                            to_string(request.direction), to_string(request.layout),
-                            request.affine ? ", affine" : "", max_isa()));
+    if (!epilogue_built(request, request.epilogue)) {
+      throw Error(fmt::format("{}: epilogue is {}, expected {} (the epilogues of the {} {} kernels this build has)",
+                              request.function, to_string(request.epilogue), built_epilogues(request),
+                              to_string(request.norm), to_string(request.direction)));
+    }
+    throw Error(fmt::format("{}: no {} {} kernel for layout {}, epilogue {}{} runs on this CPU (max_isa '{}')",
+                            request.function, to_string(request.norm), to_string(request.direction),
+                            to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
+                            max_isa()));
   }
   return *chosen;
 }
@@ -151,8 +208,9 @@ const KernelVariant& select_variant(const VariantRequest& request) {
 std::vector<VariantInfo> variants() {
   std::vector<VariantInfo> result;
   for (const detail::KernelVariant& v : detail::kBuiltVariants) {
-    result.push_back({v.name, detail::to_string(v.direction), to_string(v.layout), v.affine, detail::to_string(v.isa),
-                      v.schedule, detail::cpu_supports(v.isa) && detail::allowed(v.isa)});
+    result.push_back({v.name, detail::to_string(v.norm), detail::to_string(v.direction), to_string(v.layout),
+                      to_string(v.epilogue), v.affine, detail::to_string(v.isa), v.schedule,
+                      detail::cpu_supports(v.isa) && detail::allowed(v.isa)});
   }
   return result;
 }

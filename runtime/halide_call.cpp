@@ -2,7 +2,9 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdlib>
+#include <iterator>
 #include <mutex>
 
 #include "fusednorm/error.h"
@@ -27,6 +29,7 @@ void install_error_handler() {
 }  // namespace
 
 HalideTensor::HalideTensor(const float* data, std::initializer_list<std::pair<int64_t, int64_t>> dims) {
+  if (dims.size() > std::size(dims_)) std::abort();  // a programming error in the runtime, not a caller's
   int d = 0;
   for (auto [extent, stride] : dims) {
     // Callers validate extents and strides against int32 before building views.
@@ -39,6 +42,11 @@ HalideTensor::HalideTensor(const float* data, std::initializer_list<std::pair<in
   buffer_.host = reinterpret_cast<uint8_t*>(const_cast<float*>(data));
   buffer_.type = halide_type_t(halide_type_float, 32, 1);
   buffer_.dimensions = d;
+  buffer_.dim = dims_;
+}
+
+HalideTensor::HalideTensor(HalideTensor&& other) noexcept : buffer_(other.buffer_) {
+  std::copy(std::begin(other.dims_), std::end(other.dims_), std::begin(dims_));
   buffer_.dim = dims_;
 }
 

@@ -1,3 +1,5 @@
+// The layers of include/fusednorm/layers.h: each validates its options and inputs and calls its functional API;
+// the protocol they share (saved forward, gradient accumulation, state dict) is NormLayer's, in norm_layer.cpp.
 #include "fusednorm/layers.h"
 
 #include <fmt/format.h>
@@ -7,190 +9,379 @@
 #include <cmath>
 
 #include "fusednorm/error.h"
+#include "fusednorm/group_norm.h"
+#include "fusednorm/instance_norm.h"
+#include "fusednorm/layer_norm.h"
 
 namespace fusednorm {
 
 namespace {
+// "4", "2 or 3", "2, 3, 4 or 5".
 std::string ranks_string(const std::vector<int64_t>& ranks) {
-  return ranks.size() == 1 ? fmt::format("{}", ranks[0]) : fmt::format("{}", fmt::join(ranks, " or "));
+  if (ranks.size() == 1) return fmt::format("{}", ranks[0]);
+  return fmt::format("{} or {}", fmt::join(ranks.begin(), ranks.end() - 1, ", "), ranks.back());
 }
 
-TensorView per_channel(std::vector<float>& values) {
+void check_at_least_one(const std::string& layer, const char* argument, int64_t value) {
+  if (value < 1) throw Error(fmt::format("{}: {} is {}, expected >= 1", layer, argument, value));
+}
+
+void check_eps(const std::string& layer, double eps) {
+  if (!(eps >= 0.0) || !std::isfinite(eps)) {
+    throw Error(fmt::format("{}: eps is {}, expected a finite number >= 0", layer, eps));
+  }
+}
+
+void check_rank(const std::string& layer, const TensorView& x, const char* what, const std::vector<int64_t>& ranks,
+                const std::string& expected) {
+  if (std::find(ranks.begin(), ranks.end(), x.dim()) == ranks.end()) {
+    throw Error(fmt::format("{}: {} has {} dimensions (shape {}), expected {}", layer, what, x.dim(),
+                            shape_string(x.shape()), expected));
+  }
+}
+
+void check_channels(const std::string& layer, const TensorView& x, const char* what, int64_t channel_dim,
+                    int64_t channels, const char* argument) {
+  if (x.size(channel_dim) != channels) {
+    throw Error(fmt::format("{}: {} has {} channels (shape {}), expected {} ({})", layer, what, x.size(channel_dim),
+                            shape_string(x.shape()), channels, argument));
+  }
+}
+
+// (*, normalized_shape): at least its dimensions, and they trail.
+void check_normalized_input(const std::string& layer, const TensorView& x, const char* what,
+                            const std::vector<int64_t>& normalized_shape) {
+  const size_t k = normalized_shape.size();
+  const std::vector<int64_t>& shape = x.shape();
+  if (shape.size() < k || !std::equal(normalized_shape.begin(), normalized_shape.end(), shape.end() - k)) {
+    throw Error(fmt::format("{}: {} has shape {}, expected (*, {}) (trailing dimensions normalized_shape {})", layer,
+                            what, shape_string(shape), fmt::join(normalized_shape, ", "),
+                            shape_string(normalized_shape)));
+  }
+}
+
+void check_normalized_shape(const std::string& layer, const std::vector<int64_t>& normalized_shape) {
+  if (normalized_shape.empty() ||
+      std::any_of(normalized_shape.begin(), normalized_shape.end(), [](int64_t extent) { return extent < 1; })) {
+    throw Error(fmt::format("{}: normalized_shape is {}, expected at least one dimension, each >= 1", layer,
+                            shape_string(normalized_shape)));
+  }
+}
+
+TensorView vector_view(std::vector<float>& values) {
   return TensorView(values.data(), {static_cast<int64_t>(values.size())});
 }
+
+// The per-row statistics of LayerNorm and RMSNorm: one per row, the product of the leading dimensions.
+int64_t rows_of(const TensorView& x, const std::vector<int64_t>& normalized_shape) {
+  int64_t rows = 1;
+  for (size_t d = 0; d + normalized_shape.size() < x.shape().size(); d++) rows *= x.size(static_cast<int64_t>(d));
+  return rows;
+}
+
+detail::LayerContents batch_norm_contents(const std::string& name, int64_t num_features,
+                                          const BatchNormLayerOptions& options) {
+  check_at_least_one(name, "num_features", num_features);
+  check_eps(name, options.eps);
+  if (options.epilogue == Epilogue::silu) {
+    throw Error(fmt::format("{}: epilogue is silu, expected none, relu or add_relu", name));
+  }
+  return {.feature_shape = {num_features},
+          .has_weight = options.affine,
+          .has_bias = options.affine,
+          .has_running_stats = options.track_running_stats,
+          .options = fmt::format("affine={}, track_running_stats={}", options.affine, options.track_running_stats)};
+}
+
+detail::LayerContents instance_norm_contents(const std::string& name, int64_t num_features,
+                                             const InstanceNormLayerOptions& options) {
+  check_at_least_one(name, "num_features", num_features);
+  check_eps(name, options.eps);
+  return {.feature_shape = {num_features},
+          .has_weight = options.affine,
+          .has_bias = options.affine,
+          .has_running_stats = options.track_running_stats,
+          .options = fmt::format("affine={}, track_running_stats={}", options.affine, options.track_running_stats)};
+}
+
+detail::LayerContents group_norm_contents(int64_t num_groups, int64_t num_channels,
+                                          const GroupNormLayerOptions& options) {
+  check_at_least_one("GroupNorm", "num_groups", num_groups);
+  check_at_least_one("GroupNorm", "num_channels", num_channels);
+  if (num_channels % num_groups != 0) {
+    throw Error(
+        fmt::format("GroupNorm: num_channels is {}, expected a multiple of num_groups ({})", num_channels, num_groups));
+  }
+  check_eps("GroupNorm", options.eps);
+  return {.feature_shape = {num_channels},
+          .has_weight = options.affine,
+          .has_bias = options.affine,
+          .options = fmt::format("affine={}", options.affine)};
+}
+
+detail::LayerContents layer_norm_contents(std::vector<int64_t> normalized_shape, const LayerNormLayerOptions& options) {
+  check_normalized_shape("LayerNorm", normalized_shape);
+  check_eps("LayerNorm", options.eps);
+  return {.feature_shape = std::move(normalized_shape),
+          .has_weight = options.elementwise_affine,
+          .has_bias = options.elementwise_affine && options.bias,
+          .options = fmt::format("elementwise_affine={}, bias={}", options.elementwise_affine, options.bias)};
+}
+
+detail::LayerContents rms_norm_contents(std::vector<int64_t> normalized_shape, const RMSNormLayerOptions& options) {
+  check_normalized_shape("RMSNorm", normalized_shape);
+  if (options.eps) check_eps("RMSNorm", *options.eps);
+  return {.feature_shape = std::move(normalized_shape),
+          .has_weight = options.elementwise_affine,
+          .options = fmt::format("elementwise_affine={}", options.elementwise_affine)};
+}
 }  // namespace
+
+// ---------------------------------------------------------------------------------------------------------------
+// BatchNorm
 
 BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options)
     : BatchNorm(num_features, options, "BatchNorm", {2, 3, 4, 5}) {}
 
-BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::string name,
-                     std::vector<int64_t> ranks)
-    : name_(std::move(name)), ranks_(std::move(ranks)), num_features_(num_features), options_(options) {
-  if (num_features < 1) {
-    throw Error(fmt::format("{}: num_features is {}, expected >= 1", name_, num_features));
-  }
-  if (!(options.eps >= 0.0) || !std::isfinite(options.eps)) {
-    throw Error(fmt::format("{}: eps is {}, expected a finite number >= 0", name_, options.eps));
-  }
-  const size_t c = static_cast<size_t>(num_features);
-  if (options.affine) {
-    weight_.assign(c, 1.0f);
-    bias_.assign(c, 0.0f);
-    grad_weight_.assign(c, 0.0f);
-    grad_bias_.assign(c, 0.0f);
-  }
-  if (options.track_running_stats) reset_running_stats();
-}
-
-void BatchNorm::reset_running_stats() {
-  if (!options_.track_running_stats) return;
-  running_mean_.assign(static_cast<size_t>(num_features_), 0.0f);
-  running_var_.assign(static_cast<size_t>(num_features_), 1.0f);
-  num_batches_tracked_ = 0;
-}
+BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::string name, std::vector<int64_t> ranks)
+    : NormLayer(name, batch_norm_contents(name, num_features, options), options.epilogue),
+      ranks_(std::move(ranks)),
+      num_features_(num_features),
+      options_(options) {}
 
 void BatchNorm::check_input(const TensorView& x, const char* what) const {
-  if (std::find(ranks_.begin(), ranks_.end(), x.dim()) == ranks_.end()) {
-    throw Error(fmt::format("{}: {} has {} dimensions (shape {}), expected {}", name_, what, x.dim(),
-                            shape_string(x.shape()), ranks_string(ranks_)));
-  }
-  if (x.size(1) != num_features_) {
-    throw Error(fmt::format("{}: {} has {} channels (shape {}), expected {} (num_features)", name_, what, x.size(1),
-                            shape_string(x.shape()), num_features_));
-  }
+  check_rank(name(), x, what, ranks_, ranks_string(ranks_));
+  check_channels(name(), x, what, 1, num_features_, "num_features");
 }
 
-void BatchNorm::forward(const TensorView& x, const TensorView& y) {
-  check_input(x, "input");
-  const bool batch_statistics = training_ || !options_.track_running_stats;
-  const bool update_running = training_ && options_.track_running_stats;
-  std::vector<float> mean(static_cast<size_t>(num_features_)), invstd(mean.size());
+std::string BatchNorm::differentiable_forward() const {
+  return "a forward with batch statistics (training mode, or track_running_stats=false)";
+}
 
-  BatchNormForwardTensors t{.input = x, .output = y};
-  if (options_.affine) {
-    t.weight = per_channel(weight_);
-    t.bias = per_channel(bias_);
-  }
+bool BatchNorm::run_forward(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y,
+                            Saved& saved) {
+  const bool batch_statistics = is_training() || !options_.track_running_stats;
+  const bool update_running = is_training() && options_.track_running_stats;
+
+  BatchNormForwardTensors t{.input = x, .output = y, .weight = weight_view(), .bias = bias_view(), .residual = z};
   // In evaluation the running statistics are read; in training they are updated (PyTorch passes them in both).
-  if (options_.track_running_stats && (update_running || !batch_statistics)) {
-    t.running_mean = per_channel(running_mean_);
-    t.running_var = per_channel(running_var_);
-    if (update_running) t.num_batches_tracked = &num_batches_tracked_;
+  if (options_.track_running_stats) {
+    t.running_mean = vector_view(running_mean());
+    t.running_var = vector_view(running_var());
+    if (update_running) t.num_batches_tracked = &num_batches_tracked_counter();
   }
   if (batch_statistics) {
-    t.save_mean = per_channel(mean);
-    t.save_invstd = per_channel(invstd);
+    saved.mean.resize(static_cast<size_t>(num_features_));
+    saved.invstd.resize(saved.mean.size());
+    t.save_mean = vector_view(saved.mean);
+    t.save_invstd = vector_view(saved.invstd);
   }
-  BatchNormOptions o{.training = batch_statistics,
-                     .eps = options_.eps,
-                     .momentum = options_.momentum,
-                     .running_variance_update = options_.running_variance_update};
-  batch_norm_forward(t, o);
-
-  // Only after success: what backward needs.
-  if (batch_statistics) {
-    saved_input_ = x;
-    // batch_norm_forward accepts no overlap of y and x but the same view: y.data() == x.data() is in place.
-    saved_input_overwritten_ = y.data() == x.data();
-    save_mean_ = std::move(mean);
-    save_invstd_ = std::move(invstd);
-  } else {
-    saved_input_.reset();
-  }
+  batch_norm_forward(t, BatchNormOptions{.training = batch_statistics,
+                                         .eps = options_.eps,
+                                         .momentum = options_.momentum,
+                                         .running_variance_update = options_.running_variance_update,
+                                         .epilogue = options_.epilogue});
+  return batch_statistics;
 }
 
-void BatchNorm::backward(const TensorView& dy, const TensorView& dx) {
-  if (!saved_input_) {
-    throw Error(fmt::format("{}: backward has no forward to differentiate, expected a forward with batch statistics "
-                            "(training mode, or track_running_stats=false) since the last backward",
-                            name_));
-  }
-  if (saved_input_overwritten_) {
-    throw Error(fmt::format("{}: backward of a forward that ran in place (output was input): the input it needs "
-                            "was overwritten, expected a forward with an output apart from its input",
-                            name_));
-  }
-  check_input(dy, "grad_output");
-  std::vector<float> dweight(static_cast<size_t>(num_features_)), dbias(dweight.size());
+void BatchNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx,
+                             const std::optional<TensorView>& dz, const ParameterGrads& grads) {
   BatchNormBackwardTensors t{.grad_output = dy,
-                             .input = *saved_input_,
+                             .input = saved.input,
                              .grad_input = dx,
-                             .save_mean = per_channel(save_mean_),
-                             .save_invstd = per_channel(save_invstd_)};
-  if (options_.affine) {
-    t.weight = per_channel(weight_);
-    t.grad_weight = per_channel(dweight);
-    t.grad_bias = per_channel(dbias);
-  }
-  batch_norm_backward(t, BatchNormOptions{.training = true, .eps = options_.eps});
-
-  if (options_.affine) {
-    for (size_t c = 0; c < dweight.size(); c++) {
-      grad_weight_[c] += dweight[c];
-      grad_bias_[c] += dbias[c];
-    }
-  }
-  saved_input_.reset();
+                             .weight = weight_view(),
+                             .save_mean = vector_view(saved.mean),
+                             .save_invstd = vector_view(saved.invstd),
+                             .grad_weight = grads.weight,
+                             .grad_bias = grads.bias,
+                             .output = saved.output,
+                             .grad_residual = dz};
+  batch_norm_backward(t, BatchNormOptions{.training = true, .eps = options_.eps, .epilogue = options_.epilogue});
 }
 
-void BatchNorm::zero_grad() {
-  std::fill(grad_weight_.begin(), grad_weight_.end(), 0.0f);
-  std::fill(grad_bias_.begin(), grad_bias_.end(), 0.0f);
+// ---------------------------------------------------------------------------------------------------------------
+// InstanceNorm
+
+InstanceNorm::InstanceNorm(int64_t num_features, InstanceNormLayerOptions options, std::string name,
+                           int64_t spatial_dims)
+    : NormLayer(name, instance_norm_contents(name, num_features, options), Epilogue::none),
+      spatial_dims_(spatial_dims),
+      num_features_(num_features),
+      options_(options) {}
+
+void InstanceNorm::check_input(const TensorView& x, const char* what) const {
+  const int64_t unbatched = spatial_dims_ + 1;
+  check_rank(name(), x, what, {unbatched, unbatched + 1},
+             fmt::format("{} (unbatched) or {}", unbatched, unbatched + 1));
+  // PyTorch only warns about a channel count other than num_features when affine is false (num_features is then
+  // unused without running statistics); such a mismatch is refused here.
+  check_channels(name(), x, what, x.dim() == unbatched ? 0 : 1, num_features_, "num_features");
 }
 
-void BatchNorm::save_to(StateDict& state, const std::string& prefix) const {
-  if (options_.affine) {
-    state[prefix + "weight"] = StateTensor::from_floats(weight_);
-    state[prefix + "bias"] = StateTensor::from_floats(bias_);
-  }
+std::string InstanceNorm::differentiable_forward() const {
+  return "a forward with instance statistics (training mode, or track_running_stats=false)";
+}
+
+TensorView InstanceNorm::batched(const TensorView& view) const {
+  if (view.dim() != spatial_dims_ + 1) return view;
+  // A dimension of extent 1: its stride does not matter.
+  std::vector<int64_t> shape = view.shape(), strides = view.strides();
+  shape.insert(shape.begin(), 1);
+  strides.insert(strides.begin(), view.numel());
+  return TensorView(view.data(), std::move(shape), std::move(strides));
+}
+
+bool InstanceNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y,
+                               Saved& saved) {
+  // PyTorch's use_input_stats: training, or evaluation without running statistics.
+  const bool use_input_stats = is_training() || !options_.track_running_stats;
+  const TensorView input = batched(x);
+  InstanceNormForwardTensors t{.input = input, .output = batched(y), .weight = weight_view(), .bias = bias_view()};
+  // Read in evaluation, updated in training.
   if (options_.track_running_stats) {
-    state[prefix + "running_mean"] = StateTensor::from_floats(running_mean_);
-    state[prefix + "running_var"] = StateTensor::from_floats(running_var_);
-    state[prefix + "num_batches_tracked"] = StateTensor::scalar_int64(num_batches_tracked_);
+    t.running_mean = vector_view(running_mean());
+    t.running_var = vector_view(running_var());
   }
+  if (use_input_stats) {
+    const std::vector<int64_t> statistics_shape{input.size(0), num_features_};
+    saved.mean.resize(static_cast<size_t>(input.size(0) * num_features_));
+    saved.invstd.resize(saved.mean.size());
+    t.save_mean = TensorView(saved.mean.data(), statistics_shape);
+    t.save_invstd = TensorView(saved.invstd.data(), statistics_shape);
+  }
+  instance_norm_forward(
+      t, InstanceNormOptions{
+             .use_input_stats = use_input_stats, .eps = options_.eps, .momentum = options_.momentum.value_or(0.0)});
+  return use_input_stats;
 }
 
-void BatchNorm::load_from(const StateDict& state, const std::string& prefix) {
-  std::vector<std::string> expected;
-  if (options_.affine) expected.insert(expected.end(), {"weight", "bias"});
-  if (options_.track_running_stats) expected.insert(expected.end(), {"running_mean", "running_var", "num_batches_tracked"});
+void InstanceNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx,
+                                const std::optional<TensorView>&, const ParameterGrads& grads) {
+  const TensorView input = batched(saved.input);
+  const std::vector<int64_t> statistics_shape{input.size(0), num_features_};
+  InstanceNormBackwardTensors t{.grad_output = batched(dy),
+                                .input = input,
+                                .grad_input = batched(dx),
+                                .weight = weight_view(),
+                                .save_mean = TensorView(saved.mean.data(), statistics_shape),
+                                .save_invstd = TensorView(saved.invstd.data(), statistics_shape),
+                                .grad_weight = grads.weight,
+                                .grad_bias = grads.bias};
+  instance_norm_backward(t, InstanceNormOptions{.use_input_stats = true, .eps = options_.eps});
+}
 
-  // Check everything first: a failed load changes nothing.
-  for (const std::string& key : expected) {
-    auto it = state.find(prefix + key);
-    if (it == state.end()) throw Error(fmt::format("{}: load_from: missing key '{}{}'", name_, prefix, key));
-    const StateTensor& t = it->second;
-    const bool scalar = key == "num_batches_tracked";
-    const auto want_dtype = scalar ? StateTensor::DType::int64 : StateTensor::DType::float32;
-    const std::vector<int64_t> want_shape = scalar ? std::vector<int64_t>{} : std::vector<int64_t>{num_features_};
-    if (t.dtype != want_dtype || t.shape != want_shape) {
-      throw Error(fmt::format("{}: load_from: '{}{}' is {} {}, expected {} {}", name_, prefix, key,
-                              t.dtype == StateTensor::DType::int64 ? "int64" : "float32", shape_string(t.shape),
-                              scalar ? "int64" : "float32", shape_string(want_shape)));
-    }
-    // A StateTensor built by hand may not hold the values its shape says; load_state_dict's always do.
-    const size_t values = scalar ? t.i64.size() : t.f32.size();
-    if (static_cast<int64_t>(values) != t.numel()) {
-      throw Error(fmt::format("{}: load_from: '{}{}' has {} values, expected {} (shape {})", name_, prefix, key, values,
-                              t.numel(), shape_string(t.shape)));
-    }
-  }
-  const std::string layer_keys[] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
-  for (const std::string& key : layer_keys) {
-    if (state.count(prefix + key) && std::find(expected.begin(), expected.end(), key) == expected.end()) {
-      throw Error(fmt::format("{}: load_from: unexpected key '{}{}' (affine={}, track_running_stats={})", name_,
-                              prefix, key, options_.affine, options_.track_running_stats));
-    }
-  }
-  if (options_.affine) {
-    weight_ = state.at(prefix + "weight").f32;
-    bias_ = state.at(prefix + "bias").f32;
-  }
-  if (options_.track_running_stats) {
-    running_mean_ = state.at(prefix + "running_mean").f32;
-    running_var_ = state.at(prefix + "running_var").f32;
-    num_batches_tracked_ = state.at(prefix + "num_batches_tracked").i64.at(0);
-  }
+// ---------------------------------------------------------------------------------------------------------------
+// GroupNorm
+
+GroupNorm::GroupNorm(int64_t num_groups, int64_t num_channels, GroupNormLayerOptions options)
+    : NormLayer("GroupNorm", group_norm_contents(num_groups, num_channels, options), options.epilogue),
+      num_groups_(num_groups),
+      num_channels_(num_channels),
+      options_(options) {}
+
+void GroupNorm::check_input(const TensorView& x, const char* what) const {
+  check_rank(name(), x, what, {2, 3, 4, 5}, "2, 3, 4 or 5");
+  check_channels(name(), x, what, 1, num_channels_, "num_channels");
+}
+
+bool GroupNorm::run_forward(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y,
+                            Saved& saved) {
+  const std::vector<int64_t> statistics_shape{x.size(0), num_groups_};
+  saved.mean.resize(static_cast<size_t>(x.size(0) * num_groups_));
+  saved.invstd.resize(saved.mean.size());
+  group_norm_forward({.input = x,
+                      .output = y,
+                      .weight = weight_view(),
+                      .bias = bias_view(),
+                      .save_mean = TensorView(saved.mean.data(), statistics_shape),
+                      .save_invstd = TensorView(saved.invstd.data(), statistics_shape),
+                      .residual = z},
+                     GroupNormOptions{.num_groups = num_groups_, .eps = options_.eps, .epilogue = options_.epilogue});
+  return true;
+}
+
+void GroupNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx,
+                             const std::optional<TensorView>& dz, const ParameterGrads& grads) {
+  const std::vector<int64_t> statistics_shape{saved.input.size(0), num_groups_};
+  // SiLU's derivative needs v = xhat * weight + bias, which the backward recomputes.
+  const bool needs_bias = options_.epilogue == Epilogue::silu;
+  group_norm_backward({.grad_output = dy,
+                       .input = saved.input,
+                       .grad_input = dx,
+                       .save_mean = TensorView(saved.mean.data(), statistics_shape),
+                       .save_invstd = TensorView(saved.invstd.data(), statistics_shape),
+                       .weight = weight_view(),
+                       .bias = needs_bias ? bias_view() : std::nullopt,
+                       .output = saved.output,
+                       .grad_residual = dz,
+                       .grad_weight = grads.weight,
+                       .grad_bias = grads.bias},
+                      GroupNormOptions{.num_groups = num_groups_, .eps = options_.eps, .epilogue = options_.epilogue});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// LayerNorm and RMSNorm
+
+LayerNorm::LayerNorm(std::vector<int64_t> normalized_shape, LayerNormLayerOptions options)
+    : NormLayer("LayerNorm", layer_norm_contents(std::move(normalized_shape), options), Epilogue::none),
+      options_(options) {}
+
+void LayerNorm::check_input(const TensorView& x, const char* what) const {
+  check_normalized_input(name(), x, what, normalized_shape());
+}
+
+bool LayerNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y, Saved& saved) {
+  saved.mean.resize(static_cast<size_t>(rows_of(x, normalized_shape())));
+  saved.invstd.resize(saved.mean.size());
+  layer_norm_forward({.input = x,
+                      .output = y,
+                      .weight = weight_view(),
+                      .bias = bias_view(),
+                      .save_mean = vector_view(saved.mean),
+                      .save_invstd = vector_view(saved.invstd)},
+                     LayerNormOptions{.normalized_shape = normalized_shape(), .eps = options_.eps});
+  return true;
+}
+
+void LayerNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx, const std::optional<TensorView>&,
+                             const ParameterGrads& grads) {
+  layer_norm_backward({.grad_output = dy,
+                       .input = saved.input,
+                       .grad_input = dx,
+                       .save_mean = vector_view(saved.mean),
+                       .save_invstd = vector_view(saved.invstd),
+                       .weight = weight_view(),
+                       .grad_weight = grads.weight,
+                       .grad_bias = grads.bias},
+                      LayerNormOptions{.normalized_shape = normalized_shape(), .eps = options_.eps});
+}
+
+RMSNorm::RMSNorm(std::vector<int64_t> normalized_shape, RMSNormLayerOptions options)
+    : NormLayer("RMSNorm", rms_norm_contents(std::move(normalized_shape), options), Epilogue::none),
+      options_(options) {}
+
+double RMSNorm::eps() const { return options_.eps.value_or(0x1p-23); }
+
+void RMSNorm::check_input(const TensorView& x, const char* what) const {
+  check_normalized_input(name(), x, what, normalized_shape());
+}
+
+bool RMSNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y, Saved& saved) {
+  saved.invstd.resize(static_cast<size_t>(rows_of(x, normalized_shape())));
+  rms_norm_forward({.input = x, .output = y, .weight = weight_view(), .save_invstd = vector_view(saved.invstd)},
+                   RMSNormOptions{.normalized_shape = normalized_shape(), .eps = eps()});
+  return true;
+}
+
+void RMSNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx, const std::optional<TensorView>&,
+                           const ParameterGrads& grads) {
+  rms_norm_backward({.grad_output = dy,
+                     .input = saved.input,
+                     .grad_input = dx,
+                     .save_invstd = vector_view(saved.invstd),
+                     .weight = weight_view(),
+                     .grad_weight = grads.weight},
+                    RMSNormOptions{.normalized_shape = normalized_shape(), .eps = eps()});
 }
 
 }  // namespace fusednorm

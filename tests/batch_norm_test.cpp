@@ -701,21 +701,6 @@ INSTANTIATE_TEST_SUITE_P(AllIsas, GradientCheckTest, ::testing::ValuesIn(isa_lay
 // float32; 1e-3 leaves room for both while still catching any wrong term.
 constexpr double kGradientTolerance = 1e-3;
 
-// dL/dv for v stored as float32: v is perturbed by about h each way, and the step is the difference of the
-// two rounded values, so the rounding of v +- h to float32 does not enter the quotient.
-template <typename Loss>
-double central_difference(float& v, const Loss& loss) {
-  constexpr double h = 1e-3;
-  const float original = v;
-  const float plus = static_cast<float>(original + h), minus = static_cast<float>(original - h);
-  v = plus;
-  const double loss_plus = loss();
-  v = minus;
-  const double loss_minus = loss();
-  v = original;
-  return (loss_plus - loss_minus) / (static_cast<double>(plus) - static_cast<double>(minus));
-}
-
 void check_gradients(Problem& p, Affine affine, bool training) {
   // r is p.dy: the loss's weights are the gradient the backward receives.
   auto loss = [&] {
@@ -731,9 +716,9 @@ void check_gradients(Problem& p, Affine affine, bool training) {
     return sum;
   };
   std::vector<double> dx, dweight, dbias;
-  for (float& v : p.x) dx.push_back(central_difference(v, loss));
-  for (float& v : p.weight) dweight.push_back(central_difference(v, loss));
-  for (float& v : p.bias) dbias.push_back(central_difference(v, loss));
+  for (float& v : p.x) dx.push_back(reference::central_difference(v, loss));
+  for (float& v : p.weight) dweight.push_back(reference::central_difference(v, loss));
+  for (float& v : p.bias) dbias.push_back(reference::central_difference(v, loss));
 
   // The kernels' own forward provides the saved statistics, as in a training step.
   batch_norm_forward(p.forward(affine), training ? training_options() : evaluation_options());

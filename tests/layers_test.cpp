@@ -1,6 +1,10 @@
 // The layer API (include/fusednorm/layers.h) and what comes with it: state dicts in safetensors files
 // (include/fusednorm/state_dict.h) and the thread-pool controls (include/fusednorm/threads.h).
 //
+// BatchNorm in depth first, then the rest of the family (InstanceNorm, GroupNorm, LayerNorm, RMSNorm) and the
+// epilogues through the NormLayer interface they share: forward and backward against the shared float64
+// reference (support/norm_reference.h), InstanceNorm's running statistics, refusals, PyTorch's state_dict keys.
+//
 // - Training: several steps on fresh data, each checked against a float64 model of PyTorch's update of the
 //   running statistics written here (the batch statistics come from the shared reference), with momentum and
 //   with the cumulative moving average; then evaluation with the running statistics.
@@ -27,6 +31,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -42,6 +47,7 @@
 #include "runtime/dispatch.h"
 #include "runtime/halide_call.h"
 #include "support/batch_norm_reference.h"
+#include "support/norm_reference.h"
 #include "support/test_data.h"
 
 namespace fusednorm {
@@ -1059,6 +1065,739 @@ TEST(StateDictTest, NamesAreEscapedAsJsonDefines) {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The rest of the family: InstanceNorm, GroupNorm, LayerNorm, RMSNorm, and the epilogues (BatchNorm's too).
+// Every layer against the shared float64 reference (support/norm_reference.h), through the NormLayer interface.
+
+enum class Kind { batch, instance, group, layer, rms };
+
+// One layer and the input it takes. The fields a kind does not use are ignored.
+struct FamilyCase {
+  std::string name;
+  Kind kind;
+  std::vector<int64_t> shape;  // the input's
+  Layout layout = Layout::nchw;
+  Epilogue epilogue = Epilogue::none;
+  bool affine = true;  // BatchNorm, InstanceNorm and GroupNorm: affine; LayerNorm and RMSNorm: elementwise_affine
+  bool bias = true;    // LayerNorm
+  int64_t groups = 1;  // GroupNorm
+  int64_t normalized_dims = 1;           // LayerNorm and RMSNorm: how many trailing dimensions of the input
+  bool unbatched = false;                // InstanceNorm: (C, *spatial)
+  bool track_running_stats = false;      // InstanceNorm
+  std::optional<double> momentum = 0.1;  // InstanceNorm
+  std::optional<double> rms_eps = std::nullopt;
+};
+
+void PrintTo(const FamilyCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<int64_t> trailing(const std::vector<int64_t>& shape, int64_t dims) {
+  return {shape.end() - dims, shape.end()};
+}
+
+std::unique_ptr<NormLayer> make_family_layer(const FamilyCase& c) {
+  const int64_t channels = c.shape.size() > 1 ? c.shape[c.unbatched ? 0 : 1] : 0;  // not for LayerNorm, RMSNorm
+  switch (c.kind) {
+    case Kind::batch: {
+      BatchNormLayerOptions options;
+      options.affine = c.affine;
+      options.epilogue = c.epilogue;
+      return make_layer(c.shape.size(), channels, options);
+    }
+    case Kind::instance: {
+      const InstanceNormLayerOptions options{
+          .momentum = c.momentum, .affine = c.affine, .track_running_stats = c.track_running_stats};
+      const size_t spatial = c.shape.size() - (c.unbatched ? 1 : 2);
+      if (spatial == 3) return std::make_unique<InstanceNorm3d>(channels, options);
+      if (spatial == 2) return std::make_unique<InstanceNorm2d>(channels, options);
+      return std::make_unique<InstanceNorm1d>(channels, options);
+    }
+    case Kind::group:
+      return std::make_unique<GroupNorm>(c.groups, channels,
+                                         GroupNormLayerOptions{.affine = c.affine, .epilogue = c.epilogue});
+    case Kind::layer:
+      return std::make_unique<LayerNorm>(trailing(c.shape, c.normalized_dims),
+                                         LayerNormLayerOptions{.elementwise_affine = c.affine, .bias = c.bias});
+    case Kind::rms:
+      return std::make_unique<RMSNorm>(trailing(c.shape, c.normalized_dims),
+                                       RMSNormLayerOptions{.eps = c.rms_eps, .elementwise_affine = c.affine});
+  }
+  return nullptr;
+}
+
+// Which elements share statistics, over the input's memory.
+reference::Grouping grouping_of(const FamilyCase& c) {
+  if (c.kind == Kind::layer || c.kind == Kind::rms) {
+    // (rows, D, 1): the leading dimensions are rows, the normalized ones a row of D.
+    int64_t rows = 1, features = 1;
+    for (size_t d = 0; d < c.shape.size(); d++) {
+      (d + static_cast<size_t>(c.normalized_dims) < c.shape.size() ? rows : features) *= c.shape[d];
+    }
+    return reference::Grouping::rows(c.kind == Kind::layer ? reference::Norm::layer : reference::Norm::rms, rows,
+                                     features);
+  }
+  std::vector<int64_t> shape = c.shape;
+  if (c.unbatched) shape.insert(shape.begin(), 1);
+  const reference::Dims d = test::dims_of(shape, c.layout);
+  if (c.kind == Kind::batch) return reference::Grouping::batch(d);
+  if (c.kind == Kind::instance) return reference::Grouping::instance(d);
+  return reference::Grouping::group(d, c.groups);
+}
+
+double eps_of(const FamilyCase& c) { return c.kind == Kind::rms ? c.rms_eps.value_or(0x1p-23) : kEps; }
+
+reference::Affine affine_of(NormLayer& layer) { return {or_null(layer.weight()), or_null(layer.bias())}; }
+
+void randomize_parameters(NormLayer& layer, Random& rng) {
+  layer.weight() = test::random_vector(static_cast<int64_t>(layer.weight().size()), rng, 0.5, 2.0);
+  layer.bias() = test::random_vector(static_cast<int64_t>(layer.bias().size()), rng, -1.0, 1.0);
+}
+
+// One batch of a FamilyCase: x, z and dy random, y, dx and dz poisoned.
+struct FamilyBatch {
+  FamilyBatch(const FamilyCase& c_, Random& rng)
+      : c(c_),
+        g(grouping_of(c)),
+        x(test::random_input(g.d, rng)),
+        z(test::random_input(g.d, rng)),
+        dy(test::random_input(g.d, rng)),
+        y(test::poisoned(g.d.numel())),
+        dx(test::poisoned(g.d.numel())),
+        dz(test::poisoned(g.d.numel())) {}
+
+  TensorView view(std::vector<float>& data) const { return TensorView::with_layout(data.data(), c.shape, c.layout); }
+
+  void forward(NormLayer& layer) {
+    if (c.epilogue == Epilogue::add_relu) {
+      layer.forward(view(x), view(z), view(y));
+    } else {
+      layer.forward(view(x), view(y));
+    }
+  }
+  void backward(NormLayer& layer) {
+    if (c.epilogue == Epilogue::add_relu) {
+      layer.backward(view(dy), view(dx), view(dz));
+    } else {
+      layer.backward(view(dy), view(dx));
+    }
+  }
+
+  // The forward with the input's own statistics, and its gradients (the relu masks from the layer's y).
+  reference::Forward reference_forward(NormLayer& layer) const {
+    return reference::forward(x.data(), g, affine_of(layer), eps_of(c), c.epilogue,
+                              c.epilogue == Epilogue::add_relu ? z.data() : nullptr);
+  }
+  // Evaluation with running statistics (BatchNorm, InstanceNorm): per channel, whatever the norm.
+  std::vector<double> reference_evaluation(NormLayer& layer, const std::vector<float>& running_mean,
+                                           const std::vector<float>& running_var) const {
+    std::vector<double> mean, invstd;
+    for (size_t ch = 0; ch < running_mean.size(); ch++) {
+      mean.push_back(running_mean[ch]);
+      invstd.push_back(1.0 / std::sqrt(static_cast<double>(running_var[ch]) + kEps));
+    }
+    return reference::normalize(x.data(), reference::Grouping::batch(g.d), mean.data(), invstd.data(), affine_of(layer),
+                                c.epilogue, c.epilogue == Epilogue::add_relu ? z.data() : nullptr);
+  }
+  reference::Backward reference_backward(NormLayer& layer, const reference::Forward& forward) const {
+    return reference::backward(x.data(), dy.data(), g, g.centred() ? forward.mean.data() : nullptr,
+                               forward.invstd.data(), affine_of(layer), true, c.epilogue, y.data());
+  }
+
+  FamilyCase c;
+  reference::Grouping g;
+  std::vector<float> x, z, dy, y, dx, dz;
+};
+
+std::vector<FamilyCase> family_cases() {
+  using E = Epilogue;
+  return {
+      // InstanceNorm: every rank, both layouts, unbatched, with and without affine.
+      {.name = "InstanceNorm1d_n3_c4_l9", .kind = Kind::instance, .shape = {3, 4, 9}},
+      {.name = "InstanceNorm1d_affine_unbatched_c4_l9", .kind = Kind::instance, .shape = {4, 9}, .unbatched = true},
+      {.name = "InstanceNorm2d_affine_n2_c3_5x4_channels_last",
+       .kind = Kind::instance,
+       .shape = {2, 3, 5, 4},
+       .layout = Layout::nhwc},
+      {.name = "InstanceNorm2d_plain_unbatched_c3_5x4",
+       .kind = Kind::instance,
+       .shape = {3, 5, 4},
+       .affine = false,
+       .unbatched = true},
+      {.name = "InstanceNorm3d_plain_n2_c3_2x3x4", .kind = Kind::instance, .shape = {2, 3, 2, 3, 4}, .affine = false},
+      // GroupNorm: every epilogue, ranks 2 to 5, both layouts.
+      {.name = "GroupNorm_g3_n2_c6_5x4", .kind = Kind::group, .shape = {2, 6, 5, 4}, .groups = 3},
+      {.name = "GroupNorm_g3_n3_c12", .kind = Kind::group, .shape = {3, 12}, .groups = 3},
+      {.name = "GroupNorm_relu_g2_n2_c4_3x5_channels_last",
+       .kind = Kind::group,
+       .shape = {2, 4, 3, 5},
+       .layout = Layout::nhwc,
+       .epilogue = E::relu,
+       .groups = 2},
+      {.name = "GroupNorm_add_relu_g4_n2_c8_3x3",
+       .kind = Kind::group,
+       .shape = {2, 8, 3, 3},
+       .epilogue = E::add_relu,
+       .groups = 4},
+      {.name = "GroupNorm_silu_g3_n2_c6_l7", .kind = Kind::group, .shape = {2, 6, 7}, .epilogue = E::silu, .groups = 3},
+      {.name = "GroupNorm_silu_plain_g2_n2_c4_3x3_channels_last",
+       .kind = Kind::group,
+       .shape = {2, 4, 3, 3},
+       .layout = Layout::nhwc,
+       .epilogue = E::silu,
+       .affine = false,
+       .groups = 2},
+      {.name = "GroupNorm_plain_g2_n2_c4_2x3x3",
+       .kind = Kind::group,
+       .shape = {2, 4, 2, 3, 3},
+       .affine = false,
+       .groups = 2},
+      // LayerNorm: one and two normalized dimensions, no leading dimension, without bias, without affine.
+      {.name = "LayerNorm_4x7", .kind = Kind::layer, .shape = {4, 7}},
+      {.name = "LayerNorm_2x3_of_4x5", .kind = Kind::layer, .shape = {2, 3, 4, 5}, .normalized_dims = 2},
+      {.name = "LayerNorm_one_row_of_9", .kind = Kind::layer, .shape = {9}},
+      {.name = "LayerNorm_without_bias_5x6", .kind = Kind::layer, .shape = {5, 6}, .bias = false},
+      {.name = "LayerNorm_plain_3x2x8", .kind = Kind::layer, .shape = {3, 2, 8}, .affine = false},
+      // RMSNorm: PyTorch's default eps and an explicit one.
+      {.name = "RMSNorm_4x7", .kind = Kind::rms, .shape = {4, 7}},
+      {.name = "RMSNorm_eps_1e_5_2x3_of_4x5",
+       .kind = Kind::rms,
+       .shape = {2, 3, 4, 5},
+       .normalized_dims = 2,
+       .rms_eps = 1e-5},
+      {.name = "RMSNorm_plain_6x5", .kind = Kind::rms, .shape = {6, 5}, .affine = false},
+      // BatchNorm's epilogues (training; evaluation below).
+      {.name = "BatchNorm2d_relu_n3_c4_5x2", .kind = Kind::batch, .shape = {3, 4, 5, 2}, .epilogue = E::relu},
+      {.name = "BatchNorm2d_add_relu_n3_c4_5x2_channels_last",
+       .kind = Kind::batch,
+       .shape = {3, 4, 5, 2},
+       .layout = Layout::nhwc,
+       .epilogue = E::add_relu},
+      {.name = "BatchNorm1d_add_relu_plain_n6_c4",
+       .kind = Kind::batch,
+       .shape = {6, 4},
+       .epilogue = E::add_relu,
+       .affine = false},
+      {.name = "BatchNorm3d_relu_n2_c3_2x3x2", .kind = Kind::batch, .shape = {2, 3, 2, 3, 2}, .epilogue = E::relu},
+  };
+}
+
+class FamilyLayerTest : public ::testing::TestWithParam<FamilyCase> {};
+
+// Two forward / backward pairs on fresh data: y, dx (and dz) are each pair's own, the parameter gradients their
+// sum; zero_grad clears them. Every output starts as NaN, so an element left unwritten fails.
+TEST_P(FamilyLayerTest, ForwardAndBackwardMatchTheReferenceAndGradientsAccumulate) {
+  const FamilyCase& p = GetParam();
+  Random rng(test::seed_for_current_test());
+  std::unique_ptr<NormLayer> layer = make_family_layer(p);
+  randomize_parameters(*layer, rng);
+  std::vector<double> sum_dweight(layer->weight().size(), 0.0), sum_dbias(layer->bias().size(), 0.0);
+  for (int pair = 0; pair < 2; pair++) {
+    SCOPED_TRACE("pair " + std::to_string(pair));
+    FamilyBatch b(p, rng);
+    b.forward(*layer);
+    const reference::Forward ref = b.reference_forward(*layer);
+    EXPECT_TRUE(close("y", b.y, ref.y));
+    b.backward(*layer);
+    const reference::Backward ref_backward = b.reference_backward(*layer, ref);
+    EXPECT_TRUE(close("dx", b.dx, ref_backward.dx));
+    if (p.epilogue == Epilogue::add_relu) {
+      EXPECT_TRUE(close("dz", b.dz, ref_backward.dz));
+    }
+    for (size_t i = 0; i < sum_dweight.size(); i++) sum_dweight[i] += ref_backward.dweight[i];
+    for (size_t i = 0; i < sum_dbias.size(); i++) sum_dbias[i] += ref_backward.dbias[i];
+    EXPECT_TRUE(close("grad_weight", layer->grad_weight(), sum_dweight));
+    EXPECT_TRUE(close("grad_bias", layer->grad_bias(), sum_dbias));
+  }
+  layer->zero_grad();
+  EXPECT_EQ(bits(layer->grad_weight()), bits(std::vector<float>(sum_dweight.size(), 0.0f)));
+  EXPECT_EQ(bits(layer->grad_bias()), bits(std::vector<float>(sum_dbias.size(), 0.0f)));
+}
+
+INSTANTIATE_TEST_SUITE_P(Layers, FamilyLayerTest, ::testing::ValuesIn(family_cases()), case_name<FamilyCase>);
+
+// PyTorch's initial parameters (weight 1, bias 0, gradients 0) and which a layer has.
+TEST(FamilyLayerTest, StartsWithPyTorchsParameters) {
+  EXPECT_EQ(LayerNorm({4, 5}).weight(), std::vector<float>(20, 1.0f));
+  EXPECT_EQ(LayerNorm({4, 5}).bias(), std::vector<float>(20, 0.0f));
+  EXPECT_EQ(LayerNorm({4, 5}).grad_weight(), std::vector<float>(20, 0.0f));
+  EXPECT_TRUE(LayerNorm({7}, {.bias = false}).bias().empty());
+  EXPECT_TRUE(LayerNorm({7}, {.elementwise_affine = false}).weight().empty());
+  EXPECT_EQ(RMSNorm({3, 7}).weight(), std::vector<float>(21, 1.0f));
+  EXPECT_TRUE(RMSNorm({3, 7}).bias().empty());
+  EXPECT_EQ(RMSNorm({3}).eps(), 0x1p-23);
+  EXPECT_EQ(RMSNorm({3}, {.eps = 1e-6}).eps(), 1e-6);
+  EXPECT_EQ(GroupNorm(2, 6).weight(), std::vector<float>(6, 1.0f));
+  EXPECT_EQ(GroupNorm(2, 6).bias(), std::vector<float>(6, 0.0f));
+  EXPECT_TRUE(GroupNorm(2, 6, {.affine = false}).weight().empty());
+  // InstanceNorm's defaults: no parameters, no running statistics.
+  InstanceNorm2d instance(3);
+  EXPECT_TRUE(instance.weight().empty());
+  EXPECT_TRUE(instance.running_mean().empty());
+  EXPECT_FALSE(instance.options().affine);
+  EXPECT_FALSE(instance.options().track_running_stats);
+  InstanceNorm1d tracked(3, {.affine = true, .track_running_stats = true});
+  EXPECT_EQ(tracked.weight(), std::vector<float>(3, 1.0f));
+  EXPECT_EQ(tracked.running_mean(), std::vector<float>(3, 0.0f));
+  EXPECT_EQ(tracked.running_var(), std::vector<float>(3, 1.0f));
+  EXPECT_EQ(tracked.num_batches_tracked(), 0);
+  EXPECT_EQ(BatchNorm2d(3).epilogue(), Epilogue::none);
+}
+
+// Training updates the running statistics with the mean over the samples of each (sample, channel)'s mean and
+// unbiased variance (PyTorch's instance_norm), never counting num_batches_tracked; momentum=None is momentum 0
+// (nothing moves). Evaluation normalizes with the running statistics and changes nothing; it has no backward.
+TEST(InstanceNormLayerTest, RunningStatisticsFollowPyTorchsUpdateAndEvaluationUsesThem) {
+  for (std::optional<double> momentum : {std::optional<double>(0.1), std::optional<double>()}) {
+    SCOPED_TRACE(momentum ? "momentum 0.1" : "momentum None");
+    Random rng(test::seed_for_current_test() + (momentum ? 1 : 0));
+    FamilyCase c{.name = "tracked",
+                 .kind = Kind::instance,
+                 .shape = {2, 3, 4, 5},
+                 .track_running_stats = true,
+                 .momentum = momentum};
+    InstanceNorm2d layer(3, {.momentum = momentum, .affine = true, .track_running_stats = true});
+    randomize_parameters(layer, rng);
+    std::vector<double> model_mean(3, 0.0), model_var(3, 1.0);
+    const double factor = momentum.value_or(0.0);
+    for (int step = 0; step < 4; step++) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      c.shape[0] = 2 + step % 2;
+      c.layout = step % 2 ? Layout::nhwc : Layout::nchw;
+      FamilyBatch b(c, rng);
+      b.forward(layer);
+      const reference::Forward ref = b.reference_forward(layer);
+      EXPECT_TRUE(close("y", b.y, ref.y));
+      const double spatial = static_cast<double>(b.g.d.s), samples = static_cast<double>(b.g.d.n);
+      for (size_t ch = 0; ch < 3; ch++) {
+        double mean = 0, var = 0;
+        for (size_t n = 0; n < static_cast<size_t>(b.g.d.n); n++) {
+          mean += ref.mean[ch + 3 * n] / samples;
+          var += ref.biased_var[ch + 3 * n] * spatial / (spatial - 1) / samples;
+        }
+        model_mean[ch] = (1 - factor) * model_mean[ch] + factor * mean;
+        model_var[ch] = (1 - factor) * model_var[ch] + factor * var;
+      }
+      EXPECT_TRUE(close("running_mean", layer.running_mean(), model_mean));
+      EXPECT_TRUE(close("running_var", layer.running_var(), model_var));
+      EXPECT_EQ(layer.num_batches_tracked(), 0);
+      b.backward(layer);
+      EXPECT_TRUE(close("dx", b.dx, b.reference_backward(layer, ref).dx));
+    }
+
+    layer.eval();
+    c.shape[0] = 2;
+    FamilyBatch b(c, rng);
+    StateDict before;
+    layer.save_to(before);
+    b.forward(layer);
+    EXPECT_TRUE(close("y (evaluation)", b.y, b.reference_evaluation(layer, layer.running_mean(), layer.running_var())));
+    StateDict after;
+    layer.save_to(after);
+    EXPECT_EQ(bits(after.at("running_mean").f32), bits(before.at("running_mean").f32));
+    EXPECT_EQ(bits(after.at("running_var").f32), bits(before.at("running_var").f32));
+    expect_error([&] { b.backward(layer); },
+                 {"InstanceNorm2d: backward has no forward to differentiate, expected a forward with instance "
+                  "statistics (training mode, or track_running_stats=false) since the last backward"});
+  }
+}
+
+// Without running statistics, evaluation normalizes with the instance statistics, and its backward is the
+// training one; LayerNorm, RMSNorm and GroupNorm compute the same in both modes (bit for bit).
+TEST(FamilyLayerTest, WithoutRunningStatisticsEvaluationComputesAsTraining) {
+  const std::vector<FamilyCase> cases = {
+      {.name = "InstanceNorm1d", .kind = Kind::instance, .shape = {3, 4, 9}},
+      {.name = "GroupNorm", .kind = Kind::group, .shape = {2, 6, 5}, .epilogue = Epilogue::silu, .groups = 3},
+      {.name = "LayerNorm", .kind = Kind::layer, .shape = {4, 7}},
+      {.name = "RMSNorm", .kind = Kind::rms, .shape = {4, 7}},
+  };
+  Random rng(test::seed_for_current_test());
+  for (const FamilyCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::unique_ptr<NormLayer> layer = make_family_layer(c);
+    randomize_parameters(*layer, rng);
+    FamilyBatch b(c, rng);
+    b.forward(*layer);
+    const std::vector<float> training_y = b.y;
+    b.backward(*layer);
+    const std::vector<float> training_dx = b.dx;
+    layer->zero_grad();
+
+    layer->eval();
+    b.y = test::poisoned(b.g.d.numel());
+    b.dx = test::poisoned(b.g.d.numel());
+    b.forward(*layer);
+    b.backward(*layer);
+    EXPECT_EQ(bits(b.y), bits(training_y));
+    EXPECT_EQ(bits(b.dx), bits(training_dx));
+    const reference::Forward ref = b.reference_forward(*layer);
+    EXPECT_TRUE(close("y", b.y, ref.y));
+    EXPECT_TRUE(close("grad_weight", layer->grad_weight(), b.reference_backward(*layer, ref).dweight));
+  }
+}
+
+// BatchNorm's epilogues in evaluation: the running statistics, then relu or add_relu with the residual.
+TEST(FamilyLayerTest, BatchNormEpiloguesInEvaluationUseTheRunningStatistics) {
+  Random rng(test::seed_for_current_test());
+  for (Epilogue epilogue : {Epilogue::relu, Epilogue::add_relu}) {
+    SCOPED_TRACE(to_string(epilogue));
+    const FamilyCase c{.name = "bn", .kind = Kind::batch, .shape = {3, 4, 5, 2}, .epilogue = epilogue};
+    std::unique_ptr<NormLayer> layer = make_family_layer(c);
+    auto& bn = dynamic_cast<BatchNorm&>(*layer);
+    randomize_parameters(bn, rng);
+    FamilyBatch training(c, rng);
+    training.forward(bn);
+    bn.eval();
+    FamilyBatch b(c, rng);
+    b.forward(bn);
+    EXPECT_TRUE(close("y", b.y, b.reference_evaluation(bn, bn.running_mean(), bn.running_var())));
+  }
+}
+
+// Everything a layer holds but its pending forward, as one state dict, with the gradients under "grad.".
+StateDict snapshot(NormLayer& layer) {
+  StateDict state;
+  layer.save_to(state);
+  state["grad.weight"] = StateTensor::from_floats(layer.grad_weight());
+  state["grad.bias"] = StateTensor::from_floats(layer.grad_bias());
+  return state;
+}
+
+void expect_same_dict(const StateDict& got, const StateDict& expected, const std::string& context) {
+  EXPECT_EQ(keys_of(got), keys_of(expected)) << context;
+  for (const auto& [key, tensor] : expected) {
+    auto it = got.find(key);
+    if (it == got.end()) continue;
+    EXPECT_EQ(it->second.dtype, tensor.dtype) << context << ": " << key;
+    EXPECT_EQ(it->second.shape, tensor.shape) << context << ": " << key;
+    EXPECT_EQ(bits(it->second.f32), bits(tensor.f32)) << context << ": " << key;
+    EXPECT_EQ(it->second.i64, tensor.i64) << context << ": " << key;
+  }
+}
+
+struct FamilyRefusalCase {
+  std::string name;
+  FamilyCase layer;
+  std::function<void(NormLayer&, FamilyBatch&, std::vector<float>& other)> call;
+  std::vector<std::string> message;
+};
+
+void PrintTo(const FamilyRefusalCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<FamilyRefusalCase> family_refusal_cases() {
+  const FamilyCase instance1d{.name = "", .kind = Kind::instance, .shape = {3, 4, 9}, .affine = true};
+  const FamilyCase instance2d{.name = "", .kind = Kind::instance, .shape = {2, 3, 5, 4}};
+  const FamilyCase group{.name = "", .kind = Kind::group, .shape = {2, 6, 5, 4}, .groups = 3};
+  const FamilyCase group_relu{
+      .name = "", .kind = Kind::group, .shape = {2, 6, 5, 4}, .epilogue = Epilogue::relu, .groups = 3};
+  const FamilyCase group_add_relu{
+      .name = "", .kind = Kind::group, .shape = {2, 6, 5, 4}, .epilogue = Epilogue::add_relu, .groups = 3};
+  const FamilyCase batch_add_relu{
+      .name = "", .kind = Kind::batch, .shape = {3, 4, 5, 2}, .epilogue = Epilogue::add_relu};
+  const FamilyCase layer{.name = "", .kind = Kind::layer, .shape = {4, 7}};
+  const FamilyCase rms{.name = "", .kind = Kind::rms, .shape = {2, 3, 4, 5}, .normalized_dims = 2};
+  using Call = std::function<void(NormLayer&, FamilyBatch&, std::vector<float>&)>;
+  auto other_view = [](std::vector<float>& other, std::vector<int64_t> shape) {
+    return TensorView(other.data(), std::move(shape));
+  };
+  auto forward_other = [other_view](std::vector<int64_t> shape) -> Call {
+    return [other_view, shape](NormLayer& l, FamilyBatch& b, std::vector<float>& other) {
+      l.forward(other_view(other, shape), b.view(b.y));
+    };
+  };
+  return {
+      {"InstanceNorm2d_input_rank",
+       instance2d,
+       forward_other({2, 3, 5, 4, 1}),
+       {"InstanceNorm2d: input has 5 dimensions (shape [2, 3, 5, 4, 1]), expected 3 (unbatched) or 4"}},
+      {"InstanceNorm1d_unbatched_input_channels",
+       instance1d,
+       forward_other({5, 9}),
+       {"InstanceNorm1d: input has 5 channels (shape [5, 9]), expected 4 (num_features)"}},
+      {"InstanceNorm1d_grad_output_channels",
+       instance1d,
+       [other_view](NormLayer& l, FamilyBatch& b, std::vector<float>& other) {
+         l.backward(other_view(other, {3, 5, 9}), b.view(b.dx));
+       },
+       {"InstanceNorm1d: grad_output has 5 channels (shape [3, 5, 9]), expected 4 (num_features)"}},
+      {"GroupNorm_input_channels",
+       group,
+       forward_other({2, 8, 5, 4}),
+       {"GroupNorm: input has 8 channels (shape [2, 8, 5, 4]), expected 6 (num_channels)"}},
+      {"GroupNorm_input_rank",
+       group,
+       forward_other({6}),
+       {"GroupNorm: input has 1 dimensions (shape [6]), expected 2, 3, 4 or 5"}},
+      {"GroupNorm_residual_channels",
+       group_add_relu,
+       [other_view](NormLayer& l, FamilyBatch& b, std::vector<float>& other) {
+         l.forward(b.view(b.x), other_view(other, {2, 3, 5, 4}), b.view(b.y));
+       },
+       {"GroupNorm: residual has 3 channels (shape [2, 3, 5, 4]), expected 6 (num_channels)"}},
+      {"LayerNorm_input_shape",
+       layer,
+       forward_other({4, 6}),
+       {"LayerNorm: input has shape [4, 6], expected (*, 7) (trailing dimensions normalized_shape [7])"}},
+      {"RMSNorm_grad_output_shape",
+       rms,
+       [other_view](NormLayer& l, FamilyBatch& b, std::vector<float>& other) {
+         l.backward(other_view(other, {2, 3, 5, 4}), b.view(b.dx));
+       },
+       {"RMSNorm: grad_output has shape [2, 3, 5, 4], expected (*, 4, 5) (trailing dimensions normalized_shape "
+        "[4, 5])"}},
+      // The residual and its gradient go with epilogue add_relu, and only with it.
+      {"GroupNorm_add_relu_forward_without_residual",
+       group_add_relu,
+       [](NormLayer& l, FamilyBatch& b, std::vector<float>&) { l.forward(b.view(b.x), b.view(b.y)); },
+       {"GroupNorm: forward without a residual (z), expected one: the layer's epilogue is add_relu"}},
+      {"GroupNorm_relu_forward_with_residual",
+       group_relu,
+       [](NormLayer& l, FamilyBatch& b, std::vector<float>&) { l.forward(b.view(b.x), b.view(b.z), b.view(b.y)); },
+       {"GroupNorm: forward was given a residual (z), expected none: only epilogue add_relu takes one, and this "
+        "layer's epilogue is relu"}},
+      {"BatchNorm2d_add_relu_backward_without_grad_residual",
+       batch_add_relu,
+       [](NormLayer& l, FamilyBatch& b, std::vector<float>&) { l.backward(b.view(b.dy), b.view(b.dx)); },
+       {"BatchNorm2d: backward without a grad_residual (dz), expected one: the layer's epilogue is add_relu"}},
+      {"LayerNorm_backward_with_grad_residual",
+       layer,
+       [](NormLayer& l, FamilyBatch& b, std::vector<float>&) { l.backward(b.view(b.dy), b.view(b.dx), b.view(b.dz)); },
+       {"LayerNorm: backward was given a grad_residual (dz), expected none: only epilogue add_relu takes one, and "
+        "this layer's epilogue is none"}},
+  };
+}
+
+class FamilyRefusalTest : public ::testing::TestWithParam<FamilyRefusalCase> {};
+
+// After a training forward, a refused call throws naming the argument, changes nothing in the layer or in the
+// outputs, and the forward is still differentiable: its backward then matches the reference.
+TEST_P(FamilyRefusalTest, RefusedWithANamedArgumentAndTheLayerUnchanged) {
+  const FamilyRefusalCase& p = GetParam();
+  Random rng(test::seed_for_current_test());
+  std::unique_ptr<NormLayer> layer = make_family_layer(p.layer);
+  randomize_parameters(*layer, rng);
+  FamilyBatch b(p.layer, rng);
+  b.forward(*layer);
+  const std::vector<float> y = b.y;
+  const StateDict before = snapshot(*layer);
+  std::vector<float> other = test::random_vector(4 * b.g.d.numel(), rng, -1.0, 1.0);
+
+  expect_error([&] { p.call(*layer, b, other); }, p.message);
+  expect_same_dict(snapshot(*layer), before, "after the refusal");
+  EXPECT_EQ(bits(b.y), bits(y)) << "y was written";
+  EXPECT_EQ(bits(b.dx), bits(test::poisoned(b.g.d.numel()))) << "dx was written";
+
+  b.backward(*layer);
+  const reference::Forward ref = b.reference_forward(*layer);
+  EXPECT_TRUE(close("dx of the backward after the refusal", b.dx, b.reference_backward(*layer, ref).dx));
+}
+
+INSTANTIATE_TEST_SUITE_P(Calls, FamilyRefusalTest, ::testing::ValuesIn(family_refusal_cases()),
+                         case_name<FamilyRefusalCase>);
+
+// What a backward differentiates: the last forward, once, and not one that wrote its output over its input.
+TEST(FamilyRefusalTest, BackwardNeedsAForwardApartFromItsInput) {
+  Random rng(test::seed_for_current_test());
+  const FamilyCase c{.name = "", .kind = Kind::layer, .shape = {4, 7}};
+  LayerNorm layer({7});
+  FamilyBatch b(c, rng);
+  expect_error([&] { b.backward(layer); },
+               {"LayerNorm: backward has no forward to differentiate, expected a forward since the last backward"});
+  b.forward(layer);
+  b.backward(layer);
+  const std::vector<float> grad_weight = layer.grad_weight();
+  expect_error([&] { b.backward(layer); }, {"LayerNorm: backward has no forward to differentiate"});
+  layer.forward(b.view(b.x), b.view(b.x));
+  expect_error([&] { b.backward(layer); },
+               {"LayerNorm: backward of a forward that ran in place (output was input): the input it needs was "
+                "overwritten"});
+  EXPECT_EQ(bits(layer.grad_weight()), bits(grad_weight)) << "a refused backward accumulated";
+}
+
+TEST(FamilyRefusalTest, ConstructorsRefuseBadArgumentsNamingThem) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  expect_error([] { LayerNorm layer({}); },
+               {"LayerNorm: normalized_shape is [], expected at least one dimension, each >= 1"});
+  expect_error(
+      [] {
+        LayerNorm layer({4, 0});
+      },
+      {"LayerNorm: normalized_shape is [4, 0], expected at least one dimension, each >= 1"});
+  expect_error([] { LayerNorm layer({4}, {.eps = -1e-5}); },
+               {"LayerNorm: eps is -1e-05, expected a finite number >= 0"});
+  expect_error([] { RMSNorm layer({-2}); },
+               {"RMSNorm: normalized_shape is [-2], expected at least one dimension, each >= 1"});
+  expect_error([&] { RMSNorm layer({4}, {.eps = nan}); }, {"RMSNorm: eps is nan, expected a finite number >= 0"});
+  expect_error([] { GroupNorm layer(0, 4); }, {"GroupNorm: num_groups is 0, expected >= 1"});
+  expect_error([] { GroupNorm layer(2, 0); }, {"GroupNorm: num_channels is 0, expected >= 1"});
+  expect_error([] { GroupNorm layer(4, 6); }, {"GroupNorm: num_channels is 6, expected a multiple of num_groups (4)"});
+  expect_error([] { GroupNorm layer(2, 6, {.eps = std::numeric_limits<double>::infinity()}); },
+               {"GroupNorm: eps is inf, expected a finite number >= 0"});
+  expect_error([] { InstanceNorm1d layer(0); }, {"InstanceNorm1d: num_features is 0, expected >= 1"});
+  expect_error([] { InstanceNorm3d layer(-1); }, {"InstanceNorm3d: num_features is -1, expected >= 1"});
+  expect_error([] { InstanceNorm2d layer(3, {.eps = -1.0}); },
+               {"InstanceNorm2d: eps is -1, expected a finite number >= 0"});
+  BatchNormLayerOptions silu;
+  silu.epilogue = Epilogue::silu;
+  expect_error([&] { BatchNorm2d layer(3, silu); }, {"BatchNorm2d: epilogue is silu, expected none, relu or add_relu"});
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The family's state dicts: PyTorch's names and shapes, round trips, strict loads
+
+struct FamilyStateCase {
+  std::string name;
+  FamilyCase layer;
+  std::map<std::string, std::vector<int64_t>> keys;  // under "m.", with their shapes
+  std::string options;                               // as a refused unexpected key names them
+};
+
+void PrintTo(const FamilyStateCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<FamilyStateCase> family_state_cases() {
+  const std::vector<int64_t> scalar;
+  return {
+      {"LayerNorm",
+       {.name = "", .kind = Kind::layer, .shape = {3, 4, 5}, .normalized_dims = 2},
+       {{"m.weight", {4, 5}}, {"m.bias", {4, 5}}},
+       "elementwise_affine=true, bias=true"},
+      {"LayerNorm_without_bias",
+       {.name = "", .kind = Kind::layer, .shape = {3, 7}, .bias = false},
+       {{"m.weight", {7}}},
+       "elementwise_affine=true, bias=false"},
+      {"LayerNorm_plain",
+       {.name = "", .kind = Kind::layer, .shape = {3, 7}, .affine = false},
+       {},
+       "elementwise_affine=false, bias=true"},
+      {"RMSNorm",
+       {.name = "", .kind = Kind::rms, .shape = {2, 3, 7}, .normalized_dims = 2},
+       {{"m.weight", {3, 7}}},
+       "elementwise_affine=true"},
+      {"RMSNorm_plain",
+       {.name = "", .kind = Kind::rms, .shape = {2, 7}, .affine = false},
+       {},
+       "elementwise_affine=false"},
+      {"GroupNorm",
+       {.name = "", .kind = Kind::group, .shape = {2, 6, 3, 3}, .groups = 3},
+       {{"m.weight", {6}}, {"m.bias", {6}}},
+       "affine=true"},
+      {"GroupNorm_plain",
+       {.name = "", .kind = Kind::group, .shape = {2, 6, 3}, .affine = false, .groups = 2},
+       {},
+       "affine=false"},
+      {"InstanceNorm2d_default",
+       {.name = "", .kind = Kind::instance, .shape = {2, 3, 4, 5}, .affine = false},
+       {},
+       "affine=false, track_running_stats=false"},
+      {"InstanceNorm1d_affine",
+       {.name = "", .kind = Kind::instance, .shape = {2, 4, 9}},
+       {{"m.weight", {4}}, {"m.bias", {4}}},
+       "affine=true, track_running_stats=false"},
+      {"InstanceNorm3d_tracked",
+       {.name = "", .kind = Kind::instance, .shape = {2, 3, 2, 3, 4}, .affine = false, .track_running_stats = true},
+       {{"m.running_mean", {3}}, {"m.running_var", {3}}, {"m.num_batches_tracked", scalar}},
+       "affine=false, track_running_stats=true"},
+      {"InstanceNorm2d_affine_tracked",
+       {.name = "", .kind = Kind::instance, .shape = {2, 3, 4, 5}, .track_running_stats = true},
+       {{"m.weight", {3}},
+        {"m.bias", {3}},
+        {"m.running_mean", {3}},
+        {"m.running_var", {3}},
+        {"m.num_batches_tracked", scalar}},
+       "affine=true, track_running_stats=true"},
+  };
+}
+
+// Parameters of its own and a few training steps (which move tracked running statistics).
+std::unique_ptr<NormLayer> trained_family_layer(const FamilyCase& c, Random& rng) {
+  std::unique_ptr<NormLayer> layer = make_family_layer(c);
+  randomize_parameters(*layer, rng);
+  for (int step = 0; step < 2; step++) {
+    FamilyBatch b(c, rng);
+    b.forward(*layer);
+    b.backward(*layer);
+  }
+  return layer;
+}
+
+class FamilyStateDictTest : public ::testing::TestWithParam<FamilyStateCase> {};
+
+// PyTorch's keys and shapes (num_batches_tracked an int64 scalar, never counted by InstanceNorm); through a
+// file into a fresh layer, the same state bit for bit and the same outputs in evaluation and training.
+TEST_P(FamilyStateDictTest, PyTorchsKeysAndARoundTripThroughAFile) {
+  const FamilyStateCase& p = GetParam();
+  Random rng(test::seed_for_current_test());
+  std::unique_ptr<NormLayer> layer = trained_family_layer(p.layer, rng);
+  StateDict saved;
+  layer->save_to(saved, "m.");
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [key, tensor] : saved) shapes[key] = tensor.shape;
+  EXPECT_EQ(shapes, p.keys);
+  if (saved.count("m.num_batches_tracked")) {
+    EXPECT_EQ(saved.at("m.num_batches_tracked").dtype, StateTensor::DType::int64);
+    EXPECT_EQ(saved.at("m.num_batches_tracked").i64, std::vector<int64_t>{0});
+  }
+
+  TempDir dir;
+  save_state_dict(saved, dir.file("m.safetensors"));
+  std::unique_ptr<NormLayer> restored = make_family_layer(p.layer);
+  restored->load_from(load_state_dict(dir.file("m.safetensors")), "m.");
+  StateDict restored_state;
+  restored->save_to(restored_state, "m.");
+  expect_same_dict(restored_state, saved, "restored");
+
+  for (bool training : {false, true}) {
+    SCOPED_TRACE(training ? "training" : "evaluation");
+    layer->train(training);
+    restored->train(training);
+    FamilyBatch b(p.layer, rng);
+    std::vector<float> restored_y = test::poisoned(b.g.d.numel());
+    layer->forward(b.view(b.x), b.view(b.y));
+    restored->forward(b.view(b.x), b.view(restored_y));
+    EXPECT_EQ(bits(restored_y), bits(b.y));
+  }
+}
+
+// Strict and all or nothing: a missing key, a key the layer lacks, a shape off; each refused naming the key,
+// and the layer keeps its own state (the dict is another layer's, so a partial load would show).
+TEST_P(FamilyStateDictTest, StrictLoadRefusesAndChangesNothing) {
+  const FamilyStateCase& p = GetParam();
+  Random rng(test::seed_for_current_test());
+  std::unique_ptr<NormLayer> layer = trained_family_layer(p.layer, rng);
+  StateDict donor;
+  trained_family_layer(p.layer, rng)->save_to(donor, "m.");
+  const StateDict before = snapshot(*layer);
+  const std::string name = p.name.substr(0, p.name.find('_'));  // the class
+  auto refused = [&](const StateDict& state, const std::vector<std::string>& message) {
+    expect_error([&] { layer->load_from(state, "m."); }, message);
+    expect_same_dict(snapshot(*layer), before, message.front());
+  };
+
+  for (const auto& [key, shape] : p.keys) {
+    StateDict missing = donor;
+    missing.erase(key);
+    refused(missing, {name + ": load_from: missing key '" + key + "'"});
+    if (key == "m.num_batches_tracked") continue;
+    StateDict reshaped = donor;
+    reshaped[key].shape = {static_cast<int64_t>(reshaped[key].f32.size()) + 1};
+    reshaped[key].f32.push_back(1.0f);
+    refused(reshaped, {name + ": load_from: '" + key + "' is float32 [" + std::to_string(reshaped[key].f32.size()) +
+                       "], expected float32 " + shape_string(shape)});
+  }
+  for (const std::string key : {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"}) {
+    if (p.keys.count("m." + key)) continue;
+    StateDict unexpected = donor;
+    unexpected["m." + key] = StateTensor::from_floats({1.0f});
+    refused(unexpected, {name + ": load_from: unexpected key 'm." + key + "' (" + p.options + ")"});
+  }
+  // And the donor's own dict loads.
+  layer->load_from(donor, "m.");
+  StateDict loaded;
+  layer->save_to(loaded, "m.");
+  expect_same_dict(loaded, donor, "the donor's state");
+}
+
+INSTANTIATE_TEST_SUITE_P(Layers, FamilyStateDictTest, ::testing::ValuesIn(family_state_cases()),
+                         case_name<FamilyStateCase>);
+
+// ---------------------------------------------------------------------------------------------------------------
 // Threads
 
 // Restores the pool's size at the end of a test.
@@ -1217,7 +1956,10 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
         std::unique_ptr<HalideTensor> x_view = view(x.data(), n), y_view = view(y.data(), n + 1);
         std::vector<std::unique_ptr<HalideTensor>> per_channel;
         for (int64_t k = 0; k < 8; k++) {
-          per_channel.push_back(std::make_unique<HalideTensor>(channels.data() + k * c, Dims{{c, 1}}));
+          // 2 and 3 are the saved statistics, (G, B) = (C, 1) for BatchNorm; the rest are per channel.
+          float* data = channels.data() + k * c;
+          per_channel.push_back(k == 2 || k == 3 ? std::make_unique<HalideTensor>(data, Dims{{c, 1}, {1, c}})
+                                                 : std::make_unique<HalideTensor>(data, Dims{{c, 1}}));
         }
         float momentum = 0.1f, eps = 1e-5f, correction = 1.0f;
         detail::KernelArgs args;
@@ -1228,9 +1970,10 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
         args.bind("momentum", &momentum);
         args.bind("eps", &eps);
         args.bind("running_var_correction", &correction);
-        for (int k = 0; k < 4; k++) {
-          args.bind(("channel_outputs." + std::to_string(k)).c_str(), *per_channel[static_cast<size_t>(2 + k)]);
-        }
+        // docs/KERNELS.md: the batch statistics (for the backward) and the new running statistics.
+        const char* outputs[] = {"saved_statistics.0", "saved_statistics.1", "running_statistics.0",
+                                 "running_statistics.1"};
+        for (size_t k = 0; k < 4; k++) args.bind(outputs[k], *per_channel[2 + k]);
         if (affine) {
           args.bind("weight", *per_channel[6]);
           args.bind("bias", *per_channel[7]);

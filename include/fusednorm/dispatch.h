@@ -1,15 +1,18 @@
 #pragma once
 // Which kernel variant runs, and why. Every variant the build produced is listed; the runtime picks the first
-// that fits the call (direction, layout, affine) and the machine (instruction set), best instruction set first.
+// that fits the call (norm, direction, layout, epilogue, affine) and the machine (instruction set), best
+// instruction set first.
 #include <string>
 #include <vector>
 
 namespace fusednorm {
 
 struct VariantInfo {
-  std::string name;       // e.g. "batch_norm_forward_training_nchw_affine_avx512"
+  std::string name;       // e.g. "batch_norm_forward_training_nchw_affine_avx512", "group_norm_silu_backward_nhwc_..."
+  std::string norm;       // "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"
   std::string direction;  // "forward_training", "forward_inference", "backward"
-  std::string layout;     // "nchw", "nhwc"
+  std::string layout;     // "nchw", "nhwc" ("nchw" for layer_norm and rms_norm: rows, no token in the name)
+  std::string epilogue;   // "none", "relu", "add_relu", "silu" (the name's token, except none)
   bool affine;
   std::string isa;       // "avx512", "avx2", "sse41"
   std::string schedule;  // "hand" or an autoscheduler
@@ -24,8 +27,9 @@ std::vector<VariantInfo> variants();
 void set_max_isa(const std::string& isa);
 std::string max_isa();
 
-// Dispatch reports in the manner of oneDNN's verbose mode: the variant that ran and, for each candidate passed
-// over, why ("layout nchw, the tensors are nhwc", "avx512 is not supported by this CPU", ...).
+// Dispatch reports in the manner of oneDNN's verbose mode: the variant that ran and, for each candidate (the
+// variants of the same norm and direction) passed over, why ("layout nchw, the tensors are nhwc", "epilogue relu,
+// the call asks for none", "avx512 is not supported by this CPU", ...).
 // set_verbose(true) prints one on stderr at every call, as FUSEDNORM_VERBOSE=1 does; set_verbose(false) stops
 // it whatever the environment says.
 void set_verbose(bool on);

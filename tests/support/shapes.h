@@ -48,3 +48,77 @@ inline std::vector<NamedShape> odd_sizes() {
 }
 
 }  // namespace fusednorm::shapes
+
+// ---------------------------------------------------------------------------------------------------------
+// The rest of the family. LayerNorm and RMSNorm inputs say how many trailing dimensions are normalized,
+// GroupNorm inputs how many groups; InstanceNorm takes the NamedShape lists above that have spatial extent.
+
+namespace fusednorm::shapes {
+
+struct GroupNormShape {
+  std::string name;
+  std::vector<int64_t> shape;  // (N, C, *spatial)
+  int64_t groups;
+};
+
+struct RowsShape {
+  std::string name;
+  std::vector<int64_t> shape;   // (*rows, *normalized_shape)
+  int64_t normalized_dims = 1;  // how many trailing dimensions form normalized_shape
+};
+
+// BatchNorm1d in an MLP: (batch, features).
+inline std::vector<NamedShape> mlp_batch_norm_1d() { return {{"mlp.bn1d", {8192, 1024}}}; }
+
+// LayerNorm (and RMSNorm) in a transformer: (tokens, hidden) rows, BERT-large / GPT-2-medium width and a
+// 7B-class model's 4096.
+inline std::vector<RowsShape> transformer_rows() {
+  return {{"transformer.8192x1024", {8192, 1024}}, {"transformer.4096x4096", {4096, 4096}}};
+}
+
+// GroupNorm in a Stable Diffusion U-Net's first resolution: 320 channels in 32 groups, 64x64 latents.
+inline std::vector<GroupNormShape> unet_group_norm() { return {{"unet.n8_c320_64x64", {8, 320, 64, 64}, 32}}; }
+
+// One small input per kind whose tensors all fit in a core's L2 (x of 256 KiB): the kernels' fixed costs
+// (launch, the thread pool, the statistics pass) rather than memory bandwidth.
+inline std::vector<NamedShape> cache_resident() { return {{"cache.n4_c64_16x16", {4, 64, 16, 16}}}; }
+inline std::vector<GroupNormShape> cache_resident_group_norm() {
+  return {{"cache.n4_c64_16x16_g8", {4, 64, 16, 16}, 8}};
+}
+inline std::vector<RowsShape> cache_resident_rows() { return {{"cache.256x256", {256, 256}}}; }
+
+// The real networks' shapes at a size the tests can check against the float64 reference on every
+// instruction set, layout and epilogue: the feature, channel and group extents kept (what the schedules'
+// blocking depends on), the batch (and the U-Net's latents) made smaller.
+inline std::vector<NamedShape> mlp_batch_norm_1d_small() { return {{"mlp.bn1d_batch64", {64, 1024}}}; }
+inline std::vector<RowsShape> transformer_rows_small() {
+  return {{"transformer.32x1024", {32, 1024}}, {"transformer.8x4096", {8, 4096}}};
+}
+inline std::vector<GroupNormShape> unet_group_norm_small() { return {{"unet.n1_c320_16x16", {1, 320, 16, 16}, 32}}; }
+
+// Odd sizes for GroupNorm: C = 1, 3, 17 with groups 1 and C, and a middle divisor (C = 12 in 4 groups of
+// 3 channels, C = 48 in 3 groups of 16); spatial 1x1 (with several channels per group, so each group has more
+// than one value), 7x7, 13x17; every rank from (N, C) to (N, C, D, H, W).
+inline std::vector<GroupNormShape> group_norm_odd_sizes() {
+  return {{"n2_c6_g3", {2, 6}, 3},
+          {"n2_c17_g1_l13", {2, 17, 13}, 1},
+          {"n2_c1_g1_7x7", {2, 1, 7, 7}, 1},
+          {"n3_c3_g3_13x17", {3, 3, 13, 17}, 3},
+          {"n2_c3_g1_1x1", {2, 3, 1, 1}, 1},
+          {"n2_c17_g17_7x7", {2, 17, 7, 7}, 17},
+          {"n1_c17_g1_13x17", {1, 17, 13, 17}, 1},
+          {"n2_c12_g4_7x7", {2, 12, 7, 7}, 4},
+          {"n2_c48_g3_13x17", {2, 48, 13, 17}, 3},
+          {"n2_c6_g2_3x7x7", {2, 6, 3, 7, 7}, 2}};
+}
+
+// Odd sizes for LayerNorm and RMSNorm: D = 1, 7, 1000 (not a multiple of any vector width), 1 row and many,
+// and normalized_shape of two and three dimensions.
+inline std::vector<RowsShape> rows_odd_sizes() {
+  return {
+      {"r3_d1", {3, 1}},      {"r17_d7", {17, 7}},         {"r1_d1000", {1, 1000}},        {"r5_d1000", {5, 1000}},
+      {"r2x3_d7", {2, 3, 7}}, {"r6_d7x13", {6, 7, 13}, 2}, {"r2_d3x7x7", {2, 3, 7, 7}, 3},
+  };
+}
+
+}  // namespace fusednorm::shapes

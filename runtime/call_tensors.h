@@ -1,0 +1,56 @@
+#pragma once
+// Every tensor a call of any norm may have, under the member names the public ...Tensors structs share (the names
+// messages use), and the conversions both ways: the runtime's checks and kernel calls read a call's tensors from
+// one CallTensors whatever its norm, and tests describe a call once and make it with any norm's function.
+#include <optional>
+
+#include "fusednorm/tensor.h"
+
+namespace fusednorm::detail {
+
+// docs/KERNELS.md's names in comments. `output` is y: a forward writes it, a backward reads it (the ReLU mask).
+struct CallTensors {
+  TensorView input;                                                   // x
+  std::optional<TensorView> output, residual;                         // y, z
+  std::optional<TensorView> weight, bias, running_mean, running_var;  // per channel or element
+  std::optional<TensorView> save_mean, save_invstd;                   // the statistics (G, B)
+  std::optional<TensorView> grad_output, grad_input, grad_residual;   // dy, dx, dz
+  std::optional<TensorView> grad_weight, grad_bias;                   // param_grads
+};
+
+// Every member of CallTensors but input, for X(member).
+// clang-format off
+#define FUSEDNORM_CALL_TENSORS(X)                                                                   \
+  X(output) X(residual) X(weight) X(bias) X(running_mean) X(running_var) X(save_mean) X(save_invstd) \
+  X(grad_output) X(grad_input) X(grad_residual) X(grad_weight) X(grad_bias)
+// clang-format on
+
+inline void assign(std::optional<TensorView>& to, const std::optional<TensorView>& from) { to = from; }
+inline void assign(std::optional<TensorView>& to, const TensorView& from) { to = from; }
+inline void assign(TensorView& to, const std::optional<TensorView>& from) {
+  if (from) to = *from;
+}
+
+// Each tensor of `from` that To has a member for (input always): a CallTensors from a public ...Tensors struct,
+// or the other way. What `from` has not stays absent.
+template <typename To, typename From>
+To convert_tensors(const From& from) {
+  To to;
+  to.input = from.input;
+#define FUSEDNORM_COPY(member) \
+  if constexpr (requires {     \
+                  from.member; \
+                  to.member;   \
+                })             \
+    assign(to.member, from.member);
+  FUSEDNORM_CALL_TENSORS(FUSEDNORM_COPY)
+#undef FUSEDNORM_COPY
+  return to;
+}
+
+template <typename Tensors>
+CallTensors tensors_of(const Tensors& t) {
+  return convert_tensors<CallTensors>(t);
+}
+
+}  // namespace fusednorm::detail

@@ -1,0 +1,33 @@
+#pragma once
+// Calling the generated kernels of every norm, after the norm's own validation (docs/KERNELS.md): what the call
+// writes is checked not to overlap what it reads, the variant is chosen, each argument is bound by name to the
+// caller's memory (or to scratch where the caller gave none: weight 1, bias 0, statistics and gradients not
+// wanted), and the running statistics are committed only after the kernel succeeded.
+#include <cstdint>
+
+#include "fusednorm/epilogue.h"
+#include "runtime/norm_common.h"
+#include "runtime/variant.h"
+
+namespace fusednorm::detail {
+
+// What a call asks of the kernels besides its tensors.
+struct KernelSettings {
+  Norm norm;  // the kernels' norm: InstanceNorm with running statistics runs the batch kernels
+  Epilogue epilogue = Epilogue::none;
+  double eps = 0.0;
+  int64_t groups = 1;                   // norm group: num_groups
+  float momentum = 0.0f;                // norm batch, instance: the running statistics' update
+  float running_var_correction = 1.0f;  // count / (count - 1) for the unbiased running variance
+  bool training = true;                 // backward of norm batch: the forward used batch statistics
+};
+
+// The statistics are (G, B): (C, 1) for batch, (C, N) for instance, (num_groups, N) for group, (1, R) for rows.
+// Affine kernels run when the call has weight or bias (or, in a backward, a parameter gradient).
+void run_forward_training(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
+void run_forward_inference(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
+// training: the saved statistics, and the gradient through them; otherwise (norm batch) the running statistics,
+// held fixed.
+void run_backward(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
+
+}  // namespace fusednorm::detail

@@ -1,0 +1,983 @@
+// The normalization family through the public functional API, against the float64 reference
+// (tests/support/norm_reference.h): InstanceNorm, GroupNorm, LayerNorm, RMSNorm, and BatchNorm's epilogues
+// (batch_norm_test.cpp has BatchNorm without one: running statistics, in place, long rows and the rest).
+//
+// NormTest is the matrix, read from variants(): every (norm, layout, epilogue, affine) the build made kernels
+// for, on every instruction set this CPU runs, each call checked to have run exactly that variant (dispatch's
+// report). It runs the forward in training and the backward over the norm's shapes (odd sizes, the real
+// networks' shapes scaled down, a cache-resident one), and a finite-difference gradient check on a tiny one.
+// EvaluationTest: BatchNorm and InstanceNorm with running statistics. HardNumericsTest: a mean 1e4 times the
+// standard deviation, variance below eps, NaN in one statistics group. ConventionsTest: where PyTorch and ONNX
+// differ, which convention holds; and an epilogue the build has no kernel for is refused.
+//
+// Standards: fresh random inputs seeded from the test's name; every output poisoned with NaN before the call
+// and every element checked; the error metric and tolerance of tests/support/test_data.h (relative to the
+// tensor's scale, 1e-5).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "fusednorm/batch_norm.h"
+#include "fusednorm/dispatch.h"
+#include "fusednorm/epilogue.h"
+#include "fusednorm/group_norm.h"
+#include "fusednorm/instance_norm.h"
+#include "fusednorm/layer_norm.h"
+#include "support/norm_reference.h"
+#include "support/shapes.h"
+#include "support/test_data.h"
+
+namespace fusednorm {
+namespace {
+
+using reference::Norm;
+using test::close;
+using test::kFloat32Tolerance;
+using test::Random;
+using test::Scale;
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr double kEps = 1e-5;             // every functional API's default but RMSNorm's
+constexpr double kTorchRmsEps = 0x1p-23;  // RMSNorm's eps=None: torch.finfo(torch.float32).eps
+constexpr double kMomentum = 0.1;
+
+constexpr Epilogue kEpilogues[] = {Epilogue::none, Epilogue::relu, Epilogue::add_relu, Epilogue::silu};
+constexpr Norm kNorms[] = {Norm::batch, Norm::instance, Norm::group, Norm::layer, Norm::rms};
+
+// The names variants() and the kernels use, in the order of reference::Norm.
+constexpr const char* kNormNames[] = {"batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"};
+const char* to_string(Norm norm) { return kNormNames[static_cast<int>(norm)]; }
+
+// The API has an epilogue option for BatchNorm and GroupNorm only.
+bool takes_epilogue(Norm norm) { return norm == Norm::batch || norm == Norm::group; }
+bool has_channels(Norm norm) { return norm == Norm::batch || norm == Norm::instance || norm == Norm::group; }
+bool has_running_statistics(Norm norm) { return norm == Norm::batch || norm == Norm::instance; }
+
+// ---------------------------------------------------------------------------------------------------------
+// The variants, from variants().
+
+struct Variant {
+  Norm norm;
+  Layout layout;
+  Epilogue epilogue;
+  bool affine;
+  std::string isa;
+};
+
+std::string variant_name(const Variant& v) {
+  return std::string(to_string(v.norm)) + "_" + to_string(v.epilogue) + "_" + to_string(v.layout) + "_" +
+         (v.affine ? "affine" : "plain") + "_" + v.isa;
+}
+
+// Every (norm, layout, epilogue, affine, isa) with a forward_training kernel that this CPU runs, in the order
+// of variants().
+std::vector<Variant> built_variants() {
+  const std::vector<std::string> isas = supported_isas();
+  std::vector<Variant> result;
+  for (const VariantInfo& info : variants()) {
+    if (info.direction != "forward_training") continue;
+    if (std::find(isas.begin(), isas.end(), info.isa) == isas.end()) continue;
+    Variant v{Norm::batch, info.layout == "nhwc" ? Layout::nhwc : Layout::nchw, Epilogue::none, info.affine, info.isa};
+    for (Norm norm : kNorms) {
+      if (info.norm == to_string(norm)) v.norm = norm;
+    }
+    for (Epilogue epilogue : kEpilogues) {
+      if (info.epilogue == to_string(epilogue)) v.epilogue = epilogue;
+    }
+    const bool seen = std::any_of(result.begin(), result.end(), [&](const Variant& r) {
+      return r.norm == v.norm && r.layout == v.layout && r.epilogue == v.epilogue && r.affine == v.affine &&
+             r.isa == v.isa;
+    });
+    if (!seen) result.push_back(v);
+  }
+  return result;
+}
+
+bool epilogue_built(Norm norm, Epilogue epilogue) {
+  const std::vector<VariantInfo> all = variants();
+  return std::any_of(all.begin(), all.end(), [&](const VariantInfo& info) {
+    return info.norm == to_string(norm) && info.epilogue == to_string(epilogue);
+  });
+}
+
+// The variants the API can reach (an epilogue only where it has the option), less BatchNorm without an
+// epilogue (batch_norm_test.cpp), filtered by `keep`.
+std::vector<Variant> matrix(const std::function<bool(const Variant&)>& keep) {
+  std::vector<Variant> result;
+  for (const Variant& v : built_variants()) {
+    if (v.epilogue != Epilogue::none && !takes_epilogue(v.norm)) continue;
+    if (v.norm == Norm::batch && v.epilogue == Epilogue::none) continue;
+    if (keep(v)) result.push_back(v);
+  }
+  return result;
+}
+
+std::string case_name(const ::testing::TestParamInfo<Variant>& info) {
+  return test::identifier(variant_name(info.param));
+}
+
+// The variant the last call ran, from dispatch's report, and what variants() says it is. either_layout: the
+// tensors are both nchw and nhwc (one channel, or no spatial extent), so dispatch may take either kernel.
+::testing::AssertionResult ran(const Variant& expected, const std::string& direction, bool either_layout) {
+  const std::string report = last_dispatch_report();
+  const size_t at = report.find(" ran ");
+  if (at == std::string::npos) return ::testing::AssertionFailure() << "no variant ran: " << report;
+  const size_t begin = at + 5;
+  const std::string name = report.substr(begin, report.find_first_of(" \n", begin) - begin);
+  for (const VariantInfo& info : variants()) {
+    if (info.name != name) continue;
+    if (info.norm == to_string(expected.norm) && info.direction == direction &&
+        (either_layout || info.layout == to_string(expected.layout)) && info.epilogue == to_string(expected.epilogue) &&
+        info.affine == expected.affine && info.isa == expected.isa) {
+      return ::testing::AssertionSuccess();
+    }
+    return ::testing::AssertionFailure() << "ran " << name << ", expected the " << direction << " kernel of "
+                                         << variant_name(expected);
+  }
+  return ::testing::AssertionFailure() << "ran " << name << ", which variants() does not list";
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Shapes.
+
+struct Shape {
+  std::string name;
+  std::vector<int64_t> shape;
+  int64_t groups = 1;           // GroupNorm
+  int64_t normalized_dims = 1;  // LayerNorm, RMSNorm
+};
+
+int64_t spatial_size(const std::vector<int64_t>& shape) {
+  return std::accumulate(shape.begin() + 2, shape.end(), int64_t{1}, std::multiplies<>());
+}
+
+std::vector<Shape> shapes_for(Norm norm) {
+  std::vector<Shape> result;
+  auto add_named = [&](const std::vector<shapes::NamedShape>& list) {
+    for (const auto& s : list) {
+      // InstanceNorm in training needs more than one value per (sample, channel), as PyTorch's does.
+      if (norm != Norm::instance || spatial_size(s.shape) > 1) result.push_back({s.name, s.shape});
+    }
+  };
+  auto add_groups = [&](const std::vector<shapes::GroupNormShape>& list) {
+    for (const auto& s : list) result.push_back({s.name, s.shape, s.groups});
+  };
+  auto add_rows = [&](const std::vector<shapes::RowsShape>& list) {
+    for (const auto& s : list) result.push_back({s.name, s.shape, 1, s.normalized_dims});
+  };
+  switch (norm) {
+    case Norm::batch:
+      add_named(shapes::odd_sizes());
+      add_named(shapes::mlp_batch_norm_1d_small());
+      add_named(shapes::cache_resident());
+      break;
+    case Norm::instance:
+      add_named(shapes::odd_sizes());
+      add_named(shapes::cache_resident());
+      break;
+    case Norm::group:
+      add_groups(shapes::group_norm_odd_sizes());
+      add_groups(shapes::unet_group_norm_small());
+      add_groups(shapes::cache_resident_group_norm());
+      break;
+    case Norm::layer:
+    case Norm::rms:
+      add_rows(shapes::rows_odd_sizes());
+      add_rows(shapes::transformer_rows_small());
+      add_rows(shapes::cache_resident_rows());
+      break;
+  }
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One problem: random inputs, NaN-poisoned outputs, the tensor structs of each call, and the reference.
+
+// Each statistics group has its own mean (of magnitude in [min_mean, 2), either sign) and spread (in [0.5, 2)),
+// so a kernel that mixes groups up, or normalizes with another group's statistics, is caught.
+std::vector<float> grouped_input(const reference::Grouping& g, Random& rng, double min_mean = 0.0) {
+  std::vector<double> mean, spread;
+  for (int64_t k = 0; k < g.count(); k++) {
+    mean.push_back(rng.uniform(min_mean, 2.0) * (rng.uniform() < 0.5 ? -1 : 1));
+    spread.push_back(rng.uniform(0.5, 2.0));
+  }
+  std::vector<float> x(static_cast<size_t>(g.d.numel()));
+  reference::for_each_element(g, [&](int64_t i, int64_t, int64_t k) {
+    x[static_cast<size_t>(i)] =
+        static_cast<float>(mean[static_cast<size_t>(k)] + spread[static_cast<size_t>(k)] * rng.standard());
+  });
+  return x;
+}
+
+// dy's means are at least 0.5 in magnitude: the weight and bias gradients are sums over a channel's elements,
+// and one that random data cancels to near 0 (with C = 1 the whole tensor) has an error of float32's epsilon
+// times the sum of its terms' magnitudes whatever computes it, far above 1e-5 of its own.
+constexpr double kGradientMinMean = 0.5;
+
+reference::Grouping grouping_of(Norm norm, const Shape& shape, Layout layout) {
+  if (!has_channels(norm)) {
+    const auto split = shape.shape.end() - shape.normalized_dims;
+    const int64_t rows = std::accumulate(shape.shape.begin(), split, int64_t{1}, std::multiplies<>());
+    const int64_t features = std::accumulate(split, shape.shape.end(), int64_t{1}, std::multiplies<>());
+    return reference::Grouping::rows(norm, rows, features);
+  }
+  const reference::Dims d = test::dims_of(shape.shape, layout);
+  switch (norm) {
+    case Norm::instance: return reference::Grouping::instance(d);
+    case Norm::group: return reference::Grouping::group(d, shape.groups);
+    default: return reference::Grouping::batch(d);
+  }
+}
+
+struct Problem {
+  Problem(const Variant& v, Shape shape_, Random& rng)
+      : norm(v.norm),
+        layout(v.layout),
+        epilogue(v.epilogue),
+        affine(v.affine),
+        shape(std::move(shape_)),
+        g(grouping_of(norm, shape, layout)),
+        x(grouped_input(g, rng)),
+        z(test::random_vector(g.d.numel(), rng, -1.0, 1.0)),
+        dy(grouped_input(g, rng, kGradientMinMean)),
+        y(test::poisoned(g.d.numel())),
+        dx(test::poisoned(g.d.numel())),
+        dz(test::poisoned(g.d.numel())),
+        weight(test::random_vector(g.d.c, rng, 0.5, 2.0)),
+        bias(test::random_vector(g.d.c, rng, -1.0, 1.0)),
+        running_mean(test::random_vector(g.d.c, rng, -1.0, 1.0)),
+        running_var(test::random_vector(g.d.c, rng, 0.5, 2.0)),
+        save_mean(test::poisoned(g.count())),
+        save_invstd(test::poisoned(g.count())),
+        grad_weight(test::poisoned(g.d.c)),
+        grad_bias(test::poisoned(g.d.c)),
+        num_batches_tracked(static_cast<int64_t>(rng.uniform(0, 100))) {}
+
+  Norm norm;
+  Layout layout;
+  Epilogue epilogue;
+  bool affine;
+  bool bias_given = true;     // with affine: false gives the weight alone (bias 0, PyTorch's bias=False)
+  std::optional<double> eps;  // std::nullopt: the API's default
+  double momentum = kMomentum;
+  Shape shape;
+  reference::Grouping g;
+  std::vector<float> x, z, dy, y, dx, dz, weight, bias, running_mean, running_var, save_mean, save_invstd, grad_weight,
+      grad_bias;
+  int64_t num_batches_tracked;
+
+  bool with_bias() const { return affine && bias_given && norm != Norm::rms; }
+  double eps_value() const { return eps.value_or(norm == Norm::rms ? kTorchRmsEps : kEps); }
+  reference::Affine affine_parameters() const {
+    return {affine ? weight.data() : nullptr, with_bias() ? bias.data() : nullptr};
+  }
+  const float* residual() const { return epilogue == Epilogue::add_relu ? z.data() : nullptr; }
+  bool either_layout() const { return has_channels(norm) && (g.d.c == 1 || g.d.s == 1); }
+  bool backward_takes_y() const { return epilogue == Epilogue::relu || epilogue == Epilogue::add_relu; }
+
+  std::vector<int64_t> normalized_shape() const {
+    return {shape.shape.end() - shape.normalized_dims, shape.shape.end()};
+  }
+  TensorView view(std::vector<float>& data) const {
+    return has_channels(norm) ? TensorView::with_layout(data.data(), shape.shape, layout)
+                              : TensorView(data.data(), shape.shape);
+  }
+  TensorView parameter(std::vector<float>& data) const {
+    return has_channels(norm) ? TensorView(data.data(), {g.d.c}) : TensorView(data.data(), normalized_shape());
+  }
+  // BatchNorm (C), InstanceNorm (N, C), GroupNorm (N, groups), LayerNorm and RMSNorm one per row.
+  TensorView statistics(std::vector<float>& data) const {
+    if (norm == Norm::batch) return TensorView(data.data(), {g.d.c});
+    if (has_channels(norm)) return TensorView(data.data(), {g.d.n, g.per_sample()});
+    return TensorView(data.data(), {g.d.n});
+  }
+
+  reference::Forward reference_forward() const {
+    const reference::Running running{running_mean.data(), running_var.data(), momentum};
+    return reference::forward(x.data(), g, affine_parameters(), eps_value(), epilogue, residual(),
+                              has_running_statistics(norm) ? &running : nullptr);
+  }
+
+  // The reference's statistics rounded to float32, as a forward saves them, and its y, which the relu masks
+  // of the backward read: the backward is then checked apart from the forward kernels.
+  void save(const reference::Forward& ref) {
+    for (size_t k = 0; k < save_invstd.size(); k++) {
+      save_mean[k] = static_cast<float>(ref.mean[k]);
+      save_invstd[k] = static_cast<float>(ref.invstd[k]);
+    }
+    for (size_t i = 0; i < y.size(); i++) y[i] = static_cast<float>(ref.y[i]);
+  }
+
+  // The closed-form gradients of the saved statistics (and y), as the backward receives them.
+  reference::Backward reference_backward() const {
+    const std::vector<double> mean = test::to_double(save_mean), invstd = test::to_double(save_invstd);
+    return reference::backward(x.data(), dy.data(), g, g.centred() ? mean.data() : nullptr, invstd.data(),
+                               affine_parameters(), true, epilogue, y.data());
+  }
+
+  // Evaluation (BatchNorm, InstanceNorm): per channel, with the running statistics.
+  std::vector<double> running_invstd() const {
+    std::vector<double> invstd;
+    for (float v : running_var) invstd.push_back(1.0 / std::sqrt(static_cast<double>(v) + eps_value()));
+    return invstd;
+  }
+  reference::Grouping per_channel() const { return reference::Grouping::batch(g.d); }
+
+  // The functional API's calls. training false: BatchNorm's evaluation, InstanceNorm's use_input_stats false.
+  void forward(bool training = true);
+  void backward(bool training = true);
+
+ private:
+  template <typename Tensors>
+  Tensors forward_tensors(bool training);
+  template <typename Tensors>
+  Tensors backward_tensors(bool training);
+  BatchNormOptions batch_options(bool training) const;
+  InstanceNormOptions instance_options(bool training) const;
+  GroupNormOptions group_options() const;
+};
+
+// The tensors of a functional API's forward call, each field the struct has set from the problem: in training the
+// saved statistics, in evaluation none; the running statistics where the norm has them (updated in training,
+// read in evaluation); the residual for add_relu.
+template <typename Tensors>
+Tensors Problem::forward_tensors(bool training) {
+  Tensors t;
+  t.input = view(x);
+  t.output = view(y);
+  if (affine) t.weight = parameter(weight);
+  if constexpr (requires { t.bias; }) {
+    if (with_bias()) t.bias = parameter(bias);
+  }
+  if constexpr (requires { t.running_mean; }) {
+    t.running_mean = parameter(running_mean);
+    t.running_var = parameter(running_var);
+  }
+  if constexpr (requires { t.num_batches_tracked; }) t.num_batches_tracked = &num_batches_tracked;
+  if constexpr (requires { t.save_mean; }) {
+    if (training) t.save_mean = statistics(save_mean);
+  }
+  if (training) t.save_invstd = statistics(save_invstd);
+  if constexpr (requires { t.residual; }) {
+    if (epilogue == Epilogue::add_relu) t.residual = view(z);
+  }
+  return t;
+}
+
+// The backward's tensors likewise. BatchNorm gets the saved and the running statistics in both modes, different
+// from each other, so a kernel that read the ones of the other mode fails; InstanceNorm gets the ones its mode
+// uses. The forward's y for the relu masks, dz for add_relu, the bias for silu (which recomputes v).
+template <typename Tensors>
+Tensors Problem::backward_tensors(bool training) {
+  Tensors t;
+  t.grad_output = view(dy);
+  t.input = view(x);
+  t.grad_input = view(dx);
+  if (affine) {
+    t.weight = parameter(weight);
+    t.grad_weight = parameter(grad_weight);
+  }
+  if constexpr (requires { t.grad_bias; }) {
+    if (with_bias()) t.grad_bias = parameter(grad_bias);
+  }
+  if constexpr (requires { t.save_mean; }) {
+    if (training || norm == Norm::batch) t.save_mean = statistics(save_mean);
+  }
+  if (training || norm == Norm::batch) t.save_invstd = statistics(save_invstd);
+  if constexpr (requires { t.running_mean; }) {
+    if (!training || norm == Norm::batch) {
+      t.running_mean = parameter(running_mean);
+      t.running_var = parameter(running_var);
+    }
+  }
+  if constexpr (requires { t.bias; }) {
+    if (with_bias() && epilogue == Epilogue::silu) t.bias = parameter(bias);
+  }
+  if constexpr (requires { t.output; }) {
+    if (backward_takes_y()) t.output = view(y);
+  }
+  if constexpr (requires { t.grad_residual; }) {
+    if (epilogue == Epilogue::add_relu) t.grad_residual = view(dz);
+  }
+  return t;
+}
+
+BatchNormOptions Problem::batch_options(bool training) const {
+  BatchNormOptions options;
+  options.training = training;
+  options.eps = eps_value();
+  options.momentum = momentum;
+  options.epilogue = epilogue;
+  return options;
+}
+
+InstanceNormOptions Problem::instance_options(bool training) const {
+  InstanceNormOptions options;
+  options.use_input_stats = training;
+  options.eps = eps_value();
+  options.momentum = momentum;
+  return options;
+}
+
+GroupNormOptions Problem::group_options() const {
+  GroupNormOptions options;
+  options.num_groups = shape.groups;
+  options.eps = eps_value();
+  options.epilogue = epilogue;
+  return options;
+}
+
+void Problem::forward(bool training) {
+  switch (norm) {
+    case Norm::batch:
+      return batch_norm_forward(forward_tensors<BatchNormForwardTensors>(training), batch_options(training));
+    case Norm::instance:
+      return instance_norm_forward(forward_tensors<InstanceNormForwardTensors>(training), instance_options(training));
+    case Norm::group: return group_norm_forward(forward_tensors<GroupNormForwardTensors>(true), group_options());
+    case Norm::layer:
+      return layer_norm_forward(forward_tensors<LayerNormForwardTensors>(true), {normalized_shape(), eps_value()});
+    case Norm::rms: return rms_norm_forward(forward_tensors<RMSNormForwardTensors>(true), {normalized_shape(), eps});
+  }
+}
+
+void Problem::backward(bool training) {
+  switch (norm) {
+    case Norm::batch:
+      return batch_norm_backward(backward_tensors<BatchNormBackwardTensors>(training), batch_options(training));
+    case Norm::instance:
+      return instance_norm_backward(backward_tensors<InstanceNormBackwardTensors>(training),
+                                    instance_options(training));
+    case Norm::group: return group_norm_backward(backward_tensors<GroupNormBackwardTensors>(true), group_options());
+    case Norm::layer:
+      return layer_norm_backward(backward_tensors<LayerNormBackwardTensors>(true), {normalized_shape(), eps_value()});
+    case Norm::rms: return rms_norm_backward(backward_tensors<RMSNormBackwardTensors>(true), {normalized_shape(), eps});
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Comparisons.
+
+void expect_forward(const Problem& p, const reference::Forward& ref, int64_t batches_before) {
+  EXPECT_TRUE(close("y", p.y, ref.y));
+  if (p.g.centred()) {
+    EXPECT_TRUE(close("save_mean", p.save_mean, ref.mean));
+  }
+  EXPECT_TRUE(close("save_invstd", p.save_invstd, ref.invstd));
+  if (has_running_statistics(p.norm)) {
+    EXPECT_TRUE(close("running_mean", p.running_mean, ref.running_mean));
+    EXPECT_TRUE(close("running_var", p.running_var, ref.running_var));
+  }
+  if (p.norm == Norm::batch) {
+    EXPECT_EQ(p.num_batches_tracked, batches_before + 1);
+  }
+}
+
+// dx of a statistic over one or two elements is the small difference of terms of size invstd * |dy * weight|
+// that cancel to within eps / (var + eps) (exactly, for LayerNorm's D = 1): float32 cannot resolve it however it
+// is computed, so there its error is judged against the size of those terms rather than its own.
+::testing::AssertionResult close_grad_input(const Problem& p, const std::vector<double>& ref, double tolerance) {
+  if (p.g.members() > 2) return close("grad_input", p.dx, ref, tolerance);
+  double terms = 0;
+  reference::for_each_element(p.g, [&](int64_t i, int64_t c, int64_t k) {
+    const double w = p.affine ? p.weight[static_cast<size_t>(c)] : 1.0;
+    terms = std::max(terms, std::abs(p.save_invstd[static_cast<size_t>(k)] * p.dy[static_cast<size_t>(i)] * w));
+  });
+  std::vector<float> got = p.dx;
+  std::vector<double> expected = ref;
+  got.push_back(static_cast<float>(terms));  // the same value in both: it only sets the tensor's scale
+  expected.push_back(static_cast<float>(terms));
+  return close("grad_input (one or two elements per statistic: scale invstd * |dy * weight|)", got, expected,
+               tolerance);
+}
+
+void expect_backward(const Problem& p, const reference::Backward& ref, double tolerance = kFloat32Tolerance) {
+  EXPECT_TRUE(close_grad_input(p, ref.dx, tolerance));
+  if (p.affine) {
+    EXPECT_TRUE(close("grad_weight", p.grad_weight, ref.dweight, tolerance));
+  }
+  if (p.with_bias()) {
+    EXPECT_TRUE(close("grad_bias", p.grad_bias, ref.dbias, tolerance));
+  }
+  if (p.epilogue == Epilogue::add_relu) {
+    EXPECT_TRUE(close("grad_residual", p.dz, ref.dz, tolerance));
+  }
+}
+
+// One forward in training and its backward, both against the reference.
+void check_training(Problem& p, const Variant& v) {
+  const std::vector<float> x_before = p.x, z_before = p.z;
+  const int64_t batches_before = p.num_batches_tracked;
+  const reference::Forward ref = p.reference_forward();
+  p.forward();
+  EXPECT_TRUE(ran(v, "forward_training", p.either_layout()));
+  expect_forward(p, ref, batches_before);
+  EXPECT_TRUE(p.x == x_before && p.z == z_before) << "an input was modified";
+
+  p.save(ref);
+  p.backward();
+  EXPECT_TRUE(ran(v, "backward", p.either_layout()));
+  expect_backward(p, p.reference_backward());
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The matrix.
+
+class VariantTest : public ::testing::TestWithParam<Variant> {
+ protected:
+  Problem problem(Shape shape) { return Problem(variant_, std::move(shape), rng_); }
+
+  const Variant variant_ = GetParam();
+  test::ScopedMaxIsa isa_{GetParam().isa};
+  Random rng_{test::seed_for_current_test()};
+};
+
+class NormTest : public VariantTest {};
+INSTANTIATE_TEST_SUITE_P(Built, NormTest, ::testing::ValuesIn(matrix([](const Variant&) { return true; })), case_name);
+
+TEST_P(NormTest, ForwardTrainingAndBackward) {
+  for (const Shape& shape : shapes_for(variant_.norm)) {
+    SCOPED_TRACE(shape.name + " " + shape_string(shape.shape) +
+                 (variant_.norm == Norm::group ? ", groups " + std::to_string(shape.groups) : ""));
+    Problem p = problem(shape);
+    check_training(p, variant_);
+  }
+}
+
+// Gradients against float64 central differences of the reference forward, for the loss L = sum(y * dy): this
+// checks the backward's formulas themselves, where ForwardTrainingAndBackward checks the kernels against the
+// reference's closed form. The relu masks are frozen at the forward's y, as the backward takes them (a central
+// difference across a kink of max would measure neither side).
+constexpr double kGradientTolerance = 1e-3;  // truncation of order h^2 = 1e-6 and float32 kernels
+
+Shape tiny_shape(Norm norm) {
+  switch (norm) {
+    case Norm::batch: return {"tiny", {3, 2, 2, 3}};
+    case Norm::instance: return {"tiny", {2, 3, 2, 3}};
+    case Norm::group: return {"tiny", {2, 4, 2, 3}, 2};
+    case Norm::layer:
+    case Norm::rms: return {"tiny", {3, 2, 5}, 1, 2};
+  }
+  return {};
+}
+
+TEST_P(NormTest, GradientCheck) {
+  Problem p = problem(tiny_shape(variant_.norm));
+  // The kernels' own forward provides y and the saved statistics, as in a training step.
+  p.forward();
+  p.backward();
+  const std::vector<float> y = p.y;
+  auto loss = [&] {
+    const std::vector<double> v = reference::forward(p.x.data(), p.g, p.affine_parameters(), p.eps_value()).y;
+    double sum = 0;
+    for (size_t i = 0; i < v.size(); i++) {
+      double out = v[i];
+      if (p.epilogue == Epilogue::relu) out = y[i] > 0 ? v[i] : 0.0;
+      if (p.epilogue == Epilogue::add_relu) out = y[i] > 0 ? v[i] + p.z[i] : 0.0;
+      if (p.epilogue == Epilogue::silu) out = v[i] * reference::sigmoid(v[i]);
+      sum += out * static_cast<double>(p.dy[i]);
+    }
+    return sum;
+  };
+  reference::Backward numeric;
+  for (float& v : p.x) numeric.dx.push_back(reference::central_difference(v, loss));
+  for (float& v : p.weight) numeric.dweight.push_back(reference::central_difference(v, loss));
+  for (float& v : p.bias) numeric.dbias.push_back(reference::central_difference(v, loss));
+  for (float& v : p.z) numeric.dz.push_back(reference::central_difference(v, loss));
+  expect_backward(p, numeric, kGradientTolerance);
+}
+
+// The real networks' shapes at full size (tests/support/shapes.h, shared with the benchmark), each with the
+// epilogue it has there: BatchNorm1d + ReLU in an MLP, GroupNorm + SiLU in a diffusion U-Net, LayerNorm and
+// RMSNorm over transformer rows. On the best instruction set, both layouts: the other instruction sets run
+// the same kernels' code paths on the scaled-down shapes above.
+class RealNetworkTest : public VariantTest {};
+INSTANTIATE_TEST_SUITE_P(Built, RealNetworkTest, ::testing::ValuesIn(matrix([](const Variant& v) {
+                           const Epilogue in_network = v.norm == Norm::batch   ? Epilogue::relu
+                                                       : v.norm == Norm::group ? Epilogue::silu
+                                                                               : Epilogue::none;
+                           // BatchNorm1d's (N, C) is the same memory in both layouts: nchw alone.
+                           const bool layout_differs = v.norm != Norm::batch || v.layout == Layout::nchw;
+                           return v.isa == supported_isas().front() && v.affine && v.norm != Norm::instance &&
+                                  v.epilogue == in_network && layout_differs;
+                         })),
+                         case_name);
+
+TEST_P(RealNetworkTest, ForwardTrainingAndBackward) {
+  std::vector<Shape> full;
+  switch (variant_.norm) {
+    case Norm::batch:
+      for (const auto& s : shapes::mlp_batch_norm_1d()) full.push_back({s.name, s.shape});
+      break;
+    case Norm::group:
+      for (const auto& s : shapes::unet_group_norm()) full.push_back({s.name, s.shape, s.groups});
+      break;
+    default:
+      for (const auto& s : shapes::transformer_rows()) full.push_back({s.name, s.shape, 1, s.normalized_dims});
+  }
+  for (const Shape& shape : full) {
+    SCOPED_TRACE(shape.name + " " + shape_string(shape.shape));
+    Problem p = problem(shape);
+    check_training(p, variant_);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Evaluation with running statistics: BatchNorm (with its epilogues) and InstanceNorm (use_input_stats false,
+// PyTorch's eval() with track_running_stats). Per channel, with the running mean and variance; the backward
+// does not differentiate through them.
+
+class EvaluationTest : public VariantTest {};
+INSTANTIATE_TEST_SUITE_P(Built, EvaluationTest,
+                         ::testing::ValuesIn(matrix([](const Variant& v) { return has_running_statistics(v.norm); })),
+                         case_name);
+
+TEST_P(EvaluationTest, ForwardAndBackward) {
+  // InstanceNorm in evaluation runs BatchNorm's per-channel kernels (docs/KERNELS.md).
+  Variant kernel = variant_;
+  kernel.norm = Norm::batch;
+  for (const Shape& shape : shapes_for(variant_.norm)) {
+    SCOPED_TRACE(shape.name + " " + shape_string(shape.shape));
+    Problem p = problem(shape);
+    const std::vector<float> running_mean = p.running_mean, running_var = p.running_var;
+    const std::vector<double> mean = test::to_double(p.running_mean), invstd = p.running_invstd();
+    const std::vector<double> ref = reference::normalize(p.x.data(), p.per_channel(), mean.data(), invstd.data(),
+                                                         p.affine_parameters(), p.epilogue, p.residual());
+    p.forward(false);
+    EXPECT_TRUE(ran(kernel, "forward_inference", p.either_layout()));
+    EXPECT_TRUE(close("y", p.y, ref));
+    EXPECT_TRUE(p.running_mean == running_mean && p.running_var == running_var)
+        << "evaluation changed the running statistics";
+
+    for (size_t i = 0; i < p.y.size(); i++) p.y[i] = static_cast<float>(ref[i]);
+    const reference::Backward ref_backward =
+        reference::backward(p.x.data(), p.dy.data(), p.per_channel(), mean.data(), invstd.data(), p.affine_parameters(),
+                            false, p.epilogue, p.y.data());
+    p.backward(false);
+    EXPECT_TRUE(ran(kernel, "backward", p.either_layout()));
+    expect_backward(p, ref_backward);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Hard numerics, for each norm of the family (batch_norm_test.cpp has BatchNorm's), layout, instruction set and
+// affine, without an epilogue.
+
+class HardNumericsTest : public VariantTest {
+ protected:
+  // Several statistics groups of every kind, with sizes that leave vector tails.
+  Shape hard_shape() const {
+    switch (variant_.norm) {
+      case Norm::group: return {"n3_c12_g4_13x17", {3, 12, 13, 17}, 4};
+      case Norm::layer:
+      case Norm::rms: return {"r17_d1000", {17, 1000}};
+      default: return {"n3_c17_13x17", {3, 17, 13, 17}};
+    }
+  }
+};
+INSTANTIATE_TEST_SUITE_P(Built, HardNumericsTest, ::testing::ValuesIn(matrix([](const Variant& v) {
+                           return v.norm != Norm::batch && v.epilogue == Epilogue::none;
+                         })),
+                         case_name);
+
+// Fills x group by group: value(statistic, rng) for each element.
+template <typename Value>
+void fill_by_statistic(Problem& p, const Value& value) {
+  for (int64_t n = 0; n < p.g.d.n; n++)
+    for (int64_t c = 0; c < p.g.d.c; c++)
+      for (int64_t s = 0; s < p.g.d.s; s++)
+        p.x[static_cast<size_t>(p.g.d.offset(n, c, s))] = static_cast<float>(value(p.g.index(n, c)));
+}
+
+std::vector<double> variance_from_invstd(const std::vector<float>& invstd, double eps) {
+  std::vector<double> var;
+  for (float v : invstd) var.push_back(1.0 / (static_cast<double>(v) * static_cast<double>(v)) - eps);
+  return var;
+}
+
+// Each group's mean is 1e4 times its standard deviation (of either sign), the standard deviations spanning
+// 1e-2 to 1e2: raw sums of x and x^2 in float32 would lose every digit of the variance. (RMSNorm's mean
+// square is then about the mean's square, which float32 holds easily: the case checks that nothing else goes.)
+TEST_P(HardNumericsTest, MeanTenThousandTimesTheStandardDeviation) {
+  Problem p = problem(hard_shape());
+  std::vector<double> spread;
+  for (int64_t k = 0; k < p.g.count(); k++) spread.push_back(std::pow(10.0, rng_.uniform(-2.0, 2.0)));
+  fill_by_statistic(p, [&](int64_t k) {
+    const double sd = spread[static_cast<size_t>(k)];
+    return (k % 2 ? -1e4 : 1e4) * sd + sd * rng_.standard();
+  });
+  const reference::Forward ref = p.reference_forward();
+  p.forward();
+  EXPECT_TRUE(close("y", p.y, ref.y));
+  if (p.g.centred()) {
+    EXPECT_TRUE(close("save_mean", p.save_mean, ref.mean, kFloat32Tolerance, Scale::element));
+  }
+  EXPECT_TRUE(close("1 / save_invstd^2 - eps (the variance)", variance_from_invstd(p.save_invstd, p.eps_value()),
+                    ref.biased_var, 1e-4, Scale::element));
+
+  p.save(ref);
+  p.backward();
+  expect_backward(p, p.reference_backward());
+}
+
+// Every value of a group equal up to 1e-6 noise (variance about 3e-13, far below eps), and group 0 exactly
+// constant (variance 0): the variance must not come out negative (NaN) or swamp eps. RMSNorm's counterpart:
+// values of about 1e-4, a mean square far below eps, and group 0 constant.
+TEST_P(HardNumericsTest, VarianceBelowEps) {
+  Problem p = problem(hard_shape());
+  std::vector<double> value;
+  for (int64_t k = 0; k < p.g.count(); k++) value.push_back(rng_.uniform(0.5, 2.0) * (k % 2 ? -1 : 1));
+  const double noise = 1e-6;
+  fill_by_statistic(p, [&](int64_t k) {
+    const double v = value[static_cast<size_t>(k)];
+    if (!p.g.centred()) return k == 0 ? 1e-4 : 1e-4 * v * rng_.uniform(0.5, 1.5);
+    return k == 0 ? v : v + noise * rng_.standard();
+  });
+  const reference::Forward ref = p.reference_forward();
+  p.forward();
+  // Without an affine transform y is the tiny centred value itself, judged against its own scale.
+  EXPECT_TRUE(close("y", p.y, ref.y));
+  if (p.g.centred()) {
+    EXPECT_TRUE(close("save_mean", p.save_mean, ref.mean, kFloat32Tolerance, Scale::element));
+  }
+  EXPECT_TRUE(close("save_invstd", p.save_invstd, ref.invstd, kFloat32Tolerance, Scale::element));
+  if (has_running_statistics(p.norm)) {
+    EXPECT_TRUE(close("running_mean", p.running_mean, ref.running_mean, kFloat32Tolerance, Scale::element));
+    EXPECT_TRUE(close("running_var", p.running_var, ref.running_var, kFloat32Tolerance, Scale::element));
+  }
+}
+
+// A NaN in one element reaches its own statistics group only (as in PyTorch): that group's mean and every y
+// of it are NaN, every other group's results finite and correct. Tried in the middle of a group and at the
+// first element of the last group (where a kernel's shift for the statistics would come from).
+TEST_P(HardNumericsTest, NanStaysInItsStatisticsGroup) {
+  const Shape shape = hard_shape();
+  const reference::Grouping g = grouping_of(variant_.norm, shape, variant_.layout);
+  const int64_t channels_per_statistic = variant_.norm == Norm::group ? g.d.c / g.groups : 1;
+  struct Where {
+    int64_t n, c, s;
+  };
+  const Where first_of_last{g.d.n - 1, has_channels(variant_.norm) ? g.d.c - channels_per_statistic : 0, 0};
+  for (Where where : {Where{1, g.d.c / 2, g.d.s / 2}, first_of_last}) {
+    SCOPED_TRACE("NaN at n " + std::to_string(where.n) + ", c " + std::to_string(where.c) + ", s " +
+                 std::to_string(where.s));
+    Problem p = problem(shape);
+    p.x[static_cast<size_t>(g.d.offset(where.n, where.c, where.s))] = kNaN;
+    const size_t statistic = static_cast<size_t>(g.index(where.n, where.c));
+
+    reference::Forward ref = p.reference_forward();
+    ASSERT_TRUE(std::isnan(ref.invstd[statistic]));
+    p.forward();
+    // ref.y is NaN over the whole group and finite elsewhere: close() requires exactly that pattern.
+    EXPECT_TRUE(close("y", p.y, ref.y));
+    if (p.g.centred()) {
+      EXPECT_TRUE(close("save_mean", p.save_mean, ref.mean));
+    }
+    // The group's variance is NaN in the reference; a kernel may clamp it, so only the other groups'
+    // variance-derived statistics are compared.
+    std::vector<float> invstd = p.save_invstd;
+    invstd[statistic] = kNaN;
+    ref.invstd[statistic] = kNaN;
+    EXPECT_TRUE(close("save_invstd (other groups)", invstd, ref.invstd));
+    if (has_running_statistics(p.norm)) {
+      EXPECT_TRUE(close("running_mean", p.running_mean, ref.running_mean));
+      std::vector<float> running_var = p.running_var;
+      running_var[static_cast<size_t>(where.c)] = kNaN;
+      ref.running_var[static_cast<size_t>(where.c)] = kNaN;
+      EXPECT_TRUE(close("running_var (other channels)", running_var, ref.running_var));
+    }
+
+    // The backward: the NaN reaches the group's sums, so its dx are NaN, and so are the weight gradients of
+    // the channels (features) the group covers.
+    p.save(ref);
+    p.backward();
+    expect_backward(p, p.reference_backward());
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Conventions where PyTorch and ONNX differ, and what the API refuses. On the best instruction set: these are
+// the runtime's semantics, the same for every kernel.
+
+class ConventionsTest : public ::testing::Test {
+ protected:
+  // The variant of `norm` without an epilogue, affine as asked, on the best instruction set (the one dispatch
+  // picks without a max_isa); nullopt if none.
+  static std::optional<Variant> variant(Norm norm, bool affine, Layout layout = Layout::nchw) {
+    const std::string best = supported_isas().front();
+    for (const Variant& v : built_variants()) {
+      if (v.norm == norm && v.epilogue == Epilogue::none && v.affine == affine && v.layout == layout && v.isa == best) {
+        return v;
+      }
+    }
+    return std::nullopt;
+  }
+
+  Random rng_{test::seed_for_current_test()};
+};
+
+// RMSNorm's eps=None is torch.finfo(float32).eps = 2^-23 (about 1.2e-7), not ONNX's 1e-5: with a mean square
+// of 1e-7 to 1e-6 the two give y several times apart. ONNX's must then be asked for.
+TEST_F(ConventionsTest, RmsNormDefaultEpsIsTorchsFloat32Epsilon) {
+  const std::optional<Variant> v = variant(Norm::rms, true);
+  ASSERT_TRUE(v) << "no RMSNorm kernel built";
+  for (std::optional<double> eps : {std::optional<double>(), std::optional<double>(1e-5)}) {
+    SCOPED_TRACE(eps ? "eps 1e-5 (ONNX's default)" : "eps std::nullopt (PyTorch's default)");
+    Problem p(*v, {"r5_d64", {5, 64}}, rng_);
+    for (float& value : p.x) value *= 3e-4f;  // mean square 1e-7 to 1e-6
+    p.eps = eps;
+    const reference::Forward ref = p.reference_forward();
+    const reference::Forward other_eps =
+        reference::forward(p.x.data(), p.g, p.affine_parameters(), eps ? kTorchRmsEps : 1e-5);
+    ASSERT_GT(std::abs(ref.invstd[0] - other_eps.invstd[0]), 0.5 * ref.invstd[0]) << "eps does not matter here";
+    p.forward();
+    EXPECT_TRUE(close("y", p.y, ref.y));
+    EXPECT_TRUE(close("save_invstd", p.save_invstd, ref.invstd));
+    p.save(ref);
+    p.backward();
+    expect_backward(p, p.reference_backward());
+  }
+}
+
+// PyTorch's InstanceNorm with track_running_stats: running = (1 - momentum) running + momentum * the mean over
+// samples of each (sample, channel)'s mean and unbiased variance (ONNX InstanceNormalization has no running
+// statistics). Written out here from the per-sample statistics, over several steps, for momentum 0.1, 0.5 and
+// 0 (PyTorch's InstanceNorm passes momentum=None as 0: the running statistics stay).
+TEST_F(ConventionsTest, InstanceNormRunningStatistics) {
+  const std::optional<Variant> v = variant(Norm::instance, true, Layout::nhwc);
+  ASSERT_TRUE(v) << "no InstanceNorm kernel built";
+  for (double momentum : {0.1, 0.5, 0.0}) {
+    SCOPED_TRACE("momentum " + std::to_string(momentum));
+    Problem p(*v, {"n3_c5_7x9", {3, 5, 7, 9}}, rng_);
+    p.momentum = momentum;
+    const double spatial = 63;
+    for (int step = 1; step <= 3; step++) {
+      SCOPED_TRACE("step " + std::to_string(step));
+      p.x = grouped_input(p.g, rng_);
+      const reference::Forward per_sample = reference::forward(p.x.data(), p.g, {}, kEps);
+      std::vector<double> expected_mean, expected_var;
+      for (int64_t c = 0; c < p.g.d.c; c++) {
+        double mean = 0, var = 0;
+        for (int64_t n = 0; n < p.g.d.n; n++) {
+          mean += per_sample.mean[static_cast<size_t>(n * p.g.d.c + c)] / 3;
+          var += per_sample.biased_var[static_cast<size_t>(n * p.g.d.c + c)] * spatial / (spatial - 1) / 3;
+        }
+        expected_mean.push_back((1 - momentum) * p.running_mean[static_cast<size_t>(c)] + momentum * mean);
+        expected_var.push_back((1 - momentum) * p.running_var[static_cast<size_t>(c)] + momentum * var);
+      }
+      p.forward();
+      EXPECT_TRUE(close("running_mean", p.running_mean, expected_mean));
+      EXPECT_TRUE(close("running_var", p.running_var, expected_var));
+    }
+  }
+}
+
+// GroupNorm's scale and bias are per channel (PyTorch; ONNX GroupNormalization from opset 21), not per group
+// (opset 18): weights that differ within each group must be applied channel by channel.
+TEST_F(ConventionsTest, GroupNormScaleIsPerChannel) {
+  const std::optional<Variant> v = variant(Norm::group, true);
+  ASSERT_TRUE(v) << "no GroupNorm kernel built";
+  Problem p(*v, {"n2_c6_g2_5x5", {2, 6, 5, 5}, 2}, rng_);
+  // Within each group of three channels the weights differ by up to 8x and the biases by up to 4: one weight
+  // and bias per group would be far off.
+  p.weight = {0.5f, 1.0f, 2.0f, -1.0f, 3.0f, 0.25f};
+  p.bias = {-1.0f, 0.0f, 1.0f, 2.0f, -2.0f, 0.5f};
+  const reference::Forward ref = p.reference_forward();
+  p.forward();
+  EXPECT_TRUE(close("y", p.y, ref.y));
+}
+
+// PyTorch's bias=False (LayerNorm, GroupNorm; InstanceNorm and BatchNorm through their functional API): the
+// affine kernels with the weight alone, the bias 0.
+TEST_F(ConventionsTest, WeightWithoutBias) {
+  for (Norm norm : {Norm::instance, Norm::group, Norm::layer}) {
+    SCOPED_TRACE(to_string(norm));
+    const std::optional<Variant> v = variant(norm, true);
+    if (!v) continue;
+    Problem p(*v, norm == Norm::layer ? Shape{"r5_d7x13", {5, 7, 13}, 1, 2} : Shape{"n2_c6_7x7", {2, 6, 7, 7}, 3},
+              rng_);
+    p.bias_given = false;
+    check_training(p, *v);
+  }
+}
+
+// An epilogue the build has no kernel of the norm for is refused with fusednorm::Error, before anything is
+// written (BatchNorm and GroupNorm have the option; the build decides which epilogues exist).
+TEST_F(ConventionsTest, EpilogueWithoutKernelIsRefused) {
+  int refused = 0;
+  for (Norm norm : {Norm::batch, Norm::group}) {
+    for (Epilogue epilogue : kEpilogues) {
+      if (epilogue_built(norm, epilogue)) continue;
+      SCOPED_TRACE(std::string(to_string(norm)) + ", epilogue " + to_string(epilogue));
+      const std::optional<Variant> v = variant(norm, true);
+      ASSERT_TRUE(v);
+      Variant asked = *v;
+      asked.epilogue = epilogue;
+      Problem p(asked, norm == Norm::group ? Shape{"n2_c6_7x7", {2, 6, 7, 7}, 3} : Shape{"n2_c6_7x7", {2, 6, 7, 7}},
+                rng_);
+      const Problem before = p;
+      EXPECT_THROW(p.forward(), Error);
+      EXPECT_TRUE(close("y (unwritten)", p.y, test::to_double(before.y)));
+      EXPECT_TRUE(p.running_mean == before.running_mean && p.num_batches_tracked == before.num_batches_tracked);
+      EXPECT_THROW(p.backward(), Error);
+      EXPECT_TRUE(close("grad_input (unwritten)", p.dx, test::to_double(before.dx)));
+      refused++;
+    }
+  }
+  RecordProperty("refused", refused);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The reference itself, against values worked out by hand.
+
+TEST(ReferenceTest, HandComputedValues) {
+  // Two rows: [1, 2, 3, 4] (mean 2.5, variance 1.25, mean square 7.5) and [-2, 0, 0, 2] (0, 2, 2).
+  const float rows[8] = {1, 2, 3, 4, -2, 0, 0, 2};
+  const reference::Forward layer = reference::forward(rows, reference::Grouping::rows(Norm::layer, 2, 4), {}, 0);
+  EXPECT_EQ(layer.mean, (std::vector<double>{2.5, 0}));
+  EXPECT_EQ(layer.biased_var, (std::vector<double>{1.25, 2}));
+  EXPECT_DOUBLE_EQ(layer.y[0], -1.5 / std::sqrt(1.25));
+  EXPECT_DOUBLE_EQ(layer.y[7], 2 / std::sqrt(2.0));
+  const reference::Forward rms = reference::forward(rows, reference::Grouping::rows(Norm::rms, 2, 4), {}, 0);
+  EXPECT_EQ(rms.mean, (std::vector<double>{0, 0}));
+  EXPECT_EQ(rms.biased_var, (std::vector<double>{7.5, 2}));
+  EXPECT_DOUBLE_EQ(rms.y[3], 4 / std::sqrt(7.5));
+
+  // The same numbers as (N 1, C 4, S 2) in 2 groups: channels {0, 1} and {2, 3}.
+  const reference::Forward group =
+      reference::forward(rows, reference::Grouping::group({1, 4, 2, Layout::nchw}, 2), {}, 0);
+  EXPECT_EQ(group.mean, (std::vector<double>{2.5, 0}));
+  // As (N 2, C 2, S 2): instances [1, 2], [3, 4], [-2, 0], [0, 2] at c + C n; with running statistics 0 and
+  // 1 and momentum 0.5: mean c0 = 0.5 * (1.5 - 1) / 2, var c0 = 0.5 + 0.5 * (0.5 + 2) / 2 (unbiased, S = 2).
+  const float running_mean[2] = {0, 0}, running_var[2] = {1, 1};
+  const reference::Running running{running_mean, running_var, 0.5};
+  const reference::Forward instance = reference::forward(rows, reference::Grouping::instance({2, 2, 2, Layout::nchw}),
+                                                         {}, 0, Epilogue::none, nullptr, &running);
+  EXPECT_EQ(instance.mean, (std::vector<double>{1.5, 3.5, -1, 1}));
+  EXPECT_EQ(instance.biased_var, (std::vector<double>{0.25, 0.25, 1, 1}));
+  EXPECT_EQ(instance.running_mean, (std::vector<double>{0.125, 1.125}));
+  EXPECT_EQ(instance.running_var, (std::vector<double>{1.125, 1.125}));
+  // BatchNorm over the same (N 2, C 2, S 2): channel 0 is {1, 2, -2, 0}.
+  const reference::Forward batch = reference::forward(rows, reference::Grouping::batch({2, 2, 2, Layout::nchw}), {}, 0);
+  EXPECT_EQ(batch.mean, (std::vector<double>{0.25, 2.25}));
+
+  // Epilogues at v = -1, 0.5 with z = 1: relu 0, 0.5; add_relu 0, 1.5; silu v sigmoid(v).
+  EXPECT_EQ(reference::apply_epilogue(Epilogue::relu, -1, 1), 0);
+  EXPECT_EQ(reference::apply_epilogue(Epilogue::add_relu, -1, 1), 0);
+  EXPECT_EQ(reference::apply_epilogue(Epilogue::add_relu, 0.5, 1), 1.5);
+  EXPECT_DOUBLE_EQ(reference::apply_epilogue(Epilogue::silu, 0.5, 1), 0.5 / (1 + std::exp(-0.5)));
+  // silu'(0) = 1/2; silu'(v) = s (1 + v (1 - s)).
+  EXPECT_DOUBLE_EQ(reference::epilogue_gradient(Epilogue::silu, 2, 0, 0), 1);
+  EXPECT_EQ(reference::epilogue_gradient(Epilogue::add_relu, 2, -5, 0.25), 2);
+  EXPECT_EQ(reference::epilogue_gradient(Epilogue::relu, 2, 5, 0), 0);
+}
+
+}  // namespace
+}  // namespace fusednorm
