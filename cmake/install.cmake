@@ -2,7 +2,7 @@
 # and the generator executable with fusednorm_add_kernel(), so that a downstream project can
 #   find_package(FusedNorm CONFIG REQUIRED)
 #   target_link_libraries(app PRIVATE FusedNorm::fusednorm)
-#   fusednorm_add_kernel(my_kernel DIRECTION forward_training LAYOUT nhwc ...)
+#   fusednorm_add_kernel(my_kernel NORM group LAYOUT nhwc EPILOGUE silu DIRECTIONS forward_training backward ...)
 # Halide itself is a dependency the consumer finds (its CMake package), as this build does.
 include(CMakePackageConfigHelpers)
 

@@ -1,29 +1,82 @@
-// Runs the kernel this project generated (consumer_batch_norm_nhwc, called directly over halide_buffer_t) and
-// the installed runtime's batch_norm_forward on the same input, and compares both with a float64 reference.
-// Exits non-zero on a mismatch.
+// Runs the kernels this project generated (GroupNorm + SiLU, NHWC: forward and backward in float32, forward with
+// float16 storage), called directly over halide_buffer_t, and the installed runtime's group_norm_forward on the
+// same input, and compares them with a float64 reference. Exits non-zero on a mismatch.
 #include <HalideBuffer.h>
-#include <fusednorm/batch_norm.h>
+#include <fusednorm/group_norm.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
 #include <vector>
 
-#include "consumer_batch_norm_nhwc.h"
+#include "unet_group_norm_silu_backward.h"
+#include "unet_group_norm_silu_f16_forward_training.h"
+#include "unet_group_norm_silu_forward_training.h"
 
 namespace {
 
-constexpr int N = 4, C = 24, H = 9, W = 11, S = H * W;
-constexpr double kEps = 1e-5, kMomentum = 0.1;
+constexpr int N = 3, C = 24, G = 6, H = 9, W = 11, S = H * W, Cg = C / G;
+constexpr double kEps = 1e-5;
 
 // NHWC offset of (n, c, s).
 int at(int n, int c, int s) { return (n * S + s) * C + c; }
 
-double max_relative_error(const std::vector<float>& got, const std::vector<double>& want) {
+template <typename T>
+double max_relative_error(const std::vector<T>& got, const std::vector<double>& want) {
   double scale = 1e-30, error = 0;
   for (double w : want) scale = std::max(scale, std::abs(w));
-  for (size_t i = 0; i < got.size(); i++) error = std::max(error, std::abs(got[i] - want[i]));
+  for (size_t i = 0; i < got.size(); i++) error = std::max(error, std::abs(double(got[i]) - want[i]));
   return error / scale;
+}
+
+double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+
+struct Reference {
+  std::vector<double> y, dx, dweight, dbias;
+};
+
+// GroupNorm + SiLU and its gradient, from the definitions, in float64.
+Reference reference(const std::vector<float>& x, const std::vector<float>& dy, const std::vector<float>& weight,
+                    const std::vector<float>& bias) {
+  Reference r{std::vector<double>(x.size()), std::vector<double>(x.size()), std::vector<double>(C, 0.0),
+              std::vector<double>(C, 0.0)};
+  const double count = Cg * S;
+  for (int n = 0; n < N; n++) {
+    for (int g = 0; g < G; g++) {
+      double sum = 0, squares = 0;
+      for (int c = g * Cg; c < (g + 1) * Cg; c++)
+        for (int s = 0; s < S; s++) sum += x[at(n, c, s)];
+      const double mean = sum / count;
+      for (int c = g * Cg; c < (g + 1) * Cg; c++)
+        for (int s = 0; s < S; s++) squares += (x[at(n, c, s)] - mean) * (x[at(n, c, s)] - mean);
+      const double invstd = 1.0 / std::sqrt(squares / count + kEps);
+      // dL/dxhat = h; dx = invstd * (h - mean(h) - xhat * mean(h * xhat)) over the group.
+      std::vector<double> h(Cg * S), xhat(Cg * S);
+      double mean_h = 0, mean_h_xhat = 0;
+      for (int c = g * Cg; c < (g + 1) * Cg; c++) {
+        for (int s = 0; s < S; s++) {
+          const int i = at(n, c, s), k = (c - g * Cg) * S + s;
+          xhat[k] = (x[i] - mean) * invstd;
+          const double v = xhat[k] * weight[c] + bias[c];
+          r.y[i] = v * sigmoid(v);
+          const double dv = dy[i] * sigmoid(v) * (1 + v * (1 - sigmoid(v)));
+          r.dweight[c] += dv * xhat[k];
+          r.dbias[c] += dv;
+          h[k] = dv * weight[c];
+          mean_h += h[k] / count;
+          mean_h_xhat += h[k] * xhat[k] / count;
+        }
+      }
+      for (int c = g * Cg; c < (g + 1) * Cg; c++) {
+        for (int s = 0; s < S; s++) {
+          const int k = (c - g * Cg) * S + s;
+          r.dx[at(n, c, s)] = invstd * (h[k] - mean_h - xhat[k] * mean_h_xhat);
+        }
+      }
+    }
+  }
+  return r;
 }
 
 }  // namespace
@@ -31,54 +84,56 @@ double max_relative_error(const std::vector<float>& got, const std::vector<doubl
 int main() {
   std::mt19937 rng(7);
   std::normal_distribution<float> normal;
-  std::vector<float> x(N * C * S), weight(C), bias(C), running_mean(C), running_var(C);
+  std::vector<float> x(N * C * S), dy(x.size()), weight(C), bias(C);
   for (float& v : x) v = 3.0f + 2.0f * normal(rng);
+  for (float& v : dy) v = normal(rng);
   for (int c = 0; c < C; c++) {
     weight[c] = 1.0f + 0.1f * normal(rng);
     bias[c] = normal(rng);
-    running_mean[c] = 0.1f * normal(rng);
-    running_var[c] = 1.0f + 0.1f * std::abs(normal(rng));
   }
+  const Reference want = reference(x, dy, weight, bias);
 
-  // float64 reference: batch statistics over N and spatial.
-  std::vector<double> y_ref(x.size());
-  for (int c = 0; c < C; c++) {
-    double sum = 0, squares = 0;
-    for (int n = 0; n < N; n++)
-      for (int s = 0; s < S; s++) sum += x[at(n, c, s)];
-    const double mean = sum / (N * S);
-    for (int n = 0; n < N; n++)
-      for (int s = 0; s < S; s++) squares += (x[at(n, c, s)] - mean) * (x[at(n, c, s)] - mean);
-    const double invstd = 1.0 / std::sqrt(squares / (N * S) + kEps);
-    for (int n = 0; n < N; n++)
-      for (int s = 0; s < S; s++) y_ref[at(n, c, s)] = (x[at(n, c, s)] - mean) * invstd * weight[c] + bias[c];
-  }
-
-  // This project's kernel: x is (c, s, n) innermost first in NHWC, as the generator documents.
-  std::vector<float> y(x.size(), NAN), save_mean(C), save_invstd(C), new_mean(C), new_var(C);
+  // This project's kernels: tensors are (c, s, n) innermost first in NHWC, statistics (group, sample)
+  // (docs/KERNELS.md).
   halide_dimension_t dims[3] = {{0, C, 1, 0}, {0, S, C, 0}, {0, N, C * S, 0}};
-  Halide::Runtime::Buffer<float> x_buffer(x.data(), 3, dims), y_buffer(y.data(), 3, dims);
-  auto per_channel = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), C); };
-  auto w = per_channel(weight), b = per_channel(bias), rm = per_channel(running_mean), rv = per_channel(running_var);
-  auto sm = per_channel(save_mean), si = per_channel(save_invstd), nm = per_channel(new_mean), nv = per_channel(new_var);
-  const float correction = float(N * S) / float(N * S - 1);
-  int status = consumer_batch_norm_nhwc(x_buffer, rm, rv, float(kMomentum), float(kEps), correction, w, b, y_buffer,
-                                        sm, si, nm, nv);
-  const double generated_error = max_relative_error(y, y_ref);
+  auto tensor = [&](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), 3, dims); };
+  auto vector = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), int(v.size())); };
+  auto statistic = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), G, N); };
+  std::vector<float> y(x.size(), NAN), dx(x.size(), NAN), mean(G * N, NAN), invstd(G * N, NAN);
+  std::vector<float> dweight(C, NAN), dbias(C, NAN);
+  auto xb = tensor(x), yb = tensor(y), dyb = tensor(dy), dxb = tensor(dx);
+  auto wb = vector(weight), bb = vector(bias), dwb = vector(dweight), dbb = vector(dbias);
+  auto mb = statistic(mean), ib = statistic(invstd);
+  int status = unet_group_norm_silu_forward_training(xb, float(kEps), G, wb, bb, yb, mb, ib);
+  status |= unet_group_norm_silu_backward(xb, dyb, mb, ib, G, wb, bb, dxb, dwb, dbb);
+  const double y_error = max_relative_error(y, want.y), dx_error = max_relative_error(dx, want.dx);
+  const double dweight_error = max_relative_error(dweight, want.dweight);
+  const double dbias_error = max_relative_error(dbias, want.dbias);
 
-  // The installed runtime, same input.
+  // float16 storage: x rounded to half, statistics in float32; DESIGN.md's bound for 16-bit storage is 1e-2.
+  std::vector<_Float16> x16(x.begin(), x.end()), y16(x.size(), _Float16(NAN));
+  Halide::Runtime::Buffer<_Float16> x16b(x16.data(), 3, dims), y16b(y16.data(), 3, dims);
+  std::vector<float> mean16(G * N), invstd16(G * N);
+  auto m16b = statistic(mean16), i16b = statistic(invstd16);
+  status |= unet_group_norm_silu_f16_forward_training(x16b, float(kEps), G, wb, bb, y16b, m16b, i16b);
+  const double y16_error = max_relative_error(y16, want.y);
+
+  // The installed runtime on the same input: group_norm_forward with the SiLU epilogue.
   std::vector<float> y_runtime(x.size(), NAN);
   const std::vector<int64_t> shape{N, C, H, W};
-  fusednorm::batch_norm_forward({.input = fusednorm::TensorView::channels_last(x.data(), shape),
+  fusednorm::group_norm_forward({.input = fusednorm::TensorView::channels_last(x.data(), shape),
                                  .output = fusednorm::TensorView::channels_last(y_runtime.data(), shape),
                                  .weight = fusednorm::TensorView(weight.data(), {C}),
                                  .bias = fusednorm::TensorView(bias.data(), {C})},
-                                {.training = true, .eps = kEps});
-  const double runtime_error = max_relative_error(y_runtime, y_ref);
+                                {.num_groups = G, .eps = kEps, .epilogue = fusednorm::Epilogue::silu});
+  const double runtime_error = max_relative_error(y_runtime, want.y);
 
-  std::printf("consumer_batch_norm_nhwc: status %d, max relative error %.2e\n", status, generated_error);
-  std::printf("fusednorm::batch_norm_forward: max relative error %.2e\n", runtime_error);
-  const bool ok = status == 0 && generated_error < 1e-5 && runtime_error < 1e-5;
+  std::printf("unet_group_norm_silu: status %d, max relative error y %.2e, dx %.2e, dweight %.2e, dbias %.2e\n",
+              status, y_error, dx_error, dweight_error, dbias_error);
+  std::printf("unet_group_norm_silu_f16 (float16 storage): y %.2e\n", y16_error);
+  std::printf("fusednorm::group_norm_forward: y %.2e\n", runtime_error);
+  const bool ok = status == 0 && y_error < 1e-5 && dx_error < 1e-5 && dweight_error < 1e-5 && dbias_error < 1e-5 &&
+                  y16_error < 1e-2 && runtime_error < 1e-5;
   std::printf("%s\n", ok ? "consumer: OK" : "consumer: MISMATCH");
   return ok ? 0 : 1;
 }
