@@ -177,13 +177,7 @@ class ForwardTraining : public NormalizationGenerator<ForwardTraining> {
       funcs.channel_outputs = {*running};
     }
     ChannelSums sums = st.channel_sums;
-    if (s.affine_per_element()) {
-      schedule_row_blocked(*y, sums, funcs, cx);
-    } else if (s.layout == Layout::nchw) {
-      schedule_nchw_channel_blocked(*y, sums, funcs, cx);
-    } else {
-      schedule_nhwc_two_pass(*y, sums, funcs, cx);
-    }
+    schedule_statistics_then_elementwise(s, *y, sums, funcs, cx);
   }
 
  private:
@@ -297,20 +291,13 @@ class Backward : public NormalizationGenerator<Backward> {
     funcs.per_block = {alg.centre, alg.group_sums.sums, alg.terms, alg.coefficients};
     if (dz) funcs.elementwise_outputs = {*dz};
     ChannelSums sums = alg.channel_sums;
-    if (s.affine_per_element()) {
-      if (param_grads) schedule_column_sums(alg.param_sums, alg.over_rows, cx);
-      schedule_row_blocked(*dx, sums, funcs, cx);
-      return;
-    }
-    if (param_grads) {
+    if (param_grads && s.affine_per_element()) {
+      schedule_column_sums(alg.param_sums, alg.over_rows, cx);
+    } else if (param_grads) {
       funcs.per_block.push_back(alg.param_sums);
       funcs.channel_outputs = {*param_grads};
     }
-    if (s.layout == Layout::nchw) {
-      schedule_nchw_channel_blocked(*dx, sums, funcs, cx);
-    } else {
-      schedule_nhwc_two_pass(*dx, sums, funcs, cx);
-    }
+    schedule_statistics_then_elementwise(s, *dx, sums, funcs, cx);
   }
 
  private:

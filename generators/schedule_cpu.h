@@ -174,6 +174,19 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, 
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) schedule_rows(f, Layout::nhwc, cx);
 }
 
+// The schedule of a kernel that reduces and then writes elementwise: rows for parameters that follow s,
+// channel blocks in NCHW, two passes in NHWC.
+inline void schedule_statistics_then_elementwise(const NormSpec& spec, Halide::Func elementwise, ChannelSums& sums,
+                                                 const BlockedFuncs& funcs, const CpuScheduleContext& cx) {
+  if (spec.affine_per_element()) {
+    schedule_row_blocked(elementwise, sums, funcs, cx);
+  } else if (spec.layout == Layout::nchw) {
+    schedule_nchw_channel_blocked(elementwise, sums, funcs, cx);
+  } else {
+    schedule_nhwc_two_pass(elementwise, sums, funcs, cx);
+  }
+}
+
 // Elementwise only (inference).
 inline void schedule_elementwise(Halide::Func elementwise, Layout layout, const std::vector<Halide::Func>& per_channel,
                                  const CpuScheduleContext& cx) {

@@ -9,6 +9,9 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <fstream>
+#include <map>
+#include <sstream>
 #include <optional>
 #include <set>
 #include <string>
@@ -303,6 +306,51 @@ TEST(DispatchTest, VerboseReportExplainsEveryCandidate) {
 
 }  // namespace
 }  // namespace fusednorm
+
+
+// The README's table of what is built and tested (norm x direction x epilogue -> layouts) lists exactly the
+// variants this build has: a kernel added or dropped without the table, or the other way round, fails here.
+TEST(DispatchTest, ReadmeTableListsExactlyTheBuiltVariants) {
+  using Cell = std::tuple<std::string, std::string, std::string>;  // norm, direction, epilogue
+  std::map<Cell, std::set<std::string>> built, documented;
+  for (const fusednorm::VariantInfo& v : fusednorm::variants()) {
+    const bool rows = v.norm == "layer_norm" || v.norm == "rms_norm";
+    built[{v.norm, v.direction, v.epilogue}].insert(rows ? "rows" : v.layout);
+  }
+  std::ifstream readme(FUSEDNORM_README);
+  ASSERT_TRUE(readme) << "cannot open " << FUSEDNORM_README;
+  const std::string marker = "<!-- variant-table: checked by tests/dispatch_test against fusednorm::variants() -->";
+  std::string line;
+  while (std::getline(readme, line) && line != marker) {
+  }
+  ASSERT_EQ(line, marker) << "README.md has no line " << marker;
+  std::vector<std::string> epilogues;
+  while (std::getline(readme, line) && line.starts_with("|")) {
+    std::vector<std::string> cells;
+    std::stringstream row(line.substr(1));
+    for (std::string cell; std::getline(row, cell, '|');) {
+      cell.erase(0, cell.find_first_not_of(' '));
+      cell.erase(cell.find_last_not_of(' ') + 1);
+      cells.push_back(cell);
+    }
+    if (cells.at(0) == "norm") {
+      epilogues.assign(cells.begin() + 2, cells.end());
+      continue;
+    }
+    if (cells.at(0).starts_with("---")) continue;
+    ASSERT_EQ(cells.size(), epilogues.size() + 2) << line;
+    for (size_t e = 0; e < epilogues.size(); e++) {
+      std::stringstream layouts(cells[e + 2]);
+      for (std::string layout; std::getline(layouts, layout, ',');) {
+        layout.erase(0, layout.find_first_not_of(' '));
+        if (layout != "-") documented[{cells[0], cells[1], epilogues[e]}].insert(layout);
+      }
+    }
+  }
+  // Every documented cell is built on every instruction set this build has, affine and not: dispatch's tests
+  // and tests/norm_conformance_test run each of them.
+  EXPECT_EQ(documented, built);
+}
 
 int main(int argc, char** argv) {
   // Reports come from last_dispatch_report(), not stderr: keep the environment from printing them.
