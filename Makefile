@@ -11,6 +11,9 @@ BENCH_ARGS ?=
 # Test suites rebuilt under sanitizers (CMakePresets.json): asan = AddressSanitizer + UBSan over the whole suite
 # but the 2 GiB test, tsan = ThreadSanitizer over the concurrency tests.
 SANITIZER_PRESETS ?= asan tsan
+# Cross-compiled presets, tested under user-mode emulation: aarch64 = the NEON kernels, runtime and tests for
+# arm-64 Linux, run under qemu-aarch64 (all but the 2 GiB test). Their generator is the release build's.
+CROSS_PRESETS ?= aarch64
 
 .PHONY: all bootstrap configure build test bench clean
 all: build
@@ -28,6 +31,13 @@ test: build
 	@$(CTEST) --preset $(PRESET)
 	@for preset in $(SANITIZER_PRESETS); do \
 	  echo "== ctest --preset $$preset"; \
+	  test -f build/$$preset/build.ninja || $(CMAKE) --preset $$preset >/dev/null || exit 1; \
+	  $(CMAKE) --build --preset $$preset || exit 1; \
+	  $(CTEST) --preset $$preset || exit 1; \
+	done
+	@for preset in $(CROSS_PRESETS); do \
+	  echo "== ctest --preset $$preset (under qemu)"; \
+	  scripts/bootstrap.sh $$preset || exit 1; \
 	  test -f build/$$preset/build.ninja || $(CMAKE) --preset $$preset >/dev/null || exit 1; \
 	  $(CMAKE) --build --preset $$preset || exit 1; \
 	  $(CTEST) --preset $$preset || exit 1; \

@@ -14,6 +14,7 @@
 
 #include "bench/copy_ceiling.h"
 #include "bench/machine.h"
+#include "bench/onednn_baseline.h"
 #include "bench/options.h"
 #include "bench/problem.h"
 #include "bench/report.h"
@@ -38,9 +39,33 @@ int configure_threads(const Options& options, const MachineInfo& machine) {
   return threads;
 }
 
-// --quick: the same layers at batch 2 (the shared list the tests use too), 1/16 of the data.
-std::vector<shapes::NamedShape> benchmark_shapes(bool quick) {
-  return quick ? shapes::resnet50_batch2() : shapes::resnet50_batch32();
+// The lists of tests/support/shapes.h that --shapes names (BatchNorm inputs: (N, C, *spatial)).
+std::vector<shapes::NamedShape> shape_list(const std::string& name) {
+  if (name == "resnet50") return shapes::resnet50_batch32();
+  if (name == "resnet50_batch2") return shapes::resnet50_batch2();
+  if (name == "mlp_bn1d") return shapes::mlp_batch_norm_1d();
+  if (name == "mlp_bn1d_small") return shapes::mlp_batch_norm_1d_small();
+  if (name == "cache") return shapes::cache_resident();
+  throw Error(fmt::format("fusednorm_bench: no shape list '{}'", name));  // parse_options checked the names
+}
+
+// --shapes, else the ResNet-50 layers at batch 32, or with --quick at batch 2 (the shared list the tests use
+// too, 1/16 of the data).
+std::vector<shapes::NamedShape> benchmark_shapes(const Options& options) {
+  if (options.shape_lists.empty()) return options.quick ? shapes::resnet50_batch2() : shapes::resnet50_batch32();
+  std::vector<shapes::NamedShape> all;
+  for (const std::string& name : options.shape_lists) {
+    for (shapes::NamedShape& shape : shape_list(name)) all.push_back(std::move(shape));
+  }
+  return all;
+}
+
+// oneDNN's rows of a case: on the case's plain layout, and (from the NCHW case only, since it is the same
+// kernel whichever plain layout it was reordered from) on its blocked layout.
+std::vector<onednn::Storage> onednn_storages(Layout layout) {
+  if (!onednn::available()) return {};
+  if (layout == Layout::nchw) return {onednn::Storage::plain, onednn::Storage::blocked};
+  return {onednn::Storage::plain};
 }
 
 bool selected(const Options& options, const shapes::NamedShape& shape, Layout layout, Direction direction) {
@@ -61,14 +86,18 @@ int selected_cases(const Options& options, const shapes::NamedShape& shape) {
   return count;
 }
 
-// The rows of a case: fusednorm, fusednorm in place (forwards), naive.
-int rows_per_case(Direction direction) { return 2 + has_in_place_row(direction); }
+// The rows of a case: fusednorm, fusednorm in place (forwards), one per autoscheduler, naive, oneDNN (at most;
+// a blocked row is skipped for shapes it does not take, and the progress count then ends early).
+int rows_per_case(Direction direction, Layout layout) {
+  return 2 + has_in_place_row(direction) + static_cast<int>(autoscheduled_schedules(direction, layout).size()) +
+         static_cast<int>(onednn_storages(layout).size());
+}
 
 int selected_rows(const Options& options, const shapes::NamedShape& shape) {
   int count = 0;
   for (Layout layout : kLayouts) {
     for (Direction direction : kDirections) {
-      if (selected(options, shape, layout, direction)) count += rows_per_case(direction);
+      if (selected(options, shape, layout, direction)) count += rows_per_case(direction, layout);
     }
   }
   return count;
@@ -120,7 +149,7 @@ class Benchmark {
         plan_(options.reps > 0 ? fixed_reps_plan(options.reps)
               : options.quick  ? quick_plan()
                                : default_plan()),
-        shapes_(benchmark_shapes(options.quick)),
+        shapes_(benchmark_shapes(options)),
         progress_(count_steps()) {}
 
   const TimingPlan& plan() const { return plan_; }
@@ -218,23 +247,43 @@ class Benchmark {
     if (has_in_place_row(direction)) {
       implementations.push_back(fusednorm_implementation(direction, problem.layout, /*in_place=*/true));
     }
+    for (const std::string& schedule : autoscheduled_schedules(direction, problem.layout)) {
+      implementations.push_back(fusednorm_implementation(direction, problem.layout, /*in_place=*/false, schedule));
+    }
     implementations.push_back(naive_implementation(direction));
+    for (onednn::Storage storage : onednn_storages(problem.layout)) {
+      if (auto impl = onednn::batch_norm_implementation(direction, problem, storage)) {
+        implementations.push_back(std::move(*impl));
+      }
+    }
     for (const Implementation& impl : implementations) {
       progress_.step(fmt::format("{} {}: verifying", what, impl.name));
-      verifier.check(impl, direction);
-      progress_.status(fmt::format("{} {}: timing", what, impl.name));
+      if (impl.prepare) impl.prepare(problem);
       const CacheRegime& row_regime = impl.in_place ? in_place : regime;
+      Row row = base_row(problem.shape, row_regime);
+      row.schedule = impl.schedule;
+      try {
+        verifier.check(impl, direction);
+      } catch (const Error& e) {
+        // An autoscheduled kernel, planned for the generator's estimates, may refuse other extents (a Halide
+        // bounds error): a row that says so. The hand schedule takes any shape, so there it is a bug.
+        if (impl.kind != "fusednorm" || impl.schedule == "hand") throw;
+        row.error = e.what();
+      }
+      progress_.status(fmt::format("{} {}: timing", what, impl.name));
       // Every in-place buffer starts from a copy of x, whatever the rows before left in it.
       if (impl.in_place) problem.refill_in_place(row_regime.buffer_sets);
-      Row row = base_row(problem.shape, row_regime);
       row.op = "batch_norm";
       row.direction = to_string(direction);
-      row.layout = fusednorm::to_string(problem.layout);
+      // A blocked oneDNN row is reported under its own layout ("nChw16c"), not the case's.
+      row.layout = impl.name.starts_with("onednn/") ? impl.name.substr(7) : fusednorm::to_string(problem.layout);
       row.impl = impl.name;
       row.kind = impl.kind;
       row.in_place = impl.in_place;
       row.bytes = tensors_moved(direction) * problem.tensor_bytes();
-      row.timing = time_runs([&](int set) { impl.run(problem, set); }, row_regime, plan_, machine_.cores);
+      if (row.error.empty()) {
+        row.timing = time_runs([&](int set) { impl.run(problem, set); }, row_regime, plan_, machine_.cores);
+      }
       rows_.push_back(row);
     }
   }
@@ -270,14 +319,25 @@ std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettin
       {"machine", fmt::format("{}, {} cores, last-level cache {} ({}), {} GiB memory", machine.cpu_model, machine.cores,
                               mebibytes(machine.llc_bytes), machine.llc_source, machine.memory_bytes >> 30)},
       {"date", machine.date},
-      {"threads",
-       fmt::format("{} (HL_NUM_THREADS for the kernels, OpenMP for the baseline and the copies)", settings.threads)},
+      {"threads", fmt::format("{} (HL_NUM_THREADS for the kernels, OpenMP for the naive baseline, oneDNN and the "
+                              "copies)",
+                              settings.threads)},
       {"kernels", fmt::format("the variant dispatch picks (affine, best instruction set{}: {})",
                               settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
                               isas.empty() ? "none" : isas.front())},
+      {"schedules",
+       "fusednorm/hand/<isa>: the hand schedule (dispatch's default); fusednorm/<autoscheduler>/avx2: the same "
+       "generators planned by Mullapudi2016, Li2018, Adams2019 for 32x256x56x56 (set_schedule), where built; one "
+       "that refuses a shape (Halide bounds error) gets a row marked refused"},
       {"in place",
        "the forwards' .../inplace rows write y over x (output == input), each run on the previous run's output "
        "(the inference's every other run with the inverse parameters, so that it stays finite)"},
+      {"oneDNN", onednn::available()
+                     ? onednn::description() +
+                           ": batch_normalization with scale and shift on the case's plain layout (onednn/nchw, "
+                           "onednn/nhwc) and on its blocked layout (from the nchw case; reorders not timed)"
+                     : onednn::description()},
+      {"libtorch", "not built (libtorch-dev is not a dependency: 160-odd Debian packages)"},
       {"ceiling", fmt::format("the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and "
                               "cache regime as the row; GB/s counts read + write",
                               settings.copy_isa, settings.copy_isa)},
@@ -322,6 +382,8 @@ int run(int argc, char** argv) {
   }
   print_table(rows, benchmark.notes());
   print_target_summary(rows);
+  print_schedule_summary(rows);
+  print_library_summary(rows);
 
   const std::string json_path =
       std::filesystem::absolute(options.json_path.empty() ? default_json_path() : options.json_path).string();

@@ -1,7 +1,9 @@
 #include "bench/options.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <string_view>
@@ -18,6 +20,8 @@ The forwards are timed out of place and in place (impl ".../inplace": y written 
   --quick          the same shapes at batch 2 and short timing, for development
   --filter TEXT    only rows whose "batch_norm/<direction>/<layout>/<shape name>" contains TEXT,
                    e.g. backward, nhwc, forward_training/nchw, stage4
+  --shapes LISTS   comma-separated shape lists of tests/support/shapes.h: resnet50 (batch 32, the default),
+                   resnet50_batch2 (the default with --quick), mlp_bn1d, mlp_bn1d_small, cache
   --threads N      threads for the kernels (HL_NUM_THREADS), the baseline and the copies (default: cores)
   --reps N         exactly N timed runs per row (default: at least 5 and about 0.5 s)
   --json PATH      where the JSON rows go (default: results.json beside the executable)
@@ -38,6 +42,22 @@ int positive_int(std::string_view flag, std::string_view text) {
     usage_error(fmt::format("{} is '{}', expected a positive integer", flag, text));
   }
   return value;
+}
+
+std::vector<std::string> shape_lists(std::string_view flag, std::string_view text) {
+  std::vector<std::string> names;
+  while (!text.empty()) {
+    const size_t comma = text.find(',');
+    const std::string_view name = text.substr(0, comma);
+    if (std::find(std::begin(kShapeListNames), std::end(kShapeListNames), name) == std::end(kShapeListNames)) {
+      usage_error(
+          fmt::format("{} names '{}', expected one or more of {}", flag, name, fmt::join(kShapeListNames, ", ")));
+    }
+    names.emplace_back(name);
+    text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+  }
+  if (names.empty()) usage_error(fmt::format("{} needs at least one shape list", flag));
+  return names;
 }
 
 }  // namespace
@@ -64,6 +84,8 @@ Options parse_options(int argc, char** argv) {
       options.quick = true;
     } else if (arg == "--filter") {
       options.filter = next_value();
+    } else if (arg == "--shapes") {
+      options.shape_lists = shape_lists(arg, next_value());
     } else if (arg == "--threads") {
       options.threads = positive_int(arg, next_value());
     } else if (arg == "--reps") {

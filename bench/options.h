@@ -1,6 +1,7 @@
 #pragma once
 // The command line of fusednorm_bench.
 #include <string>
+#include <vector>
 
 namespace fusednorm::bench {
 
@@ -11,7 +12,11 @@ struct Options {
   std::string json_path;      // empty means results.json beside the executable
   std::string markdown_path;  // also the table as GitHub-flavoured markdown there; empty: no markdown
   int reps = 0;               // timed runs per row; 0 means adaptive (at least 5 and about 0.5 s)
+  // Lists of tests/support/shapes.h, among kShapeListNames; empty: resnet50 (resnet50_batch2 with --quick).
+  std::vector<std::string> shape_lists;
 };
+
+constexpr const char* kShapeListNames[] = {"resnet50", "resnet50_batch2", "mlp_bn1d", "mlp_bn1d_small", "cache"};
 
 // Exits with the usage text on --help (status 0) or on a malformed command line (status 2).
 Options parse_options(int argc, char** argv);

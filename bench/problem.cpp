@@ -163,23 +163,55 @@ Problem make_problem(const shapes::NamedShape& shape, Layout layout, int buffer_
   return p;
 }
 
-Implementation fusednorm_implementation(Direction direction, Layout layout, bool in_place) {
+namespace {
+
+// The variant dispatch runs for a call of this direction and layout (affine, no epilogue) under `schedule`: the
+// first that fits and runs here (best ISA first), as in the dispatch; nullptr if none.
+const VariantInfo* variant_for(const std::vector<VariantInfo>& all, Direction direction, Layout layout,
+                               const std::string& schedule) {
+  for (const VariantInfo& v : all) {
+    if (v.schedule == schedule && v.direction == to_string(direction) && v.layout == to_string(layout) &&
+        v.epilogue == "none" && v.affine && v.runs_here) {
+      return &v;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Implementation fusednorm_implementation(Direction direction, Layout layout, bool in_place,
+                                        const std::string& schedule) {
   if (in_place && !has_in_place_row(direction)) {
     throw Error(fmt::format("fusednorm_bench: batch_norm {} has no in-place form", to_string(direction)));
   }
-  // The same rule as the dispatch: the first variant that fits the call and runs here (best ISA first).
-  for (const VariantInfo& v : variants()) {
-    if (v.direction == to_string(direction) && v.layout == to_string(layout) && v.affine && v.runs_here) {
-      return {fmt::format("fusednorm/{}/{}{}", v.schedule, v.isa, in_place ? "/inplace" : ""), "fusednorm", in_place,
-              [direction, in_place](Problem& p, int set) { run_fusednorm(direction, p, set, in_place); }};
-    }
+  const std::vector<VariantInfo> all = variants();
+  if (const VariantInfo* v = variant_for(all, direction, layout, schedule)) {
+    return {.name = fmt::format("fusednorm/{}/{}{}", v->schedule, v->isa, in_place ? "/inplace" : ""),
+            .kind = "fusednorm",
+            .schedule = schedule,
+            .in_place = in_place,
+            .run = [direction, in_place](Problem& p, int set) { run_fusednorm(direction, p, set, in_place); },
+            // Dispatch runs one schedule at a time; each fusednorm row sets its own before it is verified.
+            .prepare = [schedule](Problem&) { set_schedule(schedule); }};
   }
-  throw Error(fmt::format("fusednorm_bench: no affine {} {} kernel was built that runs on this CPU (max_isa '{}')",
-                          to_string(direction), fusednorm::to_string(layout), max_isa()));
+  throw Error(fmt::format("fusednorm_bench: no affine {} {} kernel of schedule {} was built that runs on this CPU "
+                          "(max_isa '{}')",
+                          to_string(direction), fusednorm::to_string(layout), schedule, max_isa()));
+}
+
+std::vector<std::string> autoscheduled_schedules(Direction direction, Layout layout) {
+  const std::vector<VariantInfo> all = variants();
+  std::vector<std::string> result;
+  for (const std::string& schedule : built_schedules()) {
+    if (schedule != "hand" && variant_for(all, direction, layout, schedule)) result.push_back(schedule);
+  }
+  return result;
 }
 
 Implementation naive_implementation(Direction direction) {
-  return {"naive", "baseline", false, [direction](Problem& p, int set) { run_naive(direction, p, set); }};
+  return {
+      .name = "naive", .kind = "baseline", .run = [direction](Problem& p, int set) { run_naive(direction, p, set); }};
 }
 
 }  // namespace fusednorm::bench

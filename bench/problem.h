@@ -72,15 +72,26 @@ struct Problem {
 Problem make_problem(const shapes::NamedShape& shape, Layout layout, int buffer_sets);
 
 struct Implementation {
-  std::string name;       // "fusednorm/<schedule>/<isa>", "fusednorm/<schedule>/<isa>/inplace" or "naive"
-  std::string kind;       // "fusednorm" or "baseline"
+  std::string name;       // "fusednorm/<schedule>/<isa>", ".../inplace", "naive", "onednn/<layout>"
+  std::string kind;       // "fusednorm", "baseline" (naive) or "library" (oneDNN)
+  std::string schedule{};  // fusednorm: the schedule its kernel has ("hand", "Adams2019", ...); others: ""
   bool in_place = false;  // y written over x in problem.in_place[set], instead of x and output of sets[set]
   std::function<void(Problem& problem, int set)> run;
+  // Untimed, once before the row is verified and timed, after the Verifier prepared the direction: e.g.
+  // reorder every set's inputs into the implementation's own layout. None: nothing to do.
+  std::function<void(Problem& problem)> prepare = nullptr;
+  // Untimed, after the verification run on `set`: put its output into sets[set].output in the problem's
+  // layout (e.g. reorder back from a blocked layout). None: run writes there already.
+  std::function<void(Problem& problem, int set)> publish = nullptr;
 };
 
-// The kernel dispatch picks for this direction and layout (affine, best instruction set allowed); in place,
-// with output == input (forwards only).
-Implementation fusednorm_implementation(Direction direction, Layout layout, bool in_place = false);
+// The kernel dispatch picks for this direction and layout (affine, best instruction set allowed) under
+// `schedule` (set_schedule, in prepare); in place, with output == input (forwards only).
+Implementation fusednorm_implementation(Direction direction, Layout layout, bool in_place = false,
+                                        const std::string& schedule = "hand");
+// The schedules other than hand (the autoschedulers) with an affine kernel of this direction and layout that runs
+// here, in the order of built_schedules().
+std::vector<std::string> autoscheduled_schedules(Direction direction, Layout layout);
 Implementation naive_implementation(Direction direction);
 
 }  // namespace fusednorm::bench

@@ -36,6 +36,28 @@ const Row* baseline_of(const std::vector<Row>& rows, const Row& row) {
   return nullptr;
 }
 
+bool is_plain_layout(const std::optional<std::string>& layout) { return layout == "nchw" || layout == "nhwc"; }
+
+// The fastest library row of the same shape and direction, on this row's plain layout or a blocked one.
+const Row* library_of(const std::vector<Row>& rows, const Row& row) {
+  const Row* best = nullptr;
+  for (const Row& r : rows) {
+    if (r.kind != "library" || r.shape != row.shape || r.direction != row.direction) continue;
+    if (r.layout != row.layout && is_plain_layout(r.layout)) continue;
+    if (!best || r.timing.median_ms < best->timing.median_ms) best = &r;
+  }
+  return best;
+}
+
+// The library row of the same shape and direction on `layout` ("nchw", "nhwc", or "blocked": any other).
+const Row* library_row(const std::vector<Row>& rows, const Row& row, const std::string& layout) {
+  for (const Row& r : rows) {
+    if (r.kind != "library" || r.shape != row.shape || r.direction != row.direction) continue;
+    if (layout == "blocked" ? !is_plain_layout(r.layout) : r.layout == layout) return &r;
+  }
+  return nullptr;
+}
+
 // "! 0.42" when the row the ratio divides by was disturbed.
 std::string ratio_text(const std::optional<double>& ratio, bool disturbed) {
   return ratio ? fmt::format("{}{:.2f}", disturbed ? "! " : "", *ratio) : "-";
@@ -65,34 +87,46 @@ std::string json_value(const std::optional<double>& number) {
 }
 
 std::string json_row(const Row& r) {
+  // A row that was not timed has no time, GB/s or ratios (null), and its error.
+  auto timed = [&](double value) { return r.error.empty() ? std::optional<double>(value) : std::nullopt; };
   return fmt::format(
       "{{\"op\": {}, \"direction\": {}, \"epilogue\": \"none\", \"layout\": {}, \"dtype\": \"float32\", "
-      "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"inplace\": {}, \"ms\": {:.6g}, "
-      "\"ms_min\": {:.6g}, \"reps\": {}, \"gbps\": {:.6g}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, "
+      "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"schedule\": {}, \"inplace\": {}, "
+      "\"ms\": {}, \"ms_min\": {}, \"reps\": {}, \"gbps\": {}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, "
       "\"ratio_to_ceiling\": {}, "
-      "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"others_cpu_share\": {}, \"attempts\": {}}}",
+      "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"ratio_to_library\": {}, \"others_cpu_share\": {}, "
+      "\"attempts\": {}, \"error\": {}}}",
       json_string(r.op), json_value(r.direction), json_value(r.layout), fmt::join(r.shape, ", "),
-      json_string(r.shape_name), json_string(r.impl), json_string(r.kind), r.in_place, r.timing.median_ms,
-      r.timing.min_ms, r.timing.reps, r.gbps(), r.bytes, r.threads, json_string(r.cache),
+      json_string(r.shape_name), json_string(r.impl), json_string(r.kind),
+      json_value(r.schedule.empty() ? std::nullopt : std::optional<std::string>(r.schedule)), r.in_place,
+      json_value(timed(r.timing.median_ms)), json_value(timed(r.timing.min_ms)), r.timing.reps,
+      json_value(timed(r.gbps())), r.bytes, r.threads, json_string(r.cache),
       json_value(r.ratio_to_ceiling), json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline),
-      json_value(r.timing.others_cpu_share), r.timing.attempts);
+      json_value(r.ratio_to_library), json_value(r.timing.others_cpu_share), r.timing.attempts,
+      json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error)));
 }
 
 // The table's columns, the same in the text and the markdown.
-constexpr size_t kColumns = 11;
+constexpr size_t kColumns = 12;
 using Line = std::array<std::string, kColumns>;
-const Line kHeader = {"op", "direction", "layout",    "shape",   "impl",  "kind",
-                      "ms", "GB/s",      "x ceiling", "x naive", "others"};
+const Line kHeader = {"op", "direction", "layout",    "shape",   "impl",     "kind",
+                      "ms", "GB/s",      "x ceiling", "x naive", "x onednn", "others"};
 constexpr std::array<bool, kColumns> kRightAligned = {false, false, false, false, false, false,
-                                                      true,  true,  true,  true,  true};
+                                                      true,  true,  true,  true,  true,  true};
 
 std::vector<Line> table_lines(const std::vector<Row>& rows) {
   std::vector<Line> lines;
   for (const Row& r : rows) {
+    if (!r.error.empty()) {  // the error itself is in the footnote
+      lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
+                       "refused", "-", "-", "-", "-", "-"});
+      continue;
+    }
     lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
                      fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
                      ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed),
                      ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
+                     ratio_text(r.ratio_to_library, r.library_disturbed),
                      percent_text(r.timing.others_cpu_share, r.timing.disturbed())});
   }
   return lines;
@@ -118,6 +152,11 @@ std::string footnote(const std::vector<Row>& rows) {
         "rerun on a quiet machine (or with --filter)",
         unreliable, 100 * kDisturbedShare);
   }
+  for (const Row& r : rows) {
+    if (r.error.empty()) continue;
+    text += fmt::format("\nrefused: {} {} {} {} {}: {}", r.impl, r.direction.value_or("-"), r.layout.value_or("-"),
+                        r.shape_name, shape_string(r.shape), r.error);
+  }
   return text;
 }
 
@@ -137,6 +176,7 @@ std::vector<TargetLine> target_lines(const std::vector<Row>& rows) {
   std::vector<TargetLine> lines;
   for (const Row& r : rows) {
     if (r.kind != "fusednorm" || r.direction != "forward_training" || r.layout != "nchw") continue;
+    if (r.schedule != "hand" || !r.error.empty()) continue;  // the target is the hand schedule's
     const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
     const double ratio = r.ratio_to_copy_nt.value_or(NAN);
     const bool reliable = copy_nt && !copy_nt->timing.disturbed() && !r.timing.disturbed();
@@ -165,6 +205,7 @@ std::string markdown_text(const std::string& text) {
 
 void complete_ratios(std::vector<Row>& rows) {
   for (Row& r : rows) {
+    if (!r.error.empty()) continue;
     const Row* copy = ceiling_of(rows, r, "copy");
     const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
     if (copy && copy_nt) {
@@ -176,6 +217,11 @@ void complete_ratios(std::vector<Row>& rows) {
     if (const Row* baseline = baseline_of(rows, r)) {
       r.ratio_to_baseline = baseline->timing.median_ms / r.timing.median_ms;
       r.baseline_disturbed = baseline->timing.disturbed();
+    }
+    if (r.kind == "library") continue;
+    if (const Row* library = library_of(rows, r)) {
+      r.ratio_to_library = library->timing.median_ms / r.timing.median_ms;
+      r.library_disturbed = library->timing.disturbed();
     }
   }
 }
@@ -212,6 +258,83 @@ void print_target_summary(const std::vector<Row>& rows) {
                t.gbps, t.copy_nt_gbps, t.ratio, t.verdict);
   }
   if (targets.empty()) fmt::print("  (no such row in this run)\n");
+}
+
+void print_schedule_summary(const std::vector<Row>& rows) {
+  fmt::print("\nHand schedule against the autoschedulers (GB/s over copy_nt; hand's speed-up over each in ())\n");
+  bool any = false;
+  for (const Row& hand : rows) {
+    if (hand.kind != "fusednorm" || hand.schedule != "hand" || hand.in_place || !hand.error.empty()) continue;
+    std::string text;
+    std::optional<double> others = hand.timing.others_cpu_share;
+    for (const Row& r : rows) {
+      if (r.kind != "fusednorm" || r.schedule == "hand" || r.in_place || r.shape != hand.shape ||
+          r.direction != hand.direction || r.layout != hand.layout) {
+        continue;
+      }
+      if (!r.error.empty()) {
+        text += fmt::format("  {} refused", r.schedule);
+        continue;
+      }
+      if (r.timing.others_cpu_share) others = std::max(others.value_or(0), *r.timing.others_cpu_share);
+      text += fmt::format("  {} {} ({:.2f}x){}", r.schedule, ratio_text(r.ratio_to_copy_nt, r.ceiling_disturbed),
+                          r.timing.median_ms / hand.timing.median_ms, r.timing.disturbed() ? " (!)" : "");
+    }
+    if (text.empty()) continue;
+    any = true;
+    fmt::print("  {:<16} {:<17} {:<5} hand {}{}   others {}\n", hand.shape_name, *hand.direction, *hand.layout,
+               ratio_text(hand.ratio_to_copy_nt, hand.ceiling_disturbed), text,
+               others ? fmt::format("<= {:.0f}%", 100 * *others) : "-");
+  }
+  if (!any) {
+    fmt::print("  (no autoscheduled rows in this run: FUSEDNORM_BUILD_AUTOSCHEDULED is off, or none runs here)\n");
+    return;
+  }
+  const bool hand_avx2 = std::all_of(rows.begin(), rows.end(), [](const Row& r) {
+    return r.kind != "fusednorm" || r.schedule != "hand" || r.impl.find("/avx2") != std::string::npos;
+  });
+  if (!hand_avx2) {
+    fmt::print("  note: the autoscheduled kernels are avx2, the hand rows here are not: FUSEDNORM_MAX_ISA=avx2 "
+               "compares like with like\n");
+  }
+}
+
+void print_library_summary(const std::vector<Row>& rows) {
+  fmt::print("\nFusedNorm against oneDNN on the ResNet-50 shapes (oneDNN's time over FusedNorm's: > 1 is faster)\n");
+  bool any = false;
+  double worst_others = 0;
+  for (const Row& r : rows) {
+    if (r.kind != "fusednorm" || r.in_place || !r.shape_name.starts_with("resnet50.")) continue;
+    if (r.schedule != "hand") continue;  // print_schedule_summary compares the autoscheduled rows with hand
+    if (r.direction != "forward_training" && r.direction != "backward") continue;
+    std::string ratios;
+    std::optional<double> others = r.timing.others_cpu_share;
+    for (const char* layout : {"blocked", "nchw", "nhwc"}) {
+      const Row* library = library_row(rows, r, layout);
+      if (!library) continue;
+      if (library->timing.others_cpu_share) {
+        others = std::max(others.value_or(0), *library->timing.others_cpu_share);
+      }
+      ratios += fmt::format("  {:5.2f} x {}{}", library->timing.median_ms / r.timing.median_ms, library->impl,
+                            library->timing.disturbed() ? " (!)" : "");
+    }
+    if (ratios.empty()) continue;
+    any = true;
+    worst_others = std::max(worst_others, others.value_or(0));
+    fmt::print("  {:<16} {:<17} {:<5} {:<24}{}   others {}\n", r.shape_name, *r.direction, *r.layout, r.impl, ratios,
+               others ? fmt::format("<= {:.0f}%", 100 * *others) : "-");
+  }
+  if (!any) {
+    fmt::print("  (no such rows in this run: oneDNN not built, or no ResNet-50 shape selected)\n");
+    return;
+  }
+  fmt::print(
+      "  others: the most any of the line's rows saw other processes use of the CPUs (- : too short to tell; at "
+      "most {:.0f}% in this run); {}\n",
+      100 * worst_others,
+      worst_others > kDisturbedShare
+          ? "above 10% the ratios are not to be trusted (the OpenMP rows suffer more): rerun on a quiet machine"
+          : "a shared machine still shifts ratios by a few percent");
 }
 
 void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,

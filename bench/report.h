@@ -13,11 +13,14 @@ namespace fusednorm::bench {
 struct Row {
   std::string op;                        // "batch_norm", or "copy" for the ceilings
   std::optional<std::string> direction;  // "forward_training", "forward_inference", "backward"; none for copies
-  std::optional<std::string> layout;     // "nchw", "nhwc"; none for copies
+  std::optional<std::string> layout;     // "nchw", "nhwc", oneDNN's blocked "nChw16c"; none for copies
   std::string shape_name;                // "resnet50.conv1"
   std::vector<int64_t> shape;            // (N, C, H, W)
   std::string impl;                      // "fusednorm/hand/avx512", ".../inplace", "naive", "copy", "copy_nt"
-  std::string kind;                      // "fusednorm", "baseline", "ceiling"
+  std::string kind;                      // "fusednorm", "baseline" (naive), "library" (oneDNN), "ceiling"
+  std::string schedule;                  // fusednorm rows: "hand", "Mullapudi2016", "Li2018", "Adams2019"
+  // Why the row was not timed (an autoscheduled kernel refused the shape: its error); "" for a timed row.
+  std::string error;
   bool in_place = false;                 // y written over x (output == input)
   std::string cache;                     // "hot", "cold"
   int threads = 0;
@@ -27,13 +30,20 @@ struct Row {
   std::optional<double> ratio_to_ceiling;   // GB/s over the faster copy's
   std::optional<double> ratio_to_copy_nt;   // GB/s over the non-temporal copy's
   std::optional<double> ratio_to_baseline;  // the naive baseline's time over this row's
-  bool ceiling_disturbed = false;           // the copies these ratios use were themselves disturbed
+  // The fastest library row's time (oneDNN on this row's plain layout or its blocked one) over this row's.
+  std::optional<double> ratio_to_library;
+  bool ceiling_disturbed = false;  // the copies these ratios use were themselves disturbed
   bool baseline_disturbed = false;
+  bool library_disturbed = false;
 
   double gbps() const { return static_cast<double>(bytes) / (timing.median_ms * 1e-3) / 1e9; }
 };
 
 void complete_ratios(std::vector<Row>& rows);
+
+// Hand against each autoscheduler: per shape, direction and layout, each schedule's ratio to copy_nt and the
+// hand schedule's speed-up over it.
+void print_schedule_summary(const std::vector<Row>& rows);
 
 // A line above each shape's rows: its size and how it was timed.
 struct ShapeNote {
@@ -50,6 +60,9 @@ struct HeaderLine {
 void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
 // The target: NCHW forward training at >= 0.5 of the non-temporal copy ceiling.
 void print_target_summary(const std::vector<Row>& rows);
+// FusedNorm against oneDNN on the ResNet-50 shapes, forward training and backward: its time over oneDNN's
+// blocked, plain nchw and plain nhwc rows, with the share of the CPUs others used meanwhile.
+void print_library_summary(const std::vector<Row>& rows);
 // The same header, tables (one per shape, its note above it) and target summary as GitHub-flavoured markdown,
 // for docs/PERFORMANCE.md to include verbatim.
 void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,

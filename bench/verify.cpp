@@ -83,6 +83,7 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
   // after this one.
   if (implementation.in_place) problem_.refill_in_place(1);
   implementation.run(problem_, 0);
+  if (implementation.publish) implementation.publish(problem_, 0);
   const float* written = implementation.in_place ? problem_.in_place[0].data() : problem_.sets[0].output.data();
   const std::span<const float> output(written, static_cast<size_t>(problem_.dims.numel()));
 

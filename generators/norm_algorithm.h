@@ -27,6 +27,9 @@ struct Problem {
   NormSpec spec;
   Halide::Expr spatial, channels, batch;
   Halide::Expr group_size;  // channels per group: 1, or channels / groups for GroupNorm
+  // Length of ChannelSums' float32 chunks; 0: sum_chunk_length(layout). The autoscheduled variants set their own
+  // (normalization_generators.cpp, autoscheduled_chunk_length).
+  int chunk_length = 0;
 
   Problem(const NormSpec& spec, Halide::Expr spatial, Halide::Expr channels, Halide::Expr batch,
           Halide::Expr groups)
@@ -72,6 +75,9 @@ using TermsAt = std::function<std::vector<Halide::Expr>(Halide::Expr s)>;
 // the whole chunk, so the chunks are shorter there: with 4096, GroupNorm NHWC at a mean 1e4 times the standard
 // deviation lost 2e-5 of y on 13 x 17 (one chain of 221), against 6e-7 in NCHW.
 inline int sum_chunk_length(Layout layout) { return layout == Layout::nchw ? 4096 : 64; }
+inline int sum_chunk_length(const Problem& p) {
+  return p.chunk_length > 0 ? p.chunk_length : sum_chunk_length(p.spec.layout);
+}
 
 // Sums over s of float32 terms for each (channel, sample), in two precisions:
 //   chunk(c, k, n) = sum over s in [k B, k B + B) of the terms, float32     (B = sum_chunk_length, k < S / B)
@@ -182,7 +188,7 @@ struct Statistics {
       Expr d = value - shift(p.group_of(a.c), p.sample_of(a.n));
       return std::vector<Expr>{d, d * d};
     };
-    return ChannelSums(a, deviations, p.spatial, sum_chunk_length(layout));
+    return ChannelSums(a, deviations, p.spatial, sum_chunk_length(p));
   }
 };
 
@@ -449,7 +455,7 @@ struct BackwardAlgorithm {
       if (!spec.centred()) return std::vector<Expr>{h * d};
       return std::vector<Expr>{h * d, h};
     };
-    return ChannelSums(a, gradient_terms, p.spatial, sum_chunk_length(spec.layout));
+    return ChannelSums(a, gradient_terms, p.spatial, sum_chunk_length(p));
   }
 };
 

@@ -2,6 +2,8 @@
 // (norm_algorithm.h) and the schedule (schedule_cpu.h, or an autoscheduler from the estimates). Generator
 // parameters select the variant; the build instantiates every variant from them (generators/CMakeLists.txt), and
 // fusednorm_add_kernel() does the same in a downstream build. docs/KERNELS.md lists the arguments.
+#include <algorithm>
+
 #include "Halide.h"
 #include "norm_algorithm.h"
 #include "schedule_cpu.h"
@@ -21,6 +23,20 @@ struct Estimates {
 Estimates estimates_for(const NormSpec& spec) {
   if (spec.affine_per_element()) return {1024, 1, 8192, 1};
   return {56 * 56, 256, 32, spec.norm == Norm::group ? 32 : 256};
+}
+
+// ChannelSums' chunk length for the autoscheduled variants: the largest multiple of 16 up to the hand length that
+// leaves both a full chunk and a tail at the estimated S. With the hand lengths one of the two reductions is empty
+// at the estimates (3136 < 4096 in NCHW: no full chunk; 3136 = 49 x 64 in NHWC and 1024 rows: no tail), and
+// Adams2019 then aborts on the zero-extent loop (Halide 21, LoopNest.cpp: internal_assert(l.max() >= l.min()),
+// message "0 -1 0", then "Destroying a Layout without returning all the BoundContents"). Shorter chunks keep the
+// float32 chains at most as long as the hand variants' (3120 and 48 for ResNet-50, 1008 for rows of 1024), so the
+// numerics hold; all three autoschedulers get the same algorithm.
+int autoscheduled_chunk_length(int hand_length, int spatial) {
+  for (int length = std::min(hand_length, spatial) / 16 * 16; length >= 16; length -= 16) {
+    if (spatial % length != 0) return length;
+  }
+  return hand_length;
 }
 
 // Parameters, inputs and outputs shared by the three generators, added in configure() from the NormSpec (the
@@ -77,12 +93,16 @@ class NormalizationGenerator : public Generator<T> {
 
   Problem problem(const Tensor& x) const {
     const bool nchw = spec().layout == Layout::nchw;
-    return Problem(spec(), x.dim(nchw ? 0 : 1).extent(), x.dim(nchw ? 1 : 0).extent(), x.dim(2).extent(),
-                   groups ? Expr(*groups) : Expr(1));
+    Problem p(spec(), x.dim(nchw ? 0 : 1).extent(), x.dim(nchw ? 1 : 0).extent(), x.dim(2).extent(),
+              groups ? Expr(*groups) : Expr(1));
+    if (this->using_autoscheduler()) {
+      p.chunk_length = autoscheduled_chunk_length(sum_chunk_length(spec().layout), estimates_for(spec()).spatial);
+    }
+    return p;
   }
 
   CpuScheduleContext cpu_context(const Problem& p) const {
-    return {axes, p, this->natural_vector_size(Float(32))};
+    return {axes, p, this->natural_vector_size(Float(32)), block_bytes_for(this->get_target())};
   }
 
   // Estimates for the autoschedulers, from estimates_for().

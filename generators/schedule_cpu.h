@@ -1,6 +1,8 @@
 #pragma once
-// Hand-written CPU schedules (x86-64 now, arm-64 later), loops only: what is computed is fixed by
-// norm_algorithm.h. The vector width comes from the target, so one schedule serves SSE4.1, AVX2 and AVX-512.
+// Hand-written CPU schedules for x86-64 and arm-64, loops only: what is computed is fixed by norm_algorithm.h.
+// Two parameters differ per architecture, both taken from the target: the vector width (natural_vector_size: 4
+// float32 lanes with SSE4.1 and NEON, 8 with AVX2, 16 with AVX-512) and the block size (block_bytes_for). The
+// loops, the task size and the chunked sums are the same everywhere.
 #include <vector>
 
 #include "Halide.h"
@@ -9,9 +11,13 @@
 namespace fusednorm {
 
 // Bytes of one block in the blocked schedules: the statistics pass and the elementwise pass touch the same
-// block one after the other, so it must stay in the core's L2 (2 MiB per core on the machines we measured;
-// half of it leaves room for the output lines being written).
-constexpr int kBlockBytes = 1 << 20;
+// block one after the other, so it must stay in the core's L2; half of it leaves room for the output lines being
+// written. x86-64: 2 MiB of L2 per core on the machines we measured. arm-64: 1 MiB per core on Neoverse N1 and V1
+// (Graviton2 and 3, Ampere Altra), 256-512 KiB on Cortex-A76/A78; not measured (no arm-64 machine here, and qemu
+// models no caches).
+inline int block_bytes_for(const Halide::Target& target) {
+  return target.arch == Halide::Target::ARM ? 1 << 19 : 1 << 20;
+}
 // Elements per parallel task in elementwise passes: enough that the thread pool's cost per task is noise.
 constexpr int kElementsPerTask = 1 << 16;
 
@@ -19,6 +25,7 @@ struct CpuScheduleContext {
   const Axes& axes;
   const Problem& problem;
   int vector_width;
+  int block_bytes;         // block_bytes_for(target)
   int tensors_reread = 1;  // tensors the statistics read and the elementwise pass reads again
 };
 
@@ -86,7 +93,7 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   // Every tensor the statistics read stays for the elementwise pass: x, and dy (and y) in the backward.
   Expr group_bytes = cast<int64_t>(p.spatial) * p.batch * p.group_size * 4 * cx.tensors_reread;
   Expr groups = p.channels / p.group_size;
-  Expr groups_per_block = cast<int>(clamp(cast<int64_t>(kBlockBytes) / max(group_bytes, 1), 1, groups));
+  Expr groups_per_block = cast<int>(clamp(cast<int64_t>(cx.block_bytes) / max(group_bytes, 1), 1, groups));
   Expr block = groups_per_block * p.group_size;
 
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {

@@ -55,16 +55,27 @@ const char* to_string(Isa isa) {
     case Isa::avx512: return "avx512";
     case Isa::avx2: return "avx2";
     case Isa::sse41: return "sse41";
+    case Isa::neon: return "neon";
   }
   return "?";
 }
 
 namespace {
 
+// The instruction sets of the architecture this runtime is built for, best first: the kernels beside it are of
+// the same one (generators/CMakeLists.txt).
+#if defined(__x86_64__)
 constexpr Isa kAllIsas[] = {Isa::avx512, Isa::avx2, Isa::sse41};
+#elif defined(__aarch64__)
+constexpr Isa kAllIsas[] = {Isa::neon};
+#else
+#error "FusedNorm's runtime is built for x86-64 or arm-64"
+#endif
 
-// The features Halide's targets assume (see generators/CMakeLists.txt): avx512 is Halide's avx512_skylake.
+// The features Halide's targets assume (see generators/CMakeLists.txt): avx512 is Halide's avx512_skylake;
+// neon is Halide's arm-64 baseline, Advanced SIMD, which every AArch64 Linux CPU has.
 bool cpu_supports(Isa isa) {
+#if defined(__x86_64__)
   switch (isa) {
     case Isa::avx512:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd") &&
@@ -74,19 +85,25 @@ bool cpu_supports(Isa isa) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
              cpu_supports(Isa::sse41);
     case Isa::sse41: return __builtin_cpu_supports("sse4.1");
+    case Isa::neon: return false;
   }
   return false;
+#else
+  return isa == Isa::neon;
+#endif
 }
 
 Isa parse_isa(const std::string& text, const char* source) {
+  std::string known;
   for (Isa isa : kAllIsas) {
     if (text == to_string(isa)) return isa;
+    known += (known.empty() ? "" : ", ") + std::string(to_string(isa));
   }
-  throw Error(fmt::format("{}: isa is '{}', expected one of avx512, avx2, sse41 (or empty for the best available)",
-                          source, text));
+  throw Error(
+      fmt::format("{}: isa is '{}', expected one of {} (or empty for the best available)", source, text, known));
 }
 
-// -1: no limit. Stored as the index into kAllIsas of the best allowed instruction set.
+// -1: no limit; else the best allowed instruction set (an Isa).
 std::atomic<int> max_isa_index{-1};
 std::once_flag max_isa_from_environment;
 
@@ -101,6 +118,42 @@ bool allowed(Isa isa) {
   read_environment();
   int limit = max_isa_index.load();
   return limit < 0 || static_cast<int>(isa) >= limit;
+}
+
+// The schedules of the built variants, "hand" first, then in table order.
+const std::vector<std::string>& built_schedule_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> result = {"hand"};
+    for (const KernelVariant& v : kBuiltVariants) {
+      if (std::find(result.begin(), result.end(), v.schedule) == result.end()) result.emplace_back(v.schedule);
+    }
+    return result;
+  }();
+  return names;
+}
+
+int parse_schedule(const std::string& text, const char* source) {
+  if (text.empty()) return 0;
+  const std::vector<std::string>& names = built_schedule_names();
+  auto found = std::find(names.begin(), names.end(), text);
+  if (found != names.end()) return static_cast<int>(found - names.begin());
+  std::string expected = names.front();
+  for (size_t i = 1; i < names.size(); i++) expected += (i + 1 == names.size() ? " or " : ", ") + names[i];
+  throw Error(fmt::format("{}: schedule is '{}', expected {} (the schedules this build has variants of; empty for "
+                          "hand)",
+                          source, text, expected));
+}
+
+// Index into built_schedule_names() of the schedule dispatch runs.
+std::atomic<int> schedule_index{0};
+std::once_flag schedule_from_environment;
+
+const std::string& selected_schedule() {
+  std::call_once(schedule_from_environment, [] {
+    const char* value = std::getenv("FUSEDNORM_SCHEDULE");
+    if (value && *value) schedule_index = parse_schedule(value, "FUSEDNORM_SCHEDULE");
+  });
+  return built_schedule_names()[static_cast<size_t>(schedule_index.load())];
 }
 
 std::atomic<int> verbose_override{-1};  // -1: follow FUSEDNORM_VERBOSE
@@ -120,6 +173,9 @@ bool is_candidate(const KernelVariant& v, const VariantRequest& request) {
 
 // Why candidate `v` was not run for `request`, or "" when it was a fit. `chosen` is the first fit, once found.
 std::string reason_passed_over(const KernelVariant& v, const VariantRequest& request, const KernelVariant* chosen) {
+  if (const std::string& schedule = selected_schedule(); v.schedule != schedule) {
+    return fmt::format("schedule {}, dispatch runs {} (set_schedule, FUSEDNORM_SCHEDULE)", v.schedule, schedule);
+  }
   if (v.layout != request.layout) {
     return fmt::format("layout {}, the tensors are {}", to_string(v.layout), to_string(request.layout));
   }
@@ -195,6 +251,14 @@ const KernelVariant& select_variant(const VariantRequest& request) {
                               request.function, to_string(request.epilogue), built_epilogues(request),
                               to_string(request.norm), to_string(request.direction)));
     }
+    if (const std::string& schedule = selected_schedule(); schedule != "hand") {
+      throw Error(fmt::format("{}: no {} {} kernel of schedule {} for layout {}, epilogue {}{} runs on this CPU "
+                              "(max_isa '{}'); dispatch does not fall back to another schedule (set_schedule, "
+                              "FUSEDNORM_SCHEDULE; FUSEDNORM_VERBOSE=1 lists the candidates)",
+                              request.function, to_string(request.norm), to_string(request.direction), schedule,
+                              to_string(request.layout), to_string(request.epilogue),
+                              request.affine ? ", affine" : "", max_isa()));
+    }
     throw Error(fmt::format("{}: no {} {} kernel for layout {}, epilogue {}{} runs on this CPU (max_isa '{}')",
                             request.function, to_string(request.norm), to_string(request.direction),
                             to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
@@ -220,6 +284,15 @@ void set_max_isa(const std::string& isa) {
   detail::max_isa_index = isa.empty() ? -1 : static_cast<int>(detail::parse_isa(isa, "set_max_isa"));
 }
 
+void set_schedule(const std::string& schedule) {
+  detail::selected_schedule();  // the environment is read first, so that it cannot override this later
+  detail::schedule_index = detail::parse_schedule(schedule, "set_schedule");
+}
+
+std::string schedule() { return detail::selected_schedule(); }
+
+std::vector<std::string> built_schedules() { return detail::built_schedule_names(); }
+
 void set_verbose(bool on) { detail::verbose_override = on ? 1 : 0; }
 
 bool verbose() {
@@ -234,7 +307,7 @@ std::string last_dispatch_report() {
 std::string max_isa() {
   detail::read_environment();
   int limit = detail::max_isa_index.load();
-  return limit < 0 ? "" : detail::to_string(detail::kAllIsas[limit]);
+  return limit < 0 ? "" : detail::to_string(static_cast<detail::Isa>(limit));
 }
 
 std::vector<std::string> supported_isas() {

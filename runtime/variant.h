@@ -11,8 +11,9 @@ namespace fusednorm::detail {
 
 enum class Norm { batch, instance, group, layer, rms };
 enum class Direction { forward_training, forward_inference, backward };
-// x86-64 instruction sets, best first.
-enum class Isa { avx512, avx2, sse41 };
+// Instruction sets, best first within an architecture: x86-64's three, then arm-64's NEON. A build has the
+// kernels of one architecture (generators/CMakeLists.txt).
+enum class Isa { avx512, avx2, sse41, neon };
 
 struct KernelVariant {
   Norm norm;

@@ -2,12 +2,19 @@
 # Installs what the build needs, and nothing when it is already there:
 #   - Debian packages (only when running as root and a package is missing);
 #   - a project-local virtual environment (.venv) with the pinned Halide wheel, CMake and Ninja.
+# `scripts/bootstrap.sh aarch64` adds what the preset aarch64 needs: Debian's aarch64 cross compiler, qemu-user,
+# and fmt and GoogleTest for arm64 (multiarch: the arm64 architecture is added to dpkg for them).
 # Idempotent: a stamp keyed on scripts/requirements.txt makes a second run take well under a second.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-debian_packages=(g++ make libfmt-dev libgtest-dev libgmock-dev)
+# libdnnl-dev: oneDNN, the benchmark's library baseline (bench/onednn_baseline.cpp). libtorch-dev is not here:
+# it pulls in about 160 packages (OpenCV, FFmpeg); the bench would use it only where it is already installed.
+debian_packages=(g++ make libfmt-dev libgtest-dev libgmock-dev libdnnl-dev)
+if [[ ${1:-} == aarch64 ]]; then
+  debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
+fi
 # Any Python 3 with venv will do (a pyenv one included); Debian's only when there is none.
 if ! { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
   debian_packages+=(python3 python3-venv)
@@ -19,6 +26,9 @@ done
 if ((${#missing[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     echo "bootstrap: installing Debian packages: ${missing[*]}"
+    if [[ " ${missing[*]}" == *:arm64* ]] && ! dpkg --print-foreign-architectures | grep -qx arm64; then
+      dpkg --add-architecture arm64
+    fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   else

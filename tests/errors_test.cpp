@@ -924,8 +924,13 @@ std::vector<ErrorCase> error_cases() {
                    {"TensorView: strides [1] have 1 entries, expected 2 (one per dimension of shape [2, 3])"}});
   cases.push_back({"set_max_isa_bogus",
                    [](Buffers&) { set_max_isa("bogus"); },
-                   {"set_max_isa: isa is 'bogus', expected one of avx512, avx2, sse41 (or empty for the best "
-                    "available)"}});
+                   {"set_max_isa: isa is 'bogus', expected one of "
+#if defined(__aarch64__)
+                    "neon"
+#else
+                    "avx512, avx2, sse41"
+#endif
+                    " (or empty for the best available)"}});
   return cases;
 }
 

@@ -28,6 +28,7 @@
 #include "fusednorm/batch_norm.h"
 #include "fusednorm/dispatch.h"
 #include "fusednorm/epilogue.h"
+#include "fusednorm/error.h"
 #include "fusednorm/group_norm.h"
 #include "fusednorm/instance_norm.h"
 #include "fusednorm/layer_norm.h"
@@ -77,21 +78,27 @@ std::string variant_name(const Variant& v) {
          (v.affine ? "affine" : "plain") + "_" + v.isa;
 }
 
-// Every (norm, layout, epilogue, affine, isa) with a forward_training kernel that this CPU runs, in the order
-// of variants().
+Variant variant_of(const VariantInfo& info) {
+  Variant v{Norm::batch, info.layout == "nhwc" ? Layout::nhwc : Layout::nchw, Epilogue::none, info.affine, info.isa};
+  for (Norm norm : kNorms) {
+    if (info.norm == to_string(norm)) v.norm = norm;
+  }
+  for (Epilogue epilogue : kEpilogues) {
+    if (info.epilogue == to_string(epilogue)) v.epilogue = epilogue;
+  }
+  return v;
+}
+
+// Every (norm, layout, epilogue, affine, isa) with a forward_training kernel of the hand schedule (the one
+// dispatch runs unless told otherwise; AutoscheduledTest has the others) that this CPU runs, in the order of
+// variants().
 std::vector<Variant> built_variants() {
   const std::vector<std::string> isas = supported_isas();
   std::vector<Variant> result;
   for (const VariantInfo& info : variants()) {
-    if (info.direction != "forward_training") continue;
+    if (info.direction != "forward_training" || info.schedule != "hand") continue;
     if (std::find(isas.begin(), isas.end(), info.isa) == isas.end()) continue;
-    Variant v{Norm::batch, info.layout == "nhwc" ? Layout::nhwc : Layout::nchw, Epilogue::none, info.affine, info.isa};
-    for (Norm norm : kNorms) {
-      if (info.norm == to_string(norm)) v.norm = norm;
-    }
-    for (Epilogue epilogue : kEpilogues) {
-      if (info.epilogue == to_string(epilogue)) v.epilogue = epilogue;
-    }
+    const Variant v = variant_of(info);
     const bool seen = std::any_of(result.begin(), result.end(), [&](const Variant& r) {
       return r.norm == v.norm && r.layout == v.layout && r.epilogue == v.epilogue && r.affine == v.affine &&
              r.isa == v.isa;
@@ -650,13 +657,8 @@ INSTANTIATE_TEST_SUITE_P(Built, EvaluationTest,
                          ::testing::ValuesIn(matrix([](const Variant& v) { return has_running_statistics(v.norm); })),
                          case_name);
 
-TEST_P(EvaluationTest, ForwardAndBackward) {
-  // InstanceNorm in evaluation runs BatchNorm's per-channel kernels (docs/KERNELS.md).
-  Variant kernel = variant_;
-  kernel.norm = Norm::batch;
-  for (const Shape& shape : shapes_for(variant_.norm)) {
-    SCOPED_TRACE(shape.name + " " + shape_string(shape.shape));
-    Problem p = problem(shape);
+// The forward and backward in evaluation against the reference; `kernel`: the variant they must run.
+void check_evaluation(Problem& p, const Variant& kernel) {
     const std::vector<float> running_mean = p.running_mean, running_var = p.running_var;
     const std::vector<double> mean = test::to_double(p.running_mean), invstd = p.running_invstd();
     const std::vector<double> ref = reference::normalize(p.x.data(), p.per_channel(), mean.data(), invstd.data(),
@@ -674,6 +676,16 @@ TEST_P(EvaluationTest, ForwardAndBackward) {
     p.backward(false);
     EXPECT_TRUE(ran(kernel, "backward", p.either_layout()));
     expect_backward(p, ref_backward);
+}
+
+TEST_P(EvaluationTest, ForwardAndBackward) {
+  // InstanceNorm in evaluation runs BatchNorm's per-channel kernels (docs/KERNELS.md).
+  Variant kernel = variant_;
+  kernel.norm = Norm::batch;
+  for (const Shape& shape : shapes_for(variant_.norm)) {
+    SCOPED_TRACE(shape.name + " " + shape_string(shape.shape));
+    Problem p = problem(shape);
+    check_evaluation(p, kernel);
   }
 }
 
@@ -811,6 +823,97 @@ TEST_P(HardNumericsTest, NanStaysInItsStatisticsGroup) {
     p.backward();
     expect_backward(p, p.reference_backward());
   }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The autoscheduled variants (Mullapudi2016, Li2018, Adams2019; avx2, affine; generators/CMakeLists.txt), each
+// run with set_schedule(its schedule): the training forward and the backward, and BatchNorm's evaluation forward
+// and backward, against the reference. Their kernels are planned for the generator's estimates (ResNet-50's
+// 32 x 256 x 56 x 56, 8192 rows of 1024) and may refuse other extents with a Halide bounds error: each check runs
+// on the first shape of estimate_like_shapes() that the kernels accept (the estimate's layer at a smaller batch
+// first, then the estimate itself), and is skipped, with every refusal's message, where they refuse all of them.
+
+struct Autoscheduled {
+  Variant variant;
+  std::string schedule;
+};
+
+// The autoscheduled variants with a kernel of `direction` that this CPU runs.
+std::vector<Autoscheduled> autoscheduled_variants(const std::string& direction) {
+  const std::vector<std::string> isas = supported_isas();
+  std::vector<Autoscheduled> result;
+  for (const VariantInfo& info : variants()) {
+    if (info.direction != direction || info.schedule == "hand") continue;
+    if (std::find(isas.begin(), isas.end(), info.isa) == isas.end()) continue;
+    result.push_back({variant_of(info), info.schedule});
+  }
+  return result;
+}
+
+std::vector<Shape> estimate_like_shapes(Norm norm) {
+  if (!has_channels(norm)) return {{"rows.512x1024", {512, 1024}}, {"transformer.8192x1024", {8192, 1024}}};
+  const int64_t groups = norm == Norm::group ? 32 : 1;
+  return {{"resnet50.stage1.n2", {2, 256, 56, 56}, groups}, {"resnet50.stage1", {32, 256, 56, 56}, groups}};
+}
+
+class AutoscheduledTest : public ::testing::TestWithParam<Autoscheduled> {
+ protected:
+  // Runs `check` on the first shape whose calls the kernels accept; returns why each shape was refused, or ""
+  // when one ran. Only a kernel's own error (a Halide bounds check) counts as a refusal.
+  template <typename Check>
+  std::string on_first_accepted_shape(const Check& check) {
+    std::string refusals;
+    for (const Shape& shape : estimate_like_shapes(variant_.norm)) {
+      SCOPED_TRACE(shape.name + " " + shape_string(shape.shape));
+      Problem p(variant_, shape, rng_);
+      try {
+        check(p);
+        return "";
+      } catch (const Error& e) {
+        if (std::string(e.what()).find("failed (Halide error") == std::string::npos) throw;
+        refusals += "\n  " + shape.name + " " + shape_string(shape.shape) + ": " + e.what();
+      }
+    }
+    return refusals;
+  }
+
+  const Variant variant_ = GetParam().variant;
+  const std::string schedule_ = GetParam().schedule;
+  test::ScopedMaxIsa isa_{GetParam().variant.isa};
+  test::ScopedSchedule scoped_schedule_{GetParam().schedule};
+  Random rng_{test::seed_for_current_test()};
+};
+
+std::string autoscheduled_case_name(const ::testing::TestParamInfo<Autoscheduled>& info) {
+  return test::identifier(variant_name(info.param.variant) + "_" + info.param.schedule);
+}
+
+INSTANTIATE_TEST_SUITE_P(Built, AutoscheduledTest, ::testing::ValuesIn(autoscheduled_variants("forward_training")),
+                         autoscheduled_case_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AutoscheduledTest);  // FUSEDNORM_BUILD_AUTOSCHEDULED=OFF
+
+TEST_P(AutoscheduledTest, ForwardTrainingAndBackward) {
+  const std::string refusals = on_first_accepted_shape([&](Problem& p) {
+    check_training(p, variant_);
+    EXPECT_NE(last_dispatch_report().find("(schedule " + schedule_ + ")"), std::string::npos)
+        << last_dispatch_report();
+  });
+  if (!refusals.empty()) GTEST_SKIP() << "the " << schedule_ << " kernels refuse every shape tried:" << refusals;
+}
+
+// BatchNorm's evaluation: the variants with an autoscheduled forward_inference kernel.
+class AutoscheduledEvaluationTest : public AutoscheduledTest {};
+INSTANTIATE_TEST_SUITE_P(Built, AutoscheduledEvaluationTest,
+                         ::testing::ValuesIn(autoscheduled_variants("forward_inference")), autoscheduled_case_name);
+GTEST_ALLOW_UNINSTANTIATED_PARAMETERIZED_TEST(AutoscheduledEvaluationTest);
+
+TEST_P(AutoscheduledEvaluationTest, ForwardAndBackward) {
+  const std::string refusals = on_first_accepted_shape([&](Problem& p) {
+    check_evaluation(p, variant_);
+    EXPECT_NE(last_dispatch_report().find("(schedule " + schedule_ + ")"), std::string::npos)
+        << last_dispatch_report();
+  });
+  if (!refusals.empty()) GTEST_SKIP() << "the " << schedule_ << " kernels refuse every shape tried:" << refusals;
 }
 
 // ---------------------------------------------------------------------------------------------------------

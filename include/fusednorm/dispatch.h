@@ -27,6 +27,18 @@ std::vector<VariantInfo> variants();
 void set_max_isa(const std::string& isa);
 std::string max_isa();
 
+// The schedule dispatch runs: "hand" (the default), or an autoscheduler whose variants this build has
+// ("Mullapudi2016", "Li2018", "Adams2019": avx2, affine, the kernels generators/CMakeLists.txt lists), for
+// schedule comparisons. Also set by the environment variable FUSEDNORM_SCHEDULE (read once, at the first call);
+// "" is "hand". A name without variants in this build throws. Dispatch never falls back to another schedule: a
+// call the selected schedule has no variant for throws, naming the schedule. Autoscheduled kernels are planned
+// for fixed sizes (32 x 256 x 56 x 56, or 8192 rows of 1024) and may refuse other extents with a Halide bounds
+// error, which the call throws.
+void set_schedule(const std::string& schedule);
+std::string schedule();
+// The schedules this build has variants of, "hand" first.
+std::vector<std::string> built_schedules();
+
 // Dispatch reports in the manner of oneDNN's verbose mode: the variant that ran and, for each candidate (the
 // variants of the same norm and direction) passed over, why ("layout nchw, the tensors are nhwc", "epilogue relu,
 // the call asks for none", "avx512 is not supported by this CPU", ...).

@@ -16,6 +16,10 @@ file(RENAME "${WORK_DIR}/staging" "${WORK_DIR}/prefix")
 run("configure the consumer" "${CMAKE_COMMAND}" -S "${SOURCE_DIR}/examples/consumer" -B "${WORK_DIR}/build" -G Ninja
     "-DCMAKE_MAKE_PROGRAM=${NINJA}" -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix")
 run("build the consumer" "${CMAKE_COMMAND}" --build "${WORK_DIR}/build")
+set(arm64_library "${WORK_DIR}/build/unet_group_norm_silu_arm64_forward_training.a")  # Halide names it
+if (NOT EXISTS "${arm64_library}")
+  message(FATAL_ERROR "consumer test: the arm-64 kernel library ${arm64_library} was not built")
+endif ()
 run("run the consumer" "${WORK_DIR}/build/consumer")
 message(STATUS "${last_output}")
 file(REMOVE_RECURSE "${WORK_DIR}")

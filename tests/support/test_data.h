@@ -165,6 +165,15 @@ class ScopedMaxIsa {
   ScopedMaxIsa& operator=(const ScopedMaxIsa&) = delete;
 };
 
+// Makes dispatch run one schedule ("hand", "Adams2019", ...) for a scope, and the hand schedule after.
+class ScopedSchedule {
+ public:
+  explicit ScopedSchedule(const std::string& schedule) { set_schedule(schedule); }
+  ~ScopedSchedule() { set_schedule("hand"); }
+  ScopedSchedule(const ScopedSchedule&) = delete;
+  ScopedSchedule& operator=(const ScopedSchedule&) = delete;
+};
+
 // A parameter name gtest accepts: letters, digits and underscores ("resnet50.conv1" -> "resnet50_conv1").
 inline std::string identifier(std::string text) {
   for (char& ch : text) {
