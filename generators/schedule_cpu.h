@@ -170,13 +170,13 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, 
   // Parallel over samples, not over (chunk, sample) fused: a fused loop is given at least one iteration, and
   // with S shorter than a chunk there are no full chunks, so that iteration would read past x.
   Var k = sums.chunk.args()[1];
-  sums.chunk.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
-  sums.chunk.update().reorder(a.c, sums.over_chunk.x, k, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf)
+  sums.total.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
+  sums.total.update().reorder(a.c, sums.over_chunks.x, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf)
       .parallel(a.n);
-  sums.tail.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
-  sums.tail.update().reorder(a.c, sums.over_tail.x, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf).parallel(a.n);
-  sums.total.compute_root().vectorize(a.c, vec, TailStrategy::GuardWithIf);
-  sums.total.update().vectorize(a.c, vec, TailStrategy::GuardWithIf);
+  sums.chunk.compute_at(sums.total, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf);
+  sums.chunk.update().reorder(a.c, sums.over_chunk.x, k, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf);
+  sums.tail.compute_at(sums.total, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf);
+  sums.tail.update().reorder(a.c, sums.over_tail.x, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf);
   for (Func f : funcs.per_block) f.compute_root();
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) schedule_rows(f, Layout::nhwc, cx);
 }
