@@ -15,7 +15,7 @@ SANITIZER_PRESETS ?= asan tsan
 # arm-64 Linux, run under qemu-aarch64 (all but the 2 GiB test). Their generator is the release build's.
 CROSS_PRESETS ?= aarch64
 
-.PHONY: all bootstrap configure build test bench clean
+.PHONY: all bootstrap configure build test bench tune clean
 all: build
 
 bootstrap:
@@ -43,8 +43,20 @@ test: build
 	  $(CTEST) --preset $$preset || exit 1; \
 	done
 
+# The bench's JSON goes to BENCH_JSON (rather than a --json in BENCH_ARGS), which the plots are drawn from.
+BENCH_JSON ?= $(BUILD)/bench/results.json
 bench: build
-	@$(BUILD)/bench/fusednorm_bench $(BENCH_ARGS)
+	@$(BUILD)/bench/fusednorm_bench --json $(BENCH_JSON) $(BENCH_ARGS)
+	@$(VENV)/bin/python scripts/plot_bench.py $(BENCH_JSON) --out $(BUILD)/bench/plots
+
+# Tuned dispatch (README "Tuned dispatch"): times every variant of each kernel per shape class on this machine and
+# writes the table dispatch loads with FUSEDNORM_TUNING=<table> or fusednorm::load_tuning(): the cache and llc
+# classes, a few minutes. TUNE_ARGS=--quick: one shape per class, short timing; TUNE_ARGS=--dram: the dram class
+# too (seconds per kernel, more where the last-level cache is big).
+TUNE_TABLE ?= $(BUILD)/bench/tuning.tsv
+TUNE_ARGS ?=
+tune: build
+	@$(BUILD)/bench/fusednorm_bench --tune --tuning-table $(TUNE_TABLE) $(TUNE_ARGS)
 
 clean:
 	rm -rf build

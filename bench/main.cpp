@@ -1,6 +1,7 @@
-// fusednorm_bench: FusedNorm's BatchNorm kernels on the ResNet-50 batch-32 shapes, both layouts, all three
-// directions, each against a naive baseline and against the copy bandwidth measured in the same run, on the
-// same buffer size and cache regime. Prints a table, writes JSON rows. See bench/README.md.
+// fusednorm_bench: FusedNorm's normalization kernels -- BatchNorm (and with its fused ReLU) on the ResNet-50
+// and MLP shapes, LayerNorm on transformer rows, GroupNorm on a U-Net's -- in each layout and direction, each
+// against a naive baseline, oneDNN and the copy bandwidth measured in the same run, on the same buffer size and
+// cache regime. Prints a table, writes JSON rows. See bench/README.md.
 #include <fmt/format.h>
 #include <omp.h>
 #include <unistd.h>
@@ -12,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/cases.h"
 #include "bench/copy_ceiling.h"
 #include "bench/machine.h"
 #include "bench/onednn_baseline.h"
@@ -19,10 +21,10 @@
 #include "bench/problem.h"
 #include "bench/report.h"
 #include "bench/timing.h"
+#include "bench/tune.h"
 #include "bench/verify.h"
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
-#include "support/shapes.h"
 
 namespace fusednorm::bench {
 namespace {
@@ -39,77 +41,63 @@ int configure_threads(const Options& options, const MachineInfo& machine) {
   return threads;
 }
 
-// The lists of tests/support/shapes.h that --shapes names (BatchNorm inputs: (N, C, *spatial)).
-std::vector<shapes::NamedShape> shape_list(const std::string& name) {
-  if (name == "resnet50") return shapes::resnet50_batch32();
-  if (name == "resnet50_batch2") return shapes::resnet50_batch2();
-  if (name == "mlp_bn1d") return shapes::mlp_batch_norm_1d();
-  if (name == "mlp_bn1d_small") return shapes::mlp_batch_norm_1d_small();
-  if (name == "cache") return shapes::cache_resident();
-  throw Error(fmt::format("fusednorm_bench: no shape list '{}'", name));  // parse_options checked the names
-}
-
-// --shapes, else the ResNet-50 layers at batch 32, or with --quick at batch 2 (the shared list the tests use
-// too, 1/16 of the data).
-std::vector<shapes::NamedShape> benchmark_shapes(const Options& options) {
-  if (options.shape_lists.empty()) return options.quick ? shapes::resnet50_batch2() : shapes::resnet50_batch32();
-  std::vector<shapes::NamedShape> all;
-  for (const std::string& name : options.shape_lists) {
-    for (shapes::NamedShape& shape : shape_list(name)) all.push_back(std::move(shape));
+// --shapes, else every op on its network's shapes (the default lists of bench/cases.cpp; small ones with
+// --quick).
+std::vector<BenchShape> benchmark_shapes(const Options& options) {
+  const std::vector<std::string> lists =
+      options.shape_lists.empty() ? default_shape_lists(options.quick) : options.shape_lists;
+  std::vector<BenchShape> all;
+  for (const std::string& name : lists) {
+    for (BenchShape& shape : shape_list(name)) all.push_back(std::move(shape));
   }
   return all;
 }
 
-// oneDNN's rows of a case: on the case's plain layout, and (from the NCHW case only, since it is the same
-// kernel whichever plain layout it was reordered from) on its blocked layout.
-std::vector<onednn::Storage> onednn_storages(Layout layout) {
-  if (!onednn::available()) return {};
-  if (layout == Layout::nchw) return {onednn::Storage::plain, onednn::Storage::blocked};
-  return {onednn::Storage::plain};
-}
-
-bool selected(const Options& options, const shapes::NamedShape& shape, Layout layout, Direction direction) {
+// --filter matches a substring of "<op>/<direction>/<layout>/<shape name>".
+bool selected(const Options& options, const BenchShape& shape, Op op, Layout layout, Direction direction) {
   const std::string key =
-      fmt::format("batch_norm/{}/{}/{}", to_string(direction), fusednorm::to_string(layout), shape.name);
+      fmt::format("{}/{}/{}/{}", to_string(op), to_string(direction), layout_name(op, layout), shape.name);
   return key.find(options.filter) != std::string::npos;
 }
 
-int selected_directions(const Options& options, const shapes::NamedShape& shape, Layout layout) {
-  int count = 0;
-  for (Direction direction : kDirections) count += selected(options, shape, layout, direction);
-  return count;
+std::vector<Direction> selected_directions(const Options& options, const BenchShape& shape, Op op, Layout layout) {
+  std::vector<Direction> result;
+  for (Direction direction : directions(op)) {
+    if (selected(options, shape, op, layout, direction)) result.push_back(direction);
+  }
+  return result;
 }
 
-int selected_cases(const Options& options, const shapes::NamedShape& shape) {
-  int count = 0;
-  for (Layout layout : kLayouts) count += selected_directions(options, shape, layout);
-  return count;
+// Calls f(op, layout, direction) for every selected case of the shape.
+template <typename F>
+void for_each_selected_case(const Options& options, const BenchShape& shape, const F& f) {
+  for (Op op : shape.ops) {
+    for (Layout layout : layouts(op)) {
+      for (Direction direction : selected_directions(options, shape, op, layout)) f(op, layout, direction);
+    }
+  }
 }
 
 // The rows of a case: fusednorm, fusednorm in place (forwards), one per autoscheduler, naive, oneDNN (at most;
 // a blocked row is skipped for shapes it does not take, and the progress count then ends early).
-int rows_per_case(Direction direction, Layout layout) {
-  return 2 + has_in_place_row(direction) + static_cast<int>(autoscheduled_schedules(direction, layout).size()) +
-         static_cast<int>(onednn_storages(layout).size());
+int rows_per_case(Op op, Direction direction, Layout layout) {
+  return 2 + has_in_place_row(direction) + static_cast<int>(autoscheduled_schedules(op, direction, layout).size()) +
+         static_cast<int>(onednn::storages(op, layout).size());
 }
 
-int selected_rows(const Options& options, const shapes::NamedShape& shape) {
+int selected_rows(const Options& options, const BenchShape& shape) {
   int count = 0;
-  for (Layout layout : kLayouts) {
-    for (Direction direction : kDirections) {
-      if (selected(options, shape, layout, direction)) count += rows_per_case(direction, layout);
-    }
-  }
+  for_each_selected_case(options, shape, [&](Op op, Layout layout, Direction direction) {
+    count += rows_per_case(op, direction, layout);
+  });
   return count;
 }
 
-bool selects_in_place_rows(const Options& options, const shapes::NamedShape& shape) {
-  for (Layout layout : kLayouts) {
-    for (Direction direction : kDirections) {
-      if (has_in_place_row(direction) && selected(options, shape, layout, direction)) return true;
-    }
-  }
-  return false;
+bool selects_in_place_rows(const Options& options, const BenchShape& shape) {
+  bool any = false;
+  for_each_selected_case(options, shape,
+                         [&](Op, Layout, Direction direction) { any = any || has_in_place_row(direction); });
+  return any;
 }
 
 std::string default_json_path() {
@@ -121,14 +109,16 @@ std::string default_json_path() {
 // One line on stderr, rewritten in place on a terminal, one line per step otherwise (logs stay readable).
 class Progress {
  public:
-  explicit Progress(int total) : total_(total), terminal_(isatty(fileno(stderr))) {}
+  explicit Progress(int total)
+      : total_(total), width_(std::to_string(total).size()), terminal_(isatty(fileno(stderr))) {}
   void step(const std::string& what) {
     step_++;
-    fmt::print(stderr, "{}[{:>3}/{}] {}{}", terminal_ ? "\r\033[K" : "", step_, total_, what, terminal_ ? "" : "\n");
+    fmt::print(stderr, "{}[{:>{}}/{}] {}{}", terminal_ ? "\r\033[K" : "", step_, width_, total_, what,
+               terminal_ ? "" : "\n");
     std::fflush(stderr);
   }
   void status(const std::string& what) {
-    if (terminal_) fmt::print(stderr, "\r\033[K[{:>3}/{}] {}", step_, total_, what);
+    if (terminal_) fmt::print(stderr, "\r\033[K[{:>{}}/{}] {}", step_, width_, total_, what);
     std::fflush(stderr);
   }
   void done() {
@@ -137,6 +127,7 @@ class Progress {
 
  private:
   int total_, step_ = 0;
+  size_t width_;  // of the step number: as many digits as the total
   bool terminal_;
 };
 
@@ -155,7 +146,7 @@ class Benchmark {
   const TimingPlan& plan() const { return plan_; }
 
   std::vector<Row> run() {
-    for (const shapes::NamedShape& shape : shapes_) run_shape(shape);
+    for (const BenchShape& shape : shapes_) run_shape(shape);
     progress_.done();
     complete_ratios(rows_);
     return rows_;
@@ -166,15 +157,15 @@ class Benchmark {
   // Two copy ceilings per shape with any selected row, then the rows of each selected case.
   int count_steps() const {
     int steps = 0;
-    for (const shapes::NamedShape& shape : shapes_) {
+    for (const BenchShape& shape : shapes_) {
       const int rows = selected_rows(options_, shape);
       steps += rows > 0 ? 2 + rows : 0;
     }
     return steps;
   }
 
-  void run_shape(const shapes::NamedShape& shape) {
-    if (selected_cases(options_, shape) == 0) return;
+  void run_shape(const BenchShape& shape) {
+    if (selected_rows(options_, shape) == 0) return;
     int64_t numel = 1;
     for (int64_t extent : shape.shape) numel *= extent;
     const int64_t tensor_bytes = numel * static_cast<int64_t>(sizeof(float));
@@ -189,21 +180,20 @@ class Benchmark {
     notes_.push_back({shape.name, note});
 
     measure_copy_ceilings(shape, numel, regime);
-    for (Layout layout : kLayouts) {
-      if (selected_directions(options_, shape, layout) == 0) continue;
-      progress_.status(fmt::format("{} {}: allocating and filling {} buffer set(s)", shape.name,
-                                   fusednorm::to_string(layout), regime.buffer_sets));
-      Problem problem = make_problem(shape, layout, regime.buffer_sets);
-      Verifier verifier(problem);
-      for (Direction direction : kDirections) {
-        if (selected(options_, shape, layout, direction)) {
-          measure_case(problem, verifier, direction, regime, in_place);
-        }
+    for (Op op : shape.ops) {
+      for (Layout layout : layouts(op)) {
+        const std::vector<Direction> chosen = selected_directions(options_, shape, op, layout);
+        if (chosen.empty()) continue;
+        progress_.status(fmt::format("{} {} {}: allocating and filling {} buffer set(s)", shape.name, to_string(op),
+                                     layout_name(op, layout), regime.buffer_sets));
+        Problem problem = make_problem(shape, op, layout, regime.buffer_sets);
+        Verifier verifier(problem);
+        for (Direction direction : chosen) measure_case(problem, verifier, direction, regime, in_place);
       }
     }
   }
 
-  Row base_row(const shapes::NamedShape& shape, const CacheRegime& regime) const {
+  Row base_row(const BenchShape& shape, const CacheRegime& regime) const {
     Row row;
     row.shape_name = shape.name;
     row.shape = shape.shape;
@@ -213,7 +203,7 @@ class Benchmark {
   }
 
   // Both copies of a buffer of the shape's size, in the shape's cache regime: the roofline of its rows.
-  void measure_copy_ceilings(const shapes::NamedShape& shape, int64_t numel, const CacheRegime& regime) {
+  void measure_copy_ceilings(const BenchShape& shape, int64_t numel, const CacheRegime& regime) {
     std::vector<AlignedBuffer> sources, destinations;
     for (int set = 0; set < regime.buffer_sets; set++) {
       fill_uniform(sources.emplace_back(numel).data(), numel, -1.0f, 1.0f, 7 + static_cast<uint64_t>(set));
@@ -239,22 +229,21 @@ class Benchmark {
   // in_place: the regime of the in-place rows, the same as `regime` but for the buffers it rotates through.
   void measure_case(Problem& problem, Verifier& verifier, Direction direction, const CacheRegime& regime,
                     const CacheRegime& in_place) {
+    const Op op = problem.op;
     const std::string what =
-        fmt::format("{} {} {}", problem.shape.name, fusednorm::to_string(problem.layout), to_string(direction));
+        fmt::format("{} {} {} {}", problem.shape.name, to_string(op), problem.layout_name(), to_string(direction));
     progress_.status(what + ": computing the float64 reference");
     verifier.prepare(direction);
-    std::vector<Implementation> implementations = {fusednorm_implementation(direction, problem.layout)};
+    std::vector<Implementation> implementations = {fusednorm_implementation(op, direction, problem.layout)};
     if (has_in_place_row(direction)) {
-      implementations.push_back(fusednorm_implementation(direction, problem.layout, /*in_place=*/true));
+      implementations.push_back(fusednorm_implementation(op, direction, problem.layout, /*in_place=*/true));
     }
-    for (const std::string& schedule : autoscheduled_schedules(direction, problem.layout)) {
-      implementations.push_back(fusednorm_implementation(direction, problem.layout, /*in_place=*/false, schedule));
+    for (const std::string& schedule : autoscheduled_schedules(op, direction, problem.layout)) {
+      implementations.push_back(fusednorm_implementation(op, direction, problem.layout, /*in_place=*/false, schedule));
     }
     implementations.push_back(naive_implementation(direction));
-    for (onednn::Storage storage : onednn_storages(problem.layout)) {
-      if (auto impl = onednn::batch_norm_implementation(direction, problem, storage)) {
-        implementations.push_back(std::move(*impl));
-      }
+    for (onednn::Storage storage : onednn::storages(op, problem.layout)) {
+      if (auto impl = onednn::implementation(direction, problem, storage)) implementations.push_back(std::move(*impl));
     }
     for (const Implementation& impl : implementations) {
       progress_.step(fmt::format("{} {}: verifying", what, impl.name));
@@ -273,14 +262,15 @@ class Benchmark {
       progress_.status(fmt::format("{} {}: timing", what, impl.name));
       // Every in-place buffer starts from a copy of x, whatever the rows before left in it.
       if (impl.in_place) problem.refill_in_place(row_regime.buffer_sets);
-      row.op = "batch_norm";
+      row.op = to_string(op);
+      row.epilogue = fusednorm::to_string(epilogue(op));
       row.direction = to_string(direction);
       // A blocked oneDNN row is reported under its own layout ("nChw16c"), not the case's.
-      row.layout = impl.name.starts_with("onednn/") ? impl.name.substr(7) : fusednorm::to_string(problem.layout);
+      row.layout = impl.name.starts_with("onednn/") ? impl.name.substr(7) : problem.layout_name();
       row.impl = impl.name;
       row.kind = impl.kind;
       row.in_place = impl.in_place;
-      row.bytes = tensors_moved(direction) * problem.tensor_bytes();
+      row.bytes = tensors_moved(op, direction) * problem.tensor_bytes();
       if (row.error.empty()) {
         row.timing = time_runs([&](int set) { impl.run(problem, set); }, row_regime, plan_, machine_.cores);
       }
@@ -292,7 +282,7 @@ class Benchmark {
   const MachineInfo& machine_;
   int threads_;
   TimingPlan plan_;
-  std::vector<shapes::NamedShape> shapes_;
+  std::vector<BenchShape> shapes_;
   Progress progress_;
   std::vector<Row> rows_;
   std::vector<ShapeNote> notes_;
@@ -310,7 +300,7 @@ std::string describe_plan(const TimingPlan& plan) {
 }
 
 std::string title(const RunSettings& settings) {
-  return fmt::format("FusedNorm schedule benchmark{}", settings.quick ? " (--quick: batch 2, short timing)" : "");
+  return fmt::format("FusedNorm schedule benchmark{}", settings.quick ? " (--quick: small shapes, short timing)" : "");
 }
 
 std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettings& settings, const TimingPlan& plan) {
@@ -327,23 +317,28 @@ std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettin
                               isas.empty() ? "none" : isas.front())},
       {"schedules",
        "fusednorm/hand/<isa>: the hand schedule (dispatch's default); fusednorm/<autoscheduler>/avx2: the same "
-       "generators planned by Mullapudi2016, Li2018, Adams2019 for 32x256x56x56 (set_schedule), where built; one "
-       "that refuses a shape (Halide bounds error) gets a row marked refused"},
+       "generators planned by Mullapudi2016, Li2018, Adams2019 for 32x256x56x56 (the channel norms) or 8192 rows "
+       "of 1024 (LayerNorm) (set_schedule), where built; one that refuses a shape (Halide bounds error) gets a row "
+       "marked refused"},
       {"in place",
        "the forwards' .../inplace rows write y over x (output == input), each run on the previous run's output "
        "(the inference's every other run with the inverse parameters, so that it stays finite)"},
       {"oneDNN", onednn::available()
                      ? onednn::description() +
-                           ": batch_normalization with scale and shift on the case's plain layout (onednn/nchw, "
-                           "onednn/nhwc) and on its blocked layout (from the nchw case; reorders not timed)"
+                           ": batch_normalization with scale and shift (batch_norm_relu: with fuse_norm_relu, the "
+                           "training forward writing the workspace its backward reads) on the case's plain layout "
+                           "(onednn/nchw, onednn/nhwc) and on its blocked layout (from the nchw case; reorders not "
+                           "timed); layer_normalization with scale and shift on the rows (onednn/rows); group_norm: "
+                           "no oneDNN row (oneDNN 2.6 has no group normalization)"
                      : onednn::description()},
       {"libtorch", "not built (libtorch-dev is not a dependency: 160-odd Debian packages)"},
       {"ceiling", fmt::format("the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and "
                               "cache regime as the row; GB/s counts read + write",
                               settings.copy_isa, settings.copy_isa)},
       {"GB/s",
-       "forward: x read + y written (in place too); backward: x and dy read + dx written (per-channel tensors not "
-       "counted)"},
+       "forward: x read + y written (in place too); backward: x and dy read + dx written, batch_norm_relu's also the "
+       "forward's y read (its mask; oneDNN reads a bit mask instead); per-channel and per-statistic tensors not "
+       "counted"},
       {"timing", describe_plan(plan)},
       {"checked", fmt::format("every fusednorm and baseline row against the float64 reference first (in place: on a "
                               "copy of x): max |out - ref| / max |ref| < {:g}",
@@ -370,10 +365,18 @@ int run(int argc, char** argv) {
   const Options options = parse_options(argc, argv);
   const MachineInfo machine = describe_machine();
   const int threads = configure_threads(options, machine);
+  if (options.tune) return run_tuning(options, machine, threads);
+  // Every row names the variant it times (fusednorm/<schedule>/<isa>): a tuning table (FUSEDNORM_TUNING) would
+  // let dispatch run another one under that name.
+  const bool tuning_ignored = std::getenv("FUSEDNORM_TUNING") != nullptr;
+  clear_tuning();
   const RunSettings settings{threads, options.quick, options.filter, options.reps, max_isa(), copy_isa()};
 
   Benchmark benchmark(options, machine, threads);
-  const std::vector<HeaderLine> header = header_lines(machine, settings, benchmark.plan());
+  std::vector<HeaderLine> header = header_lines(machine, settings, benchmark.plan());
+  if (tuning_ignored) {
+    header.push_back({"tuning", "FUSEDNORM_TUNING is set and ignored: each row runs the variant it names"});
+  }
   print_header(title(settings), header);
   std::vector<Row> rows = benchmark.run();
   if (rows.empty()) {

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -59,19 +60,24 @@ void channel_mean_and_variance_nhwc(const float* x, const reference::Dims& d, Ch
   for (int64_t c = range.begin; c < range.end; c++) variance[c] = squares[c] / count_per_channel(d);
 }
 
+// The epilogue after the affine step: ReLU or nothing.
+float activate(float v, bool relu) { return relu ? std::max(v, 0.0f) : v; }
+
 // y = (x - mean) * scale + bias with scale = invstd * weight, in float: the statistics are the careful part.
-void normalize_nchw(const float* x, float* y, const reference::Dims& d, int64_t c, float mean, float scale,
-                    float bias) {
+void normalize_nchw(const float* x, float* y, const reference::Dims& d, int64_t c, float mean, float scale, float bias,
+                    bool relu = false) {
   for (int64_t n = 0; n < d.n; n++) {
     const int64_t plane = (n * d.c + c) * d.s;
-    for (int64_t s = 0; s < d.s; s++) y[plane + s] = (x[plane + s] - mean) * scale + bias;
+    for (int64_t s = 0; s < d.s; s++) y[plane + s] = activate((x[plane + s] - mean) * scale + bias, relu);
   }
 }
 
 void normalize_nhwc(const float* x, float* y, const reference::Dims& d, ChannelRange range, const float* mean,
-                    const float* scale, const float* bias) {
+                    const float* scale, const float* bias, bool relu = false) {
   for (int64_t r = 0; r < d.n * d.s; r++) {
-    for (int64_t c = range.begin; c < range.end; c++) y[r * d.c + c] = (x[r * d.c + c] - mean[c]) * scale[c] + bias[c];
+    for (int64_t c = range.begin; c < range.end; c++) {
+      y[r * d.c + c] = activate((x[r * d.c + c] - mean[c]) * scale[c] + bias[c], relu);
+    }
   }
 }
 
@@ -89,14 +95,15 @@ void commit_statistics(const reference::Dims& d, int64_t c, double mean, double 
 
 void batch_norm_forward_training(const float* x, float* y, const reference::Dims& d, const float* weight,
                                  const float* bias, float* running_mean, float* running_var, float* save_mean,
-                                 float* save_invstd, double momentum, double eps) {
+                                 float* save_invstd, double momentum, double eps, Epilogue epilogue) {
+  const bool relu = epilogue == Epilogue::relu;
   if (d.layout == Layout::nchw) {
 #pragma omp parallel for schedule(static)
     for (int64_t c = 0; c < d.c; c++) {
       double mean = 0, variance = 0;
       channel_mean_and_variance_nchw(x, d, c, mean, variance);
       commit_statistics(d, c, mean, variance, eps, momentum, running_mean, running_var, save_mean, save_invstd);
-      normalize_nchw(x, y, d, c, save_mean[c], save_invstd[c] * weight[c], bias[c]);
+      normalize_nchw(x, y, d, c, save_mean[c], save_invstd[c] * weight[c], bias[c], relu);
     }
     return;
   }
@@ -110,7 +117,7 @@ void batch_norm_forward_training(const float* x, float* y, const reference::Dims
       commit_statistics(d, c, mean[c], variance[c], eps, momentum, running_mean, running_var, save_mean, save_invstd);
       scale[c] = save_invstd[c] * weight[c];
     }
-    normalize_nhwc(x, y, d, range, save_mean, scale.data(), bias);
+    normalize_nhwc(x, y, d, range, save_mean, scale.data(), bias, relu);
   }
 }
 
@@ -130,9 +137,11 @@ void batch_norm_forward_inference(const float* x, float* y, const reference::Dim
 }
 
 // dx = (dy - mean(dy) - xhat * mean(dy * xhat)) * invstd * weight, with xhat = (x - mean) * invstd; the two
-// means come from sums in double, which are also grad_bias and grad_weight.
+// means come from sums in double, which are also grad_bias and grad_weight. With the ReLU, dy is first masked by
+// the forward's y > 0.
 void batch_norm_backward(const float* x, const float* dy, float* dx, const reference::Dims& d, const float* weight,
-                         const float* save_mean, const float* save_invstd, float* grad_weight, float* grad_bias) {
+                         const float* save_mean, const float* save_invstd, float* grad_weight, float* grad_bias,
+                         const float* relu_output) {
   const double count = count_per_channel(d);
   const size_t channels = static_cast<size_t>(d.c);
   std::vector<double> sum_dy(channels, 0.0), sum_dy_xhat(channels, 0.0);
@@ -143,13 +152,15 @@ void batch_norm_backward(const float* x, const float* dy, float* dx, const refer
     mean_dy[c] = static_cast<float>(sum_dy[c] / count);
     mean_dy_xhat[c] = static_cast<float>(sum_dy_xhat[c] / count);
   };
+  auto grad = [&](int64_t i) { return relu_output && !(relu_output[i] > 0) ? 0.0f : dy[i]; };
   auto accumulate = [&](int64_t c, int64_t i) {
-    sum_dy[c] += dy[i];
-    sum_dy_xhat[c] += static_cast<double>(dy[i]) * (x[i] - save_mean[c]) * save_invstd[c];
+    const float g = grad(i);
+    sum_dy[c] += g;
+    sum_dy_xhat[c] += static_cast<double>(g) * (x[i] - save_mean[c]) * save_invstd[c];
   };
   auto write_dx = [&](int64_t c, int64_t i) {
     const float xhat = (x[i] - save_mean[c]) * save_invstd[c];
-    dx[i] = (dy[i] - mean_dy[c] - xhat * mean_dy_xhat[c]) * save_invstd[c] * weight[c];
+    dx[i] = (grad(i) - mean_dy[c] - xhat * mean_dy_xhat[c]) * save_invstd[c] * weight[c];
   };
 
   if (d.layout == Layout::nchw) {

@@ -71,22 +71,28 @@ std::string blocked_tag_name(size_t ndims) {
 // Everything one (direction, storage) row holds: the primitive, its tensors for each buffer set (the sets'
 // own memory when plain, reordered copies when blocked) and the per-channel arrays oneDNN reads and writes.
 struct Baseline {
+  Op op;
   Direction direction;
   Storage storage;
-  memory::desc plain_md, data_md;
+  memory::desc plain_md, data_md, workspace_md;  // workspace_md: BN + ReLU in training, else empty
   dnnl::primitive primitive;
+  dnnl::primitive forward_for_workspace;  // BN + ReLU's backward: the training forward that writes its mask
   struct SetTensors {
     memory x, grad_output, output;  // output: y or dx, in data_md
+    memory workspace;               // BN + ReLU: the mask the training forward writes and the backward reads
   };
   std::vector<SetTensors> sets;
-  std::vector<float> variance;  // training: the biased batch variance written; backward: the one read
+  std::vector<float> variance;  // per statistic. training: the biased variance written; backward: the one read
 
-  memory per_channel(const float* data, int64_t channels) const {
-    return memory({{channels}, memory::data_type::f32, tag::a}, cpu_engine(), const_cast<float*>(data));
+  bool fused_relu() const { return epilogue(op) == Epilogue::relu; }
+
+  memory vector_of(const float* data, int64_t count) const {
+    return memory({{count}, memory::data_type::f32, tag::a}, cpu_engine(), const_cast<float*>(data));
   }
 
   // Untimed: wraps (plain) or reorders (blocked) every set's inputs, allocates the blocked outputs, and for the
-  // backward derives the variance oneDNN wants from the saved invstd (var = 1 / invstd^2 - eps).
+  // backward derives the variance oneDNN wants from the saved invstd (var = 1 / invstd^2 - eps) and, for
+  // BN + ReLU, runs the training forward on each set for its workspace.
   void prepare(Problem& p) {
     sets.clear();
     dnnl::stream stream(cpu_engine());
@@ -94,67 +100,82 @@ struct Baseline {
       memory x_plain(plain_md, cpu_engine(), b.x.data());
       memory dy_plain(plain_md, cpu_engine(), b.grad_output.data());
       memory out_plain(plain_md, cpu_engine(), b.output.data());
-      if (storage == Storage::plain) {
-        sets.push_back({x_plain, dy_plain, out_plain});
-        continue;
+      SetTensors tensors{x_plain, dy_plain, out_plain, {}};
+      if (storage == Storage::blocked) {
+        tensors = {memory(data_md, cpu_engine()), memory(data_md, cpu_engine()), memory(data_md, cpu_engine()), {}};
+        dnnl::reorder(x_plain, tensors.x).execute(stream, x_plain, tensors.x);
+        if (direction == Direction::backward) {
+          dnnl::reorder(dy_plain, tensors.grad_output).execute(stream, dy_plain, tensors.grad_output);
+        }
+        // Touch the output's pages now, not in the first timed run.
+        dnnl::reorder(x_plain, tensors.output).execute(stream, x_plain, tensors.output);
       }
-      SetTensors blocked{memory(data_md, cpu_engine()), memory(data_md, cpu_engine()), memory(data_md, cpu_engine())};
-      dnnl::reorder(x_plain, blocked.x).execute(stream, x_plain, blocked.x);
-      if (direction == Direction::backward) {
-        dnnl::reorder(dy_plain, blocked.grad_output).execute(stream, dy_plain, blocked.grad_output);
-      }
-      // Touch the output's pages now, not in the first timed run.
-      dnnl::reorder(x_plain, blocked.output).execute(stream, x_plain, blocked.output);
-      sets.push_back(blocked);
+      if (fused_relu()) tensors.workspace = memory(workspace_md, cpu_engine());
+      sets.push_back(tensors);
     }
     stream.wait();
-    const int64_t channels = p.dims.c;
-    variance.assign(static_cast<size_t>(channels), 0.0f);
-    if (direction == Direction::backward) {
-      for (size_t c = 0; c < variance.size(); c++) {
-        const double invstd = p.channels.batch_invstd[c];
-        variance[c] = static_cast<float>(1.0 / (invstd * invstd) - kEps);
-      }
+    const int64_t statistics = p.statistics();
+    variance.assign(static_cast<size_t>(statistics), 0.0f);
+    if (direction != Direction::backward) return;
+    for (size_t k = 0; k < variance.size(); k++) {
+      const double invstd = p.channels.batch_invstd[k];
+      variance[k] = static_cast<float>(1.0 / (invstd * invstd) - kEps);
     }
+    if (!fused_relu()) return;
+    std::vector<float> mean(variance.size()), scratch_variance(variance.size());
+    for (const SetTensors& t : sets) {
+      forward_for_workspace.execute(stream, {{DNNL_ARG_SRC, t.x},
+                                             {DNNL_ARG_DST, t.output},
+                                             {DNNL_ARG_SCALE, vector_of(p.channels.weight.data(), p.dims.c)},
+                                             {DNNL_ARG_SHIFT, vector_of(p.channels.bias.data(), p.dims.c)},
+                                             {DNNL_ARG_MEAN, vector_of(mean.data(), statistics)},
+                                             {DNNL_ARG_VARIANCE, vector_of(scratch_variance.data(), statistics)},
+                                             {DNNL_ARG_WORKSPACE, t.workspace}});
+    }
+    stream.wait();
   }
 
   void run(Problem& p, int set) {
     const SetTensors& t = sets[static_cast<size_t>(set)];
     ChannelTensors& ch = p.channels;
-    const int64_t channels = p.dims.c;
+    const int64_t channels = p.dims.c, statistics = p.statistics();
     // The backward asks for the shift too (oneDNN 2.6 lists it among its arguments), though dx does not use it.
     std::unordered_map<int, memory> args = {{DNNL_ARG_SRC, t.x},
-                                            {DNNL_ARG_SCALE, per_channel(ch.weight.data(), channels)},
-                                            {DNNL_ARG_SHIFT, per_channel(ch.bias.data(), channels)}};
+                                            {DNNL_ARG_SCALE, vector_of(ch.weight.data(), channels)},
+                                            {DNNL_ARG_SHIFT, vector_of(ch.bias.data(), channels)}};
     switch (direction) {
       case Direction::forward_training:
         args.insert({{DNNL_ARG_DST, t.output},
-                     {DNNL_ARG_MEAN, per_channel(ch.save_mean.data(), channels)},
-                     {DNNL_ARG_VARIANCE, per_channel(variance.data(), channels)}});
+                     {DNNL_ARG_MEAN, vector_of(ch.save_mean.data(), statistics)},
+                     {DNNL_ARG_VARIANCE, vector_of(variance.data(), statistics)}});
         break;
       case Direction::forward_inference:
         args.insert({{DNNL_ARG_DST, t.output},
-                     {DNNL_ARG_MEAN, per_channel(ch.running_mean.data(), channels)},
-                     {DNNL_ARG_VARIANCE, per_channel(ch.running_var.data(), channels)}});
+                     {DNNL_ARG_MEAN, vector_of(ch.running_mean.data(), statistics)},
+                     {DNNL_ARG_VARIANCE, vector_of(ch.running_var.data(), statistics)}});
         break;
       case Direction::backward:
         args.insert({{DNNL_ARG_DIFF_DST, t.grad_output},
                      {DNNL_ARG_DIFF_SRC, t.output},
-                     {DNNL_ARG_MEAN, per_channel(ch.batch_mean.data(), channels)},
-                     {DNNL_ARG_VARIANCE, per_channel(variance.data(), channels)},
-                     {DNNL_ARG_DIFF_SCALE, per_channel(ch.grad_weight.data(), channels)},
-                     {DNNL_ARG_DIFF_SHIFT, per_channel(ch.grad_bias.data(), channels)}});
+                     {DNNL_ARG_MEAN, vector_of(ch.batch_mean.data(), statistics)},
+                     {DNNL_ARG_VARIANCE, vector_of(variance.data(), statistics)},
+                     {DNNL_ARG_DIFF_SCALE, vector_of(ch.grad_weight.data(), channels)},
+                     {DNNL_ARG_DIFF_SHIFT, vector_of(ch.grad_bias.data(), channels)}});
         break;
     }
+    if (fused_relu() && direction != Direction::forward_inference) args.insert({DNNL_ARG_WORKSPACE, t.workspace});
     dnnl::stream stream(cpu_engine());
     primitive.execute(stream, args);
     stream.wait();
     if (direction != Direction::forward_training) return;
-    // What PyTorch's oneDNN path does after the primitive: invstd for the backward, and the running statistics
-    // with the unbiased variance. O(C), timed with the primitive.
+    // What PyTorch's oneDNN path does after the primitive: invstd for the backward, and (BatchNorm) the running
+    // statistics with the unbiased variance. O(C), or O(rows) for LayerNorm, timed with the primitive.
+    for (size_t k = 0; k < variance.size(); k++) {
+      ch.save_invstd[k] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(variance[k]) + kEps));
+    }
+    if (op == Op::layer_norm) return;
     const double count = static_cast<double>(p.dims.n * p.dims.s);
     for (size_t c = 0; c < variance.size(); c++) {
-      ch.save_invstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(variance[c]) + kEps));
       ch.running_mean[c] = static_cast<float>((1 - kMomentum) * ch.running_mean[c] + kMomentum * ch.save_mean[c]);
       ch.running_var[c] = static_cast<float>((1 - kMomentum) * ch.running_var[c] +
                                              kMomentum * variance[c] * count / std::max(count - 1, 1.0));
@@ -174,23 +195,48 @@ struct Baseline {
 
 const auto kScaleShift = dnnl::normalization_flags::use_scale | dnnl::normalization_flags::use_shift;
 
-dnnl::primitive make_primitive(Direction direction, const memory::desc& data_md) {
+// The batch_normalization primitives of the direction on data_md; for BN + ReLU (fuse_norm_relu) also the
+// training forward whose workspace the backward reads, and that workspace's descriptor.
+void make_batch_norm_primitives(Baseline& b) {
   using dnnl::prop_kind;
   const dnnl::engine& engine = cpu_engine();
-  const dnnl::batch_normalization_forward::primitive_desc training(
-      {prop_kind::forward_training, data_md, static_cast<float>(kEps), kScaleShift}, engine);
-  switch (direction) {
-    case Direction::forward_training: return dnnl::batch_normalization_forward(training);
+  const float eps = static_cast<float>(kEps);
+  const dnnl::normalization_flags flags =
+      b.fused_relu() ? kScaleShift | dnnl::normalization_flags::fuse_norm_relu : kScaleShift;
+  const dnnl::batch_normalization_forward::primitive_desc training({prop_kind::forward_training, b.data_md, eps, flags},
+                                                                   engine);
+  if (b.fused_relu()) {
+    b.workspace_md = training.workspace_desc();
+    b.forward_for_workspace = dnnl::batch_normalization_forward(training);
+  }
+  switch (b.direction) {
+    case Direction::forward_training: b.primitive = dnnl::batch_normalization_forward(training); return;
     case Direction::forward_inference:
-      return dnnl::batch_normalization_forward(dnnl::batch_normalization_forward::primitive_desc(
-          {prop_kind::forward_inference, data_md, static_cast<float>(kEps),
-           kScaleShift | dnnl::normalization_flags::use_global_stats},
-          engine));
+      b.primitive = dnnl::batch_normalization_forward(dnnl::batch_normalization_forward::primitive_desc(
+          {prop_kind::forward_inference, b.data_md, eps, flags | dnnl::normalization_flags::use_global_stats}, engine));
+      return;
     case Direction::backward:
-      return dnnl::batch_normalization_backward(dnnl::batch_normalization_backward::primitive_desc(
-          {prop_kind::backward, data_md, data_md, static_cast<float>(kEps), kScaleShift}, engine, training));
+      b.primitive = dnnl::batch_normalization_backward(dnnl::batch_normalization_backward::primitive_desc(
+          {prop_kind::backward, b.data_md, b.data_md, eps, flags}, engine, training));
+      return;
   }
   throw std::logic_error("onednn: unknown direction");
+}
+
+// layer_normalization over the last dimension of data_md (rows x features), its statistics one per row.
+void make_layer_norm_primitives(Baseline& b, int64_t rows) {
+  using dnnl::prop_kind;
+  const dnnl::engine& engine = cpu_engine();
+  const float eps = static_cast<float>(kEps);
+  const memory::desc stat_md({rows}, memory::data_type::f32, tag::a);
+  const dnnl::layer_normalization_forward::primitive_desc training(
+      {prop_kind::forward_training, b.data_md, stat_md, eps, kScaleShift}, engine);
+  if (b.direction == Direction::backward) {
+    b.primitive = dnnl::layer_normalization_backward(dnnl::layer_normalization_backward::primitive_desc(
+        {prop_kind::backward, b.data_md, b.data_md, stat_md, eps, kScaleShift}, engine, training));
+  } else {
+    b.primitive = dnnl::layer_normalization_forward(training);
+  }
 }
 
 }  // namespace
@@ -203,23 +249,49 @@ std::string description() {
 
 bool available() { return true; }
 
-std::string layout_name(const Problem& problem, Storage storage) {
-  return storage == Storage::plain ? fusednorm::to_string(problem.layout)
-                                   : blocked_tag_name(problem.shape.shape.size());
+std::vector<Storage> storages(Op op, Layout layout) {
+  switch (op) {
+    case Op::batch_norm:
+    case Op::batch_norm_relu:
+      if (layout == Layout::nchw) return {Storage::plain, Storage::blocked};
+      return {Storage::plain};
+    case Op::layer_norm: return {Storage::plain};
+    case Op::group_norm: return {};  // oneDNN 2.6 has no group normalization
+  }
+  return {};
 }
 
-std::optional<Implementation> batch_norm_implementation(Direction direction, const Problem& problem, Storage storage) {
-  const size_t ndims = problem.shape.shape.size();
-  const std::optional<tag> plain = plain_tag(ndims, problem.layout);
-  const std::optional<tag> data = storage == Storage::plain ? plain : blocked_tag(ndims);
-  if (!plain || !data) return std::nullopt;
-  const memory::dims dims(problem.shape.shape.begin(), problem.shape.shape.end());
+std::string layout_name(const Problem& problem, Storage storage) {
+  return storage == Storage::plain ? problem.layout_name() : blocked_tag_name(problem.shape.shape.size());
+}
+
+std::optional<Implementation> implementation(Direction direction, const Problem& problem, Storage storage) {
   auto baseline = std::make_shared<Baseline>();
+  baseline->op = problem.op;
   baseline->direction = direction;
   baseline->storage = storage;
-  baseline->plain_md = memory::desc(dims, memory::data_type::f32, *plain);
-  baseline->data_md = memory::desc(dims, memory::data_type::f32, *data);
-  baseline->primitive = make_primitive(direction, baseline->data_md);
+  switch (problem.op) {
+    case Op::batch_norm:
+    case Op::batch_norm_relu: {
+      const size_t ndims = problem.shape.shape.size();
+      const std::optional<tag> plain = plain_tag(ndims, problem.layout);
+      const std::optional<tag> data = storage == Storage::plain ? plain : blocked_tag(ndims);
+      if (!plain || !data) return std::nullopt;
+      const memory::dims dims(problem.shape.shape.begin(), problem.shape.shape.end());
+      baseline->plain_md = memory::desc(dims, memory::data_type::f32, *plain);
+      baseline->data_md = memory::desc(dims, memory::data_type::f32, *data);
+      make_batch_norm_primitives(*baseline);
+      break;
+    }
+    case Op::layer_norm:
+      if (storage != Storage::plain) return std::nullopt;
+      // The rows as oneDNN's 2-D (rows, features): it normalizes over the last dimension.
+      baseline->plain_md = memory::desc({problem.dims.n, problem.dims.c}, memory::data_type::f32, tag::ab);
+      baseline->data_md = baseline->plain_md;
+      make_layer_norm_primitives(*baseline, problem.dims.n);
+      break;
+    case Op::group_norm: return std::nullopt;
+  }
   return Implementation{.name = fmt::format("onednn/{}", layout_name(problem, storage)),
                         .kind = "library",
                         .run = [baseline](Problem& p, int set) { baseline->run(p, set); },

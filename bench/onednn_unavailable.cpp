@@ -12,9 +12,11 @@ std::string description() { return "not built (" FUSEDNORM_BENCH_ONEDNN_MISSING 
 bool available() { return false; }
 
 std::string layout_name(const Problem& problem, Storage storage) {
-  return storage == Storage::plain ? fusednorm::to_string(problem.layout) : "blocked";
+  return storage == Storage::plain ? problem.layout_name() : "blocked";
 }
 
-std::optional<Implementation> batch_norm_implementation(Direction, const Problem&, Storage) { return std::nullopt; }
+std::vector<Storage> storages(Op, Layout) { return {}; }
+
+std::optional<Implementation> implementation(Direction, const Problem&, Storage) { return std::nullopt; }
 
 }  // namespace fusednorm::bench::onednn

@@ -8,25 +8,44 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "bench/cases.h"
+
 namespace fusednorm::bench {
 namespace {
 
 constexpr const char* kUsage = R"(usage: fusednorm_bench [options]
 
-Times FusedNorm's BatchNorm kernels (forward training, forward inference, backward; NCHW and NHWC) on the
-ResNet-50 batch-32 shapes, against a naive OpenMP baseline and the copy bandwidth measured in the same run.
-The forwards are timed out of place and in place (impl ".../inplace": y written over x).
+Times FusedNorm's kernels, each checked against the float64 reference first, against a naive OpenMP
+baseline, oneDNN and the copy bandwidth measured in the same run:
+  batch_norm       forward training, forward inference, backward; NCHW and NHWC (ResNet-50, MLP BatchNorm1d)
+  batch_norm_relu  BatchNorm with its fused ReLU: forward training, backward; NCHW and NHWC (ResNet-50)
+  layer_norm       forward training, backward; rows (transformer)
+  group_norm       forward training, backward; NCHW and NHWC (U-Net); oneDNN 2.6 has none
+each by the hand schedule and every autoscheduler built; the forwards also in place (".../inplace").
 
-  --quick          the same shapes at batch 2 and short timing, for development
-  --filter TEXT    only rows whose "batch_norm/<direction>/<layout>/<shape name>" contains TEXT,
-                   e.g. backward, nhwc, forward_training/nchw, stage4
-  --shapes LISTS   comma-separated shape lists of tests/support/shapes.h: resnet50 (batch 32, the default),
-                   resnet50_batch2 (the default with --quick), mlp_bn1d, mlp_bn1d_small, cache
+  --quick          smaller shapes of the same kinds (ResNet-50 at batch 2, ...) and short timing
+  --filter TEXT    only rows whose "<op>/<direction>/<layout>/<shape name>" contains TEXT (layout: nchw,
+                   nhwc, rows), e.g. backward, layer_norm, batch_norm/, batch_norm_relu/backward/nhwc, stage4
+  --shapes LISTS   comma-separated shape lists of tests/support/shapes.h, each with its ops:
+                   resnet50 (batch 32: batch_norm, batch_norm_relu), resnet50_batch2, mlp_bn1d (8192 x 1024:
+                   batch_norm), mlp_bn1d_small, transformer (8192 x 1024, 4096 x 4096: layer_norm),
+                   transformer_small, unet (8 x 320 x 64 x 64 in 32 groups: group_norm), unet_small, cache
+                   (one small input per op). Default: resnet50,mlp_bn1d,transformer,unet,cache; with
+                   --quick resnet50_batch2,mlp_bn1d_small,transformer_small,unet_small,cache
   --threads N      threads for the kernels (HL_NUM_THREADS), the baseline and the copies (default: cores)
   --reps N         exactly N timed runs per row (default: at least 5 and about 0.5 s)
   --json PATH      where the JSON rows go (default: results.json beside the executable)
   --markdown PATH  also write the table as GitHub-flavoured markdown (one table per shape under its cache
                    regime line, then the target summary), for docs/PERFORMANCE.md to include verbatim
+  --tune           instead of the table: for each kernel and shape class (cache, llc, dram), time every
+                   variant that runs here (hand schedule per instruction set, autoscheduled), each checked
+                   against the float64 reference first, and write the tuning table dispatch loads
+                   (FUSEDNORM_TUNING, fusednorm::load_tuning; README "Tuned dispatch"): the cache and llc
+                   classes, two shapes each. With --quick: one shape per class, short timing. --filter
+                   matches "<kernel>/<class>" then; --threads and --reps apply
+  --dram           with --tune, also the dram class (one shape above the last-level cache per kernel, cold:
+                   seconds per kernel, more with a big cache)
+  --tuning-table PATH  where --tune writes the table (default: tuning.tsv beside the executable)
   --help           this text
 )";
 
@@ -49,9 +68,9 @@ std::vector<std::string> shape_lists(std::string_view flag, std::string_view tex
   while (!text.empty()) {
     const size_t comma = text.find(',');
     const std::string_view name = text.substr(0, comma);
-    if (std::find(std::begin(kShapeListNames), std::end(kShapeListNames), name) == std::end(kShapeListNames)) {
-      usage_error(
-          fmt::format("{} names '{}', expected one or more of {}", flag, name, fmt::join(kShapeListNames, ", ")));
+    const std::vector<std::string>& known = shape_list_names();
+    if (std::find(known.begin(), known.end(), name) == known.end()) {
+      usage_error(fmt::format("{} names '{}', expected one or more of {}", flag, name, fmt::join(known, ", ")));
     }
     names.emplace_back(name);
     text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
@@ -94,6 +113,12 @@ Options parse_options(int argc, char** argv) {
       options.json_path = next_value();
     } else if (arg == "--markdown") {
       options.markdown_path = next_value();
+    } else if (arg == "--tune") {
+      options.tune = true;
+    } else if (arg == "--dram") {
+      options.tune_dram = true;
+    } else if (arg == "--tuning-table") {
+      options.tuning_path = next_value();
     } else {
       usage_error(fmt::format("unknown argument '{}'", argv[i]));
     }

@@ -18,41 +18,48 @@ namespace {
 // The goal for the NCHW training forward, as a share of the non-temporal copy's bandwidth.
 constexpr double kTargetRatioToCopyNt = 0.5;
 
-// The copy ceiling of the same shape: "copy" or "copy_nt".
+// The copy ceiling of the same shape: "copy" or "copy_nt". (Two lists may hold the same extents under two
+// names, BatchNorm's and GroupNorm's cache shapes: each name has its own copies.)
 const Row* ceiling_of(const std::vector<Row>& rows, const Row& row, const std::string& copy_impl) {
   for (const Row& r : rows) {
-    if (r.kind == "ceiling" && r.impl == copy_impl && r.shape == row.shape) return &r;
+    if (r.kind == "ceiling" && r.impl == copy_impl && r.shape_name == row.shape_name) return &r;
   }
   return nullptr;
 }
 
-// The naive baseline of the same shape, direction and layout.
+// Rows of the same case but for the layout: op, shape and direction.
+bool same_operation(const Row& a, const Row& b) {
+  return a.op == b.op && a.shape_name == b.shape_name && a.direction == b.direction;
+}
+
+// The naive baseline of the same op, shape, direction and layout.
 const Row* baseline_of(const std::vector<Row>& rows, const Row& row) {
   for (const Row& r : rows) {
-    if (r.kind == "baseline" && r.shape == row.shape && r.direction == row.direction && r.layout == row.layout) {
-      return &r;
-    }
+    if (r.kind == "baseline" && same_operation(r, row) && r.layout == row.layout) return &r;
   }
   return nullptr;
 }
 
-bool is_plain_layout(const std::optional<std::string>& layout) { return layout == "nchw" || layout == "nhwc"; }
+bool is_plain_layout(const std::optional<std::string>& layout) {
+  return layout == "nchw" || layout == "nhwc" || layout == "rows";
+}
 
-// The fastest library row of the same shape and direction, on this row's plain layout or a blocked one.
+// The fastest library row of the same op, shape and direction, on this row's plain layout or a blocked one.
 const Row* library_of(const std::vector<Row>& rows, const Row& row) {
   const Row* best = nullptr;
   for (const Row& r : rows) {
-    if (r.kind != "library" || r.shape != row.shape || r.direction != row.direction) continue;
+    if (r.kind != "library" || !same_operation(r, row)) continue;
     if (r.layout != row.layout && is_plain_layout(r.layout)) continue;
     if (!best || r.timing.median_ms < best->timing.median_ms) best = &r;
   }
   return best;
 }
 
-// The library row of the same shape and direction on `layout` ("nchw", "nhwc", or "blocked": any other).
+// The library row of the same op, shape and direction on `layout` ("nchw", "nhwc", "rows", or "blocked": any
+// other).
 const Row* library_row(const std::vector<Row>& rows, const Row& row, const std::string& layout) {
   for (const Row& r : rows) {
-    if (r.kind != "library" || r.shape != row.shape || r.direction != row.direction) continue;
+    if (r.kind != "library" || !same_operation(r, row)) continue;
     if (layout == "blocked" ? !is_plain_layout(r.layout) : r.layout == layout) return &r;
   }
   return nullptr;
@@ -90,19 +97,19 @@ std::string json_row(const Row& r) {
   // A row that was not timed has no time, GB/s or ratios (null), and its error.
   auto timed = [&](double value) { return r.error.empty() ? std::optional<double>(value) : std::nullopt; };
   return fmt::format(
-      "{{\"op\": {}, \"direction\": {}, \"epilogue\": \"none\", \"layout\": {}, \"dtype\": \"float32\", "
+      "{{\"op\": {}, \"direction\": {}, \"epilogue\": {}, \"layout\": {}, \"dtype\": \"float32\", "
       "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"schedule\": {}, \"inplace\": {}, "
       "\"ms\": {}, \"ms_min\": {}, \"reps\": {}, \"gbps\": {}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, "
       "\"ratio_to_ceiling\": {}, "
       "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"ratio_to_library\": {}, \"others_cpu_share\": {}, "
       "\"attempts\": {}, \"error\": {}}}",
-      json_string(r.op), json_value(r.direction), json_value(r.layout), fmt::join(r.shape, ", "),
-      json_string(r.shape_name), json_string(r.impl), json_string(r.kind),
+      json_string(r.op), json_value(r.direction), json_string(r.epilogue), json_value(r.layout),
+      fmt::join(r.shape, ", "), json_string(r.shape_name), json_string(r.impl), json_string(r.kind),
       json_value(r.schedule.empty() ? std::nullopt : std::optional<std::string>(r.schedule)), r.in_place,
       json_value(timed(r.timing.median_ms)), json_value(timed(r.timing.min_ms)), r.timing.reps,
-      json_value(timed(r.gbps())), r.bytes, r.threads, json_string(r.cache),
-      json_value(r.ratio_to_ceiling), json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline),
-      json_value(r.ratio_to_library), json_value(r.timing.others_cpu_share), r.timing.attempts,
+      json_value(timed(r.gbps())), r.bytes, r.threads, json_string(r.cache), json_value(r.ratio_to_ceiling),
+      json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline), json_value(r.ratio_to_library),
+      json_value(r.timing.others_cpu_share), r.timing.attempts,
       json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error)));
 }
 
@@ -132,7 +139,9 @@ std::vector<Line> table_lines(const std::vector<Row>& rows) {
   return lines;
 }
 
-bool starts_shape(const std::vector<Row>& rows, size_t i) { return i == 0 || rows[i].shape != rows[i - 1].shape; }
+bool starts_shape(const std::vector<Row>& rows, size_t i) {
+  return i == 0 || rows[i].shape_name != rows[i - 1].shape_name;
+}
 
 // The line above a shape's rows, after its name: "[32, 64, 112, 112]: 25.7M elements, ...; cold: ...".
 std::string shape_caption(const Row& row, const std::vector<ShapeNote>& notes) {
@@ -154,8 +163,8 @@ std::string footnote(const std::vector<Row>& rows) {
   }
   for (const Row& r : rows) {
     if (r.error.empty()) continue;
-    text += fmt::format("\nrefused: {} {} {} {} {}: {}", r.impl, r.direction.value_or("-"), r.layout.value_or("-"),
-                        r.shape_name, shape_string(r.shape), r.error);
+    text += fmt::format("\nrefused: {} {} {} {} {} {}: {}", r.impl, r.op, r.direction.value_or("-"),
+                        r.layout.value_or("-"), r.shape_name, shape_string(r.shape), r.error);
   }
   return text;
 }
@@ -175,7 +184,9 @@ struct TargetLine {
 std::vector<TargetLine> target_lines(const std::vector<Row>& rows) {
   std::vector<TargetLine> lines;
   for (const Row& r : rows) {
-    if (r.kind != "fusednorm" || r.direction != "forward_training" || r.layout != "nchw") continue;
+    if (r.kind != "fusednorm" || r.op != "batch_norm" || r.direction != "forward_training" || r.layout != "nchw") {
+      continue;
+    }
     if (r.schedule != "hand" || !r.error.empty()) continue;  // the target is the hand schedule's
     const Row* copy_nt = ceiling_of(rows, r, "copy_nt");
     const double ratio = r.ratio_to_copy_nt.value_or(NAN);
@@ -268,8 +279,8 @@ void print_schedule_summary(const std::vector<Row>& rows) {
     std::string text;
     std::optional<double> others = hand.timing.others_cpu_share;
     for (const Row& r : rows) {
-      if (r.kind != "fusednorm" || r.schedule == "hand" || r.in_place || r.shape != hand.shape ||
-          r.direction != hand.direction || r.layout != hand.layout) {
+      if (r.kind != "fusednorm" || r.schedule == "hand" || r.in_place || !same_operation(r, hand) ||
+          r.layout != hand.layout) {
         continue;
       }
       if (!r.error.empty()) {
@@ -282,8 +293,8 @@ void print_schedule_summary(const std::vector<Row>& rows) {
     }
     if (text.empty()) continue;
     any = true;
-    fmt::print("  {:<16} {:<17} {:<5} hand {}{}   others {}\n", hand.shape_name, *hand.direction, *hand.layout,
-               ratio_text(hand.ratio_to_copy_nt, hand.ceiling_disturbed), text,
+    fmt::print("  {:<22} {:<15} {:<17} {:<5} hand {}{}   others {}\n", hand.shape_name, hand.op, *hand.direction,
+               *hand.layout, ratio_text(hand.ratio_to_copy_nt, hand.ceiling_disturbed), text,
                others ? fmt::format("<= {:.0f}%", 100 * *others) : "-");
   }
   if (!any) {
@@ -294,22 +305,23 @@ void print_schedule_summary(const std::vector<Row>& rows) {
     return r.kind != "fusednorm" || r.schedule != "hand" || r.impl.find("/avx2") != std::string::npos;
   });
   if (!hand_avx2) {
-    fmt::print("  note: the autoscheduled kernels are avx2, the hand rows here are not: FUSEDNORM_MAX_ISA=avx2 "
-               "compares like with like\n");
+    fmt::print(
+        "  note: the autoscheduled kernels are avx2, the hand rows here are not: FUSEDNORM_MAX_ISA=avx2 "
+        "compares like with like\n");
   }
 }
 
 void print_library_summary(const std::vector<Row>& rows) {
-  fmt::print("\nFusedNorm against oneDNN on the ResNet-50 shapes (oneDNN's time over FusedNorm's: > 1 is faster)\n");
+  fmt::print("\nFusedNorm against oneDNN (oneDNN's time over FusedNorm's: > 1 is faster)\n");
   bool any = false;
   double worst_others = 0;
   for (const Row& r : rows) {
-    if (r.kind != "fusednorm" || r.in_place || !r.shape_name.starts_with("resnet50.")) continue;
+    if (r.kind != "fusednorm" || r.in_place || !r.error.empty()) continue;
     if (r.schedule != "hand") continue;  // print_schedule_summary compares the autoscheduled rows with hand
     if (r.direction != "forward_training" && r.direction != "backward") continue;
     std::string ratios;
     std::optional<double> others = r.timing.others_cpu_share;
-    for (const char* layout : {"blocked", "nchw", "nhwc"}) {
+    for (const char* layout : {"blocked", "nchw", "nhwc", "rows"}) {
       const Row* library = library_row(rows, r, layout);
       if (!library) continue;
       if (library->timing.others_cpu_share) {
@@ -321,11 +333,11 @@ void print_library_summary(const std::vector<Row>& rows) {
     if (ratios.empty()) continue;
     any = true;
     worst_others = std::max(worst_others, others.value_or(0));
-    fmt::print("  {:<16} {:<17} {:<5} {:<24}{}   others {}\n", r.shape_name, *r.direction, *r.layout, r.impl, ratios,
-               others ? fmt::format("<= {:.0f}%", 100 * *others) : "-");
+    fmt::print("  {:<22} {:<15} {:<17} {:<5} {:<24}{}   others {}\n", r.shape_name, r.op, *r.direction, *r.layout,
+               r.impl, ratios, others ? fmt::format("<= {:.0f}%", 100 * *others) : "-");
   }
   if (!any) {
-    fmt::print("  (no such rows in this run: oneDNN not built, or no ResNet-50 shape selected)\n");
+    fmt::print("  (no such rows in this run: oneDNN not built, or no op it has selected)\n");
     return;
   }
   fmt::print(

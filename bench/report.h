@@ -11,22 +11,24 @@
 namespace fusednorm::bench {
 
 struct Row {
-  std::string op;                        // "batch_norm", or "copy" for the ceilings
+  // "batch_norm", "batch_norm_relu", "layer_norm", "group_norm", or "copy" for the ceilings
+  std::string op;
+  std::string epilogue = "none";         // the op's: "relu" for batch_norm_relu
   std::optional<std::string> direction;  // "forward_training", "forward_inference", "backward"; none for copies
-  std::optional<std::string> layout;     // "nchw", "nhwc", oneDNN's blocked "nChw16c"; none for copies
-  std::string shape_name;                // "resnet50.conv1"
-  std::vector<int64_t> shape;            // (N, C, H, W)
+  std::optional<std::string> layout;     // "nchw", "nhwc", "rows", oneDNN's blocked "nChw16c"; none for copies
+  std::string shape_name;                // "resnet50.conv1": ratios compare rows of the same shape name
+  std::vector<int64_t> shape;            // (N, C, H, W); LayerNorm: (rows, features)
   std::string impl;                      // "fusednorm/hand/avx512", ".../inplace", "naive", "copy", "copy_nt"
   std::string kind;                      // "fusednorm", "baseline" (naive), "library" (oneDNN), "ceiling"
   std::string schedule;                  // fusednorm rows: "hand", "Mullapudi2016", "Li2018", "Adams2019"
   // Why the row was not timed (an autoscheduled kernel refused the shape: its error); "" for a timed row.
   std::string error;
-  bool in_place = false;                 // y written over x (output == input)
-  std::string cache;                     // "hot", "cold"
+  bool in_place = false;  // y written over x (output == input)
+  std::string cache;      // "hot", "cold"
   int threads = 0;
   int64_t bytes = 0;  // the fewest bytes the operation must move, which GB/s counts
   Timing timing;
-  // Filled in by complete_ratios, from the other rows of the same shape (and direction and layout).
+  // Filled in by complete_ratios, from the other rows of the same shape (and op, direction and layout).
   std::optional<double> ratio_to_ceiling;   // GB/s over the faster copy's
   std::optional<double> ratio_to_copy_nt;   // GB/s over the non-temporal copy's
   std::optional<double> ratio_to_baseline;  // the naive baseline's time over this row's
@@ -41,8 +43,8 @@ struct Row {
 
 void complete_ratios(std::vector<Row>& rows);
 
-// Hand against each autoscheduler: per shape, direction and layout, each schedule's ratio to copy_nt and the
-// hand schedule's speed-up over it.
+// Hand against each autoscheduler: per shape, op, direction and layout, each schedule's ratio to copy_nt and
+// the hand schedule's speed-up over it.
 void print_schedule_summary(const std::vector<Row>& rows);
 
 // A line above each shape's rows: its size and how it was timed.
@@ -60,8 +62,8 @@ struct HeaderLine {
 void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
 // The target: NCHW forward training at >= 0.5 of the non-temporal copy ceiling.
 void print_target_summary(const std::vector<Row>& rows);
-// FusedNorm against oneDNN on the ResNet-50 shapes, forward training and backward: its time over oneDNN's
-// blocked, plain nchw and plain nhwc rows, with the share of the CPUs others used meanwhile.
+// FusedNorm against oneDNN, forward training and backward, per shape and op it has rows for: its time over
+// oneDNN's blocked, plain nchw / nhwc and rows rows, with the share of the CPUs others used meanwhile.
 void print_library_summary(const std::vector<Row>& rows);
 // The same header, tables (one per shape, its note above it) and target summary as GitHub-flavoured markdown,
 // for docs/PERFORMANCE.md to include verbatim.

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <span>
 
+#include "support/batch_norm_reference.h"
+
 namespace fusednorm::bench {
 namespace {
 
@@ -26,51 +28,65 @@ struct Comparison {
   double error;
 };
 
+bool has_running_statistics(Op op) { return op == Op::batch_norm || op == Op::batch_norm_relu; }
+
 }  // namespace
 
-const reference::ForwardTraining& Verifier::training_reference() {
-  if (!training_) {
+const reference::Forward& Verifier::forward_reference() {
+  if (!forward_) {
     const ChannelTensors& ch = problem_.channels;
-    training_ = reference::batch_norm_forward_training(problem_.sets[0].x.data(), problem_.dims, ch.weight.data(),
-                                                       ch.bias.data(), ch.initial_running_mean.data(),
-                                                       ch.initial_running_var.data(), kMomentum, kEps);
+    const reference::Running running{ch.initial_running_mean.data(), ch.initial_running_var.data(), kMomentum};
+    forward_ =
+        reference::forward(problem_.sets[0].x.data(), problem_.grouping(), {ch.weight.data(), ch.bias.data()}, kEps,
+                           epilogue(problem_.op), nullptr, has_running_statistics(problem_.op) ? &running : nullptr);
   }
-  return *training_;
+  return *forward_;
 }
 
 void Verifier::prepare(Direction direction) {
   ChannelTensors& ch = problem_.channels;
-  const BufferSet& set = problem_.sets[0];
+  BufferSet& set = problem_.sets[0];
   // At most one full-size reference at a time (the largest are 200 MB each); the backward keeps needing the
   // training statistics, not y.
   inference_y_ = {};
   backward_.reset();
   if (direction == Direction::forward_training) {
-    training_.reset();
-  } else if (training_) {
-    training_->y = {};
+    forward_.reset();
+  } else if (forward_ && !(direction == Direction::backward && needs_forward_output(problem_.op))) {
+    forward_->y = {};
   }
 
   switch (direction) {
-    case Direction::forward_training: training_reference(); return;
+    case Direction::forward_training: forward_reference(); return;
     case Direction::forward_inference:
       inference_y_ =
           reference::batch_norm_forward_inference(set.x.data(), problem_.dims, ch.weight.data(), ch.bias.data(),
                                                   ch.initial_running_mean.data(), ch.initial_running_var.data(), kEps);
       return;
     case Direction::backward: {
-      const reference::ForwardTraining& forward = training_reference();
+      if (forward_ && forward_->y.empty() && needs_forward_output(problem_.op)) forward_.reset();  // y is needed
+      const reference::Forward& forward = forward_reference();
       std::vector<double> mean(forward.mean.size()), invstd(forward.invstd.size());
-      for (size_t c = 0; c < mean.size(); c++) {
+      for (size_t k = 0; k < mean.size(); k++) {
         // The backward gets the statistics in float, as a forward saves them; the reference uses exactly those.
-        ch.batch_mean[c] = static_cast<float>(forward.mean[c]);
-        ch.batch_invstd[c] = static_cast<float>(forward.invstd[c]);
-        mean[c] = ch.batch_mean[c];
-        invstd[c] = ch.batch_invstd[c];
+        ch.batch_mean[k] = static_cast<float>(forward.mean[k]);
+        ch.batch_invstd[k] = static_cast<float>(forward.invstd[k]);
+        mean[k] = ch.batch_mean[k];
+        invstd[k] = ch.batch_invstd[k];
       }
-      training_->y = {};
-      backward_ = reference::batch_norm_backward(set.x.data(), set.grad_output.data(), problem_.dims, ch.weight.data(),
-                                                 mean.data(), invstd.data(), /*training=*/true);
+      // BN + ReLU: the backward reads the forward's y (its mask). Set 0's is the reference's y in float, which
+      // the reference's backward reads too; the other sets' only feed timed runs, from the naive forward.
+      const float* forward_y = nullptr;
+      if (needs_forward_output(problem_.op)) {
+        float* y = set.forward_output.data();
+        for (size_t i = 0; i < forward.y.size(); i++) y[i] = static_cast<float>(forward.y[i]);
+        fill_forward_outputs_naive(problem_, 1);
+        forward_y = y;
+      }
+      forward_->y = {};
+      backward_ = reference::backward(set.x.data(), set.grad_output.data(), problem_.grouping(), mean.data(),
+                                      invstd.data(), {ch.weight.data(), ch.bias.data()}, /*through_statistics=*/true,
+                                      epilogue(problem_.op), forward_y);
       return;
     }
   }
@@ -90,12 +106,14 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
   std::vector<Comparison> comparisons;
   switch (direction) {
     case Direction::forward_training: {
-      const reference::ForwardTraining& r = *training_;
+      const reference::Forward& r = *forward_;
       comparisons = {{"y", relative_error(output, r.y)},
                      {"save_mean", relative_error(ch.save_mean, r.mean)},
-                     {"save_invstd", relative_error(ch.save_invstd, r.invstd)},
-                     {"running_mean", relative_error(ch.running_mean, r.running_mean)},
-                     {"running_var", relative_error(ch.running_var, r.running_var)}};
+                     {"save_invstd", relative_error(ch.save_invstd, r.invstd)}};
+      if (has_running_statistics(problem_.op)) {
+        comparisons.push_back({"running_mean", relative_error(ch.running_mean, r.running_mean)});
+        comparisons.push_back({"running_var", relative_error(ch.running_var, r.running_var)});
+      }
       break;
     }
     case Direction::forward_inference: comparisons = {{"y", relative_error(output, inference_y_)}}; break;
@@ -110,9 +128,9 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
   for (const Comparison& c : comparisons) {
     if (!(c.error < kTolerance)) {
       throw VerificationError(fmt::format(
-          "verification failed: batch_norm {} {} {} {} {}: {} differs from the float64 reference by {:.3g} "
+          "verification failed: {} {} {} {} {} {}: {} differs from the float64 reference by {:.3g} "
           "(max |{} - reference| / max |reference|), expected < {:g}",
-          to_string(direction), fusednorm::to_string(problem_.layout), problem_.shape.name,
+          to_string(problem_.op), to_string(direction), problem_.layout_name(), problem_.shape.name,
           shape_string(problem_.shape.shape), implementation.name, c.output, c.error, c.output, kTolerance));
     }
   }

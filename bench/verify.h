@@ -1,6 +1,6 @@
 #pragma once
-// Every row is checked against the shared float64 reference (tests/support/batch_norm_reference.h) on the
-// shape it is timed on, before it is timed: a fast wrong kernel must not make it into the table.
+// Every row is checked against the shared float64 reference (tests/support/norm_reference.h) on the shape it is
+// timed on, before it is timed: a fast wrong kernel must not make it into the table.
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -25,7 +25,8 @@ class Verifier {
   explicit Verifier(Problem& problem) : problem_(problem) {}
 
   // Computes the reference for `direction`, releasing the previous one. For the backward, also sets the
-  // problem's batch_mean / batch_invstd: the statistics the training forward would have saved.
+  // problem's batch_mean / batch_invstd (the statistics the training forward would have saved) and, for
+  // BN + ReLU, every set's forward_output (set 0's: the reference's y in float).
   void prepare(Direction direction);
   // Runs the implementation once on set 0 from fresh running statistics (in place: on a fresh copy of set 0's
   // x) and compares every output it writes; throws VerificationError naming the output, its error and the
@@ -33,10 +34,10 @@ class Verifier {
   void check(const Implementation& implementation, Direction direction);
 
  private:
-  const reference::ForwardTraining& training_reference();
+  const reference::Forward& forward_reference();
 
   Problem& problem_;
-  std::optional<reference::ForwardTraining> training_;
+  std::optional<reference::Forward> forward_;
   std::vector<double> inference_y_;
   std::optional<reference::Backward> backward_;
 };

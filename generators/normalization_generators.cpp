@@ -1,12 +1,14 @@
 // Generator registration for the whole family: which inputs and outputs a NormSpec has, the algorithm
-// (norm_algorithm.h) and the schedule (schedule_cpu.h, or an autoscheduler from the estimates). Generator
-// parameters select the variant; the build instantiates every variant from them (generators/CMakeLists.txt), and
-// fusednorm_add_kernel() does the same in a downstream build. docs/KERNELS.md lists the arguments.
+// (norm_algorithm.h) and the schedule (schedule_cpu.h; schedule_gpu.h for a target with a GPU feature, cuda; or an
+// autoscheduler from the estimates). Generator parameters select the variant; the build instantiates every variant
+// from them (generators/CMakeLists.txt), and fusednorm_add_kernel() does the same in a downstream build.
+// docs/KERNELS.md lists the arguments.
 #include <algorithm>
 
 #include "Halide.h"
 #include "norm_algorithm.h"
 #include "schedule_cpu.h"
+#include "schedule_gpu.h"
 
 namespace fusednorm {
 namespace {
@@ -105,6 +107,16 @@ class NormalizationGenerator : public Generator<T> {
     return {axes, p, this->natural_vector_size(Float(32)), block_bytes_for(this->get_target())};
   }
 
+  // GPU variants: the tensors are dense in their storage order (the runtime's views always are); with the strides
+  // known, the kernels' addressing needs fewer parameters and multiplications.
+  bool on_gpu() const { return this->get_target().has_gpu_feature(); }
+  template <typename B>
+  static void declare_dense(B& t) {
+    t.dim(0).set_stride(1);
+    t.dim(1).set_stride(t.dim(0).extent());
+    t.dim(2).set_stride(t.dim(0).extent() * t.dim(1).extent());
+  }
+
   // Estimates for the autoschedulers, from estimates_for().
   void estimate_tensor(Tensor* t) { estimate_tensor_dims(*t); }
   void estimate_tensor(GeneratorOutput<Buffer<>>* t) { estimate_tensor_dims(*t); }
@@ -186,11 +198,26 @@ class ForwardTraining : public NormalizationGenerator<ForwardTraining> {
       if (running) running->set_estimates({{0, e.channels}});
       return;
     }
-    CpuScheduleContext cx = cpu_context(p);
     const Statistics& st = alg.statistics;
+    if (on_gpu()) {
+      declare_dense(*x);
+      if (z) declare_dense(*z);
+      declare_dense(*y);
+      ChannelSums gpu_sums = st.channel_sums;
+      schedule_gpu_channel_sums(gpu_sums, s.layout, axes);
+      for (Func f : {st.shift, st.group_sums.sums, alg.coefficients, Func(*saved)}) schedule_gpu_flat(f);
+      if (running) {
+        schedule_gpu_flat(alg.running_batch_values);
+        schedule_gpu_flat(*running);
+      }
+      schedule_gpu_elementwise(*y, s.affine_per_element());
+      return;
+    }
+    CpuScheduleContext cx = cpu_context(p);
     // The shift is read before its element of x is overwritten when y is x (in place).
     BlockedFuncs funcs;
     funcs.per_block = {st.shift, st.group_sums.sums, st.stats, alg.coefficients};
+    funcs.sample_sums = {st.group_sums.sums};
     funcs.group_outputs = {*saved};
     if (running) {
       funcs.per_block.push_back(alg.running_batch_values);
@@ -239,6 +266,14 @@ class ForwardInference : public NormalizationGenerator<ForwardInference> {
       estimate_common();
       for (Vector* v : {running_mean, running_var}) v->set_estimates({{0, estimates_for(spec()).channels}});
       eps->set_estimate(1e-5f);
+      return;
+    }
+    if (on_gpu()) {
+      declare_dense(*x);
+      if (z) declare_dense(*z);
+      declare_dense(*y);
+      schedule_gpu_flat(alg.scale);
+      schedule_gpu_elementwise(*y, false);
       return;
     }
     schedule_elementwise(*y, spec().layout, {alg.scale}, cpu_context(p));
@@ -305,16 +340,37 @@ class Backward : public NormalizationGenerator<Backward> {
       if (param_grads) param_grads->set_estimates({{0, s.affine_per_element() ? e.spatial : e.channels}});
       return;
     }
+    if (on_gpu()) {
+      for (Tensor* t : {x, dy, y}) {
+        if (t) declare_dense(*t);
+      }
+      declare_dense(*dx);
+      if (dz) declare_dense(*dz);
+      ChannelSums gpu_sums = alg.channel_sums;
+      schedule_gpu_channel_sums(gpu_sums, s.layout, axes);
+      for (Func f : {alg.centre, alg.group_sums.sums, alg.terms, alg.coefficients}) schedule_gpu_flat(f);
+      if (param_grads && s.affine_per_element()) {
+        schedule_gpu_column_sums(alg.param_sums, alg.over_rows, axes);
+      } else if (param_grads) {
+        schedule_gpu_flat(alg.param_sums);
+      }
+      if (param_grads) schedule_gpu_flat(*param_grads);
+      schedule_gpu_elementwise(*dx, s.affine_per_element());
+      if (dz) schedule_gpu_elementwise(*dz, false);
+      return;
+    }
     CpuScheduleContext cx = cpu_context(p);
     cx.tensors_reread = y ? 3 : 2;  // x and dy, and y for the ReLU mask
     BlockedFuncs funcs;
     funcs.per_block = {alg.centre, alg.group_sums.sums, alg.terms, alg.coefficients};
+    funcs.sample_sums = {alg.group_sums.sums};
     if (dz) funcs.elementwise_outputs = {*dz};
     ChannelSums sums = alg.channel_sums;
     if (param_grads && s.affine_per_element()) {
       schedule_column_sums(alg.param_sums, alg.over_rows, cx);
     } else if (param_grads) {
       funcs.per_block.push_back(alg.param_sums);
+      funcs.sample_sums.push_back(alg.param_sums);
       funcs.channel_outputs = {*param_grads};
     }
     schedule_statistics_then_elementwise(s, *dx, sums, funcs, cx);

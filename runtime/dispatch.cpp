@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iterator>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -15,6 +16,7 @@
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
 #include "fusednorm_variant_table.h"
+#include "runtime/tuning.h"
 
 namespace fusednorm {
 
@@ -171,8 +173,71 @@ bool is_candidate(const KernelVariant& v, const VariantRequest& request) {
   return v.norm == request.norm && v.direction == request.direction;
 }
 
-// Why candidate `v` was not run for `request`, or "" when it was a fit. `chosen` is the first fit, once found.
-std::string reason_passed_over(const KernelVariant& v, const VariantRequest& request, const KernelVariant* chosen) {
+// A candidate of the request's very kernel: the same computation, whatever its instruction set and schedule.
+bool same_kernel(const KernelVariant& v, const VariantRequest& request) {
+  return is_candidate(v, request) && v.layout == request.layout && v.epilogue == request.epilogue &&
+         v.affine == request.affine;
+}
+
+bool runs_here(const KernelVariant& v) { return cpu_supports(v.isa) && allowed(v.isa); }
+
+std::string isa_reason(const KernelVariant& v) {
+  if (!cpu_supports(v.isa)) return fmt::format("{} is not supported by this CPU", to_string(v.isa));
+  if (!allowed(v.isa)) return fmt::format("{} is above the max_isa limit {}", to_string(v.isa), max_isa());
+  return "";
+}
+
+// "12.3 MiB", "96.0 KiB", "24 bytes": the working sets in reports.
+std::string format_bytes(int64_t bytes) {
+  if (bytes >= (int64_t{1} << 20)) return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
+  if (bytes >= (int64_t{1} << 10)) return fmt::format("{:.1f} KiB", static_cast<double>(bytes) / (1 << 10));
+  return fmt::format("{} bytes", bytes);
+}
+
+// What dispatch decided for one call, kept per thread for last_dispatch_report().
+struct Decision {
+  VariantRequest request;
+  std::shared_ptr<const TuningTable> table;  // the table consulted (or set aside by the schedule); null: none
+  size_t shape_class = 0;                    // in table->classes
+  int64_t working_set = 0;
+  const KernelVariant* untuned = nullptr;  // what dispatch runs without a table; null: nothing fits
+  const KernelVariant* tuned = nullptr;    // the table's choice; null: not tuned
+  std::string refusal;                     // the tuned kernel's error, when it refused the call and untuned ran
+
+  const KernelVariant* ran() const { return tuned && refusal.empty() ? tuned : untuned; }
+  // The table's rank of `v` for this call, or null.
+  const TuningTable::Candidate* ranked(const KernelVariant& v) const {
+    if (!table || !untuned_like) return nullptr;
+    const std::vector<TuningTable::Candidate>* list = table->candidates(*untuned_like, shape_class);
+    if (!list) return nullptr;
+    for (const TuningTable::Candidate& c : *list) {
+      if (c.variant == &v) return &c;
+    }
+    return nullptr;
+  }
+  const KernelVariant* untuned_like = nullptr;  // a built variant of the request's kernel (any isa, schedule)
+};
+
+thread_local std::optional<Decision> last_decision;
+
+// Why candidate `v` was not run for the call `d`; `ran` is the variant that ran (null if none).
+std::string reason_passed_over(const KernelVariant& v, const Decision& d, const KernelVariant* ran) {
+  const VariantRequest& request = d.request;
+  if (d.tuned && same_kernel(v, request)) {
+    // The table ranks every schedule and instruction set of the kernel: only they and max_isa decide.
+    const std::string cls = d.table->classes[d.shape_class].name;
+    if (&v == d.tuned) {
+      return fmt::format("tuned for class {}, but its kernel refused this call: {}; the untuned choice ran instead",
+                         cls, d.refusal);
+    }
+    const TuningTable::Candidate* mine = d.ranked(v);
+    if (std::string why = isa_reason(v); !why.empty()) {
+      return mine ? fmt::format("{} (tuned {:.4g} ms in class {})", why, mine->ms, cls) : why;
+    }
+    if (!mine) return fmt::format("not timed or out in class {} of the tuning table", cls);
+    const TuningTable::Candidate* best = d.ranked(*d.tuned);
+    return fmt::format("tuned slower in class {}: {:.4g} ms against {:.4g} ms", cls, mine->ms, best ? best->ms : 0.0);
+  }
   if (const std::string& schedule = selected_schedule(); v.schedule != schedule) {
     return fmt::format("schedule {}, dispatch runs {} (set_schedule, FUSEDNORM_SCHEDULE)", v.schedule, schedule);
   }
@@ -185,35 +250,92 @@ std::string reason_passed_over(const KernelVariant& v, const VariantRequest& req
   if (v.affine != request.affine) {
     return v.affine ? "affine, the call has no weight or bias" : "not affine, the call has a weight or bias";
   }
-  if (!cpu_supports(v.isa)) return fmt::format("{} is not supported by this CPU", to_string(v.isa));
-  if (!allowed(v.isa)) return fmt::format("{} is above the max_isa limit {}", to_string(v.isa), max_isa());
-  if (chosen) return fmt::format("{} chosen first (better instruction set)", chosen->name);
+  if (std::string why = isa_reason(v); !why.empty()) return why;
+  if (ran && ran != &v) return fmt::format("{} chosen first (better instruction set)", ran->name);
   return "";
 }
 
-// The last request on this thread, for last_dispatch_report().
-thread_local std::optional<VariantRequest> last_request;
-
-// The candidates of one request in table order: the one that runs, and each passed over with the reason.
-std::string explain(const VariantRequest& request) {
-  const KernelVariant* chosen = nullptr;
-  std::string passed_over;
+// The first variant that fits without a table: the selected schedule, best instruction set allowed.
+const KernelVariant* untuned_choice(const Decision& d) {
   for (const KernelVariant& v : kBuiltVariants) {
-    if (!is_candidate(v, request)) continue;
-    std::string why = reason_passed_over(v, request, chosen);
-    if (why.empty()) {
-      chosen = &v;
-    } else {
-      passed_over += fmt::format("\n  passed over {}: {}", v.name, why);
+    if (is_candidate(v, d.request) && reason_passed_over(v, d, nullptr).empty()) return &v;
+  }
+  return nullptr;
+}
+
+Decision decide(const VariantRequest& request) {
+  Decision d;
+  d.request = request;
+  d.untuned = untuned_choice(d);
+  d.table = current_tuning();  // throws where FUSEDNORM_TUNING names a malformed file
+  if (!d.table) return d;
+  d.working_set = working_set_bytes(request.direction, request.epilogue, request.elements);
+  d.shape_class = d.table->class_of(d.working_set);
+  for (const KernelVariant& v : kBuiltVariants) {
+    if (same_kernel(v, request)) {
+      d.untuned_like = &v;
+      break;
     }
   }
+  if (!d.untuned_like || selected_schedule() != "hand") return d;
+  if (const std::vector<TuningTable::Candidate>* list = d.table->candidates(*d.untuned_like, d.shape_class)) {
+    for (const TuningTable::Candidate& c : *list) {
+      if (runs_here(*c.variant)) {
+        d.tuned = c.variant;
+        break;
+      }
+    }
+  }
+  return d;
+}
+
+// Why the table did not choose this call's variant; "" when it did (or there is no table).
+std::string tuning_not_used(const Decision& d) {
+  if (!d.table || d.tuned) return "";
+  const TuningTable& t = *d.table;
+  if (const std::string& schedule = selected_schedule(); schedule != "hand") {
+    return fmt::format("table {} not consulted: schedule {} is set (set_schedule, FUSEDNORM_SCHEDULE), which "
+                       "takes precedence",
+                       t.source, schedule);
+  }
+  if (!d.untuned_like) return "";
+  const std::string where = fmt::format("class {}, working set {}", t.describe_class(d.shape_class),
+                                        format_bytes(d.working_set));
+  const std::vector<TuningTable::Candidate>* list = t.candidates(*d.untuned_like, d.shape_class);
+  if (!list) {
+    return fmt::format("table {} has no timed variant of {} in {}: the untuned choice", t.source,
+                       kernel_name(*d.untuned_like), where);
+  }
+  std::string why;
+  for (const TuningTable::Candidate& c : *list) why += fmt::format("; {}: {}", c.variant->name, isa_reason(*c.variant));
+  return fmt::format("table {}, {}: none of its variants of {} runs here{}: the untuned choice", t.source, where,
+                     kernel_name(*d.untuned_like), why);
+}
+
+// The candidates of one call in table order: the one that ran, and each passed over with the reason.
+std::string explain(const Decision& d) {
+  const VariantRequest& request = d.request;
+  const KernelVariant* ran = d.ran();
+  std::string passed_over;
+  for (const KernelVariant& v : kBuiltVariants) {
+    if (!is_candidate(v, request) || &v == ran) continue;
+    passed_over += fmt::format("\n  passed over {}: {}", v.name, reason_passed_over(v, d, ran));
+  }
+  if (const std::string note = tuning_not_used(d); !note.empty()) passed_over += "\n  tuning: " + note;
   // "instance_norm forward_inference (batch_norm kernels)" where a function runs another norm's kernels.
   const std::string call = fmt::format("{} {}{}", request.function, to_string(request.direction),
                                        std::string(request.function) == to_string(request.norm)
                                            ? ""
                                            : fmt::format(" ({} kernels)", to_string(request.norm)));
-  if (!chosen) return fmt::format("fusednorm: {}: no variant fits{}", call, passed_over);
-  return fmt::format("fusednorm: {}: ran {} (schedule {}){}", call, chosen->name, chosen->schedule, passed_over);
+  if (!ran) return fmt::format("fusednorm: {}: no variant fits{}", call, passed_over);
+  std::string how;
+  if (d.tuned && d.refusal.empty()) {
+    how = fmt::format("; tuned: class {}, working set {}, table {}", d.table->describe_class(d.shape_class),
+                      format_bytes(d.working_set), d.table->source);
+  } else if (d.tuned) {
+    how = fmt::format("; the tuned {} refused the call", d.tuned->name);
+  }
+  return fmt::format("fusednorm: {}: ran {} (schedule {}{}){}", call, ran->name, ran->schedule, how, passed_over);
 }
 
 bool epilogue_built(const VariantRequest& request, Epilogue epilogue) {
@@ -233,38 +355,61 @@ std::string built_epilogues(const VariantRequest& request) {
   return result;
 }
 
+// Halide's argument checks, which a pipeline makes before it computes anything (its outputs are untouched): an
+// autoscheduled kernel planned for other extents refuses a call with one of these.
+bool is_refusal(int code) {
+  switch (code) {
+    case halide_error_code_explicit_bounds_too_small:
+    case halide_error_code_access_out_of_bounds:
+    case halide_error_code_buffer_extents_too_large:
+    case halide_error_code_constraints_make_required_region_smaller:
+    case halide_error_code_constraint_violated:
+    case halide_error_code_param_too_small:
+    case halide_error_code_param_too_large:
+    case halide_error_code_buffer_extents_negative:
+    case halide_error_code_bad_dimensions: return true;
+    default: return false;
+  }
+}
+
 }  // namespace
 
 const KernelVariant& select_variant(const VariantRequest& request) {
-  last_request = request;
-  const KernelVariant* chosen = nullptr;
-  for (const KernelVariant& v : kBuiltVariants) {
-    if (is_candidate(v, request) && reason_passed_over(v, request, nullptr).empty()) {
-      chosen = &v;
-      break;
-    }
+  last_decision.reset();
+  last_decision = decide(request);
+  const Decision& d = *last_decision;
+  if (fusednorm::verbose()) std::fprintf(stderr, "%s\n", explain(d).c_str());
+  if (const KernelVariant* ran = d.ran()) return *ran;
+  if (!epilogue_built(request, request.epilogue)) {
+    throw Error(fmt::format("{}: epilogue is {}, expected {} (the epilogues of the {} {} kernels this build has)",
+                            request.function, to_string(request.epilogue), built_epilogues(request),
+                            to_string(request.norm), to_string(request.direction)));
   }
-  if (fusednorm::verbose()) std::fprintf(stderr, "%s\n", explain(request).c_str());
-  if (!chosen) {
-    if (!epilogue_built(request, request.epilogue)) {
-      throw Error(fmt::format("{}: epilogue is {}, expected {} (the epilogues of the {} {} kernels this build has)",
-                              request.function, to_string(request.epilogue), built_epilogues(request),
-                              to_string(request.norm), to_string(request.direction)));
-    }
-    if (const std::string& schedule = selected_schedule(); schedule != "hand") {
-      throw Error(fmt::format("{}: no {} {} kernel of schedule {} for layout {}, epilogue {}{} runs on this CPU "
-                              "(max_isa '{}'); dispatch does not fall back to another schedule (set_schedule, "
-                              "FUSEDNORM_SCHEDULE; FUSEDNORM_VERBOSE=1 lists the candidates)",
-                              request.function, to_string(request.norm), to_string(request.direction), schedule,
-                              to_string(request.layout), to_string(request.epilogue),
-                              request.affine ? ", affine" : "", max_isa()));
-    }
-    throw Error(fmt::format("{}: no {} {} kernel for layout {}, epilogue {}{} runs on this CPU (max_isa '{}')",
-                            request.function, to_string(request.norm), to_string(request.direction),
+  if (const std::string& schedule = selected_schedule(); schedule != "hand") {
+    throw Error(fmt::format("{}: no {} {} kernel of schedule {} for layout {}, epilogue {}{} runs on this CPU "
+                            "(max_isa '{}'); dispatch does not fall back to another schedule (set_schedule, "
+                            "FUSEDNORM_SCHEDULE; FUSEDNORM_VERBOSE=1 lists the candidates)",
+                            request.function, to_string(request.norm), to_string(request.direction), schedule,
                             to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
                             max_isa()));
   }
-  return *chosen;
+  throw Error(fmt::format("{}: no {} {} kernel for layout {}, epilogue {}{} runs on this CPU (max_isa '{}')",
+                          request.function, to_string(request.norm), to_string(request.direction),
+                          to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
+                          max_isa()));
+}
+
+void call_selected(const KernelArgs& args, const KernelVariant& variant, const char* function) {
+  std::optional<KernelFailure> failure = args.try_call(variant, function);
+  if (!failure) return;
+  Decision* d = last_decision ? &*last_decision : nullptr;
+  if (!d || d->tuned != &variant || !d->refusal.empty() || !d->untuned || d->untuned == &variant ||
+      !is_refusal(failure->code)) {
+    throw Error(failure->message);
+  }
+  d->refusal = failure->message;
+  if (fusednorm::verbose()) std::fprintf(stderr, "%s\n", explain(*d).c_str());
+  args.call(*d->untuned, function);
 }
 
 }  // namespace detail
@@ -274,7 +419,7 @@ std::vector<VariantInfo> variants() {
   for (const detail::KernelVariant& v : detail::kBuiltVariants) {
     result.push_back({v.name, detail::to_string(v.norm), detail::to_string(v.direction), to_string(v.layout),
                       to_string(v.epilogue), v.affine, detail::to_string(v.isa), v.schedule,
-                      detail::cpu_supports(v.isa) && detail::allowed(v.isa)});
+                      detail::cpu_supports(v.isa) && detail::allowed(v.isa), detail::kernel_name(v)});
   }
   return result;
 }
@@ -301,7 +446,7 @@ bool verbose() {
 }
 
 std::string last_dispatch_report() {
-  return detail::last_request ? detail::explain(*detail::last_request) : std::string();
+  return detail::last_decision ? detail::explain(*detail::last_decision) : std::string();
 }
 
 std::string max_isa() {

@@ -1,5 +1,8 @@
 #pragma once
 // Picks the kernel variant for a call, best instruction set first, and can say why it passed over others.
+#include <cstdint>
+
+#include "runtime/halide_call.h"
 #include "runtime/variant.h"
 
 namespace fusednorm::detail {
@@ -11,11 +14,19 @@ struct VariantRequest {
   bool affine;
   Norm norm = Norm::batch;  // the kernels' norm: candidates are the variants of this norm and direction
   Epilogue epilogue = Epilogue::none;
+  int64_t elements = 0;  // of x: with a tuning table, the call's shape class follows from it
 };
 
 // The variant to run; throws fusednorm::Error when none fits (saying which epilogues were built when none has the
 // one asked for). With FUSEDNORM_VERBOSE=1 it prints, on stderr, the chosen variant and each candidate passed
 // over with the reason.
+// A tuning table (runtime/tuning.h, fusednorm::load_tuning) ranks the kernel's variants for the call's shape
+// class; a schedule other than hand (set_schedule) takes precedence over it.
 const KernelVariant& select_variant(const VariantRequest& request);
+
+// Calls `variant`, which select_variant() just chose on this thread. Where that was a tuned choice and the kernel
+// refuses the call before computing anything (a Halide argument check: an autoscheduled kernel's bounds error),
+// the refusal goes into the dispatch report (and on stderr in verbose mode) and the untuned choice runs instead.
+void call_selected(const KernelArgs& args, const KernelVariant& variant, const char* function);
 
 }  // namespace fusednorm::detail

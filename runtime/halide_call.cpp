@@ -51,6 +51,10 @@ HalideTensor::HalideTensor(HalideTensor&& other) noexcept : buffer_(other.buffer
 }
 
 void KernelArgs::call(const KernelVariant& variant, const char* function) const {
+  if (std::optional<KernelFailure> failure = try_call(variant, function)) throw Error(failure->message);
+}
+
+std::optional<KernelFailure> KernelArgs::try_call(const KernelVariant& variant, const char* function) const {
   install_error_handler();
   const halide_filter_metadata_t* metadata = variant.metadata();
   std::vector<void*> argv(static_cast<size_t>(metadata->num_arguments), nullptr);
@@ -69,9 +73,10 @@ void KernelArgs::call(const KernelVariant& variant, const char* function) const 
   if (result != 0) {
     std::string text = std::move(halide_error_text);
     halide_error_text.clear();
-    throw Error(fmt::format("{}: kernel {} failed (Halide error {}): {}", function, variant.name, result,
-                            text.empty() ? "no message" : text));
+    return KernelFailure{result, fmt::format("{}: kernel {} failed (Halide error {}): {}", function, variant.name,
+                                             result, text.empty() ? "no message" : text)};
   }
+  return std::nullopt;
 }
 
 }  // namespace fusednorm::detail

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -12,6 +13,12 @@
 #include "runtime/variant.h"
 
 namespace fusednorm::detail {
+
+// A kernel call that failed: Halide's error code (halide_error_code_t) and the message call() would throw.
+struct KernelFailure {
+  int code;
+  std::string message;
+};
 
 // A halide_buffer_t over float32 memory the caller owns. dims are (extent, stride) innermost first: one to
 // three of them (per-channel vectors, (G, B) statistics, the 3-D x view).
@@ -50,6 +57,8 @@ class KernelArgs {
 
   // Calls the variant; a Halide error becomes fusednorm::Error("<function>: kernel <name> failed: <text>").
   void call(const KernelVariant& variant, const char* function) const;
+  // The same, returning the failure instead of throwing it (an argument not bound still throws).
+  std::optional<KernelFailure> try_call(const KernelVariant& variant, const char* function) const;
 
  private:
   std::vector<std::pair<std::string, void*>> args_;

@@ -5,6 +5,8 @@
 #include <optional>
 #include <vector>
 
+#include "runtime/cuda_driver.h"
+#include "runtime/cuda_kernels.h"
 #include "runtime/dispatch.h"
 #include "runtime/halide_call.h"
 
@@ -52,6 +54,8 @@ class Scratch {
   size_t first_;
 };
 
+int64_t elements(const Geometry& g) { return g.batch * g.channels * g.spatial; }
+
 HalideTensor vector_view(const float* data, int64_t size) { return HalideTensor(data, {{size, 1}}); }
 
 // (G, B), G innermost: a dense (B, G) array in row-major terms.
@@ -91,9 +95,10 @@ void bind_affine(KernelArgs& args, Scratch& scratch, const CallTensors& t, const
 
 void run_forward_training(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   check_forward_disjoint(function, t, /*commits_running=*/true);
+  if (cuda::active_scope()) return run_cuda_forward_training(function, t, s, g);  // fusednorm::cuda (cuda.h)
   const bool affine = t.weight || t.bias;
   const KernelVariant& variant =
-      select_variant({function, Direction::forward_training, g.layout, affine, s.norm, s.epilogue});
+      select_variant({function, Direction::forward_training, g.layout, affine, s.norm, s.epilogue, elements(g)});
   const StatisticsShape stats = statistics_shape(s, g);
   const int64_t channels = g.channels;
 
@@ -121,7 +126,7 @@ void run_forward_training(const char* function, const CallTensors& t, const Kern
   args.bind_scalar("running_var_correction", s.running_var_correction);
   args.bind("running_statistics.0", vector_view(new_running_mean, channels));
   args.bind("running_statistics.1", vector_view(new_running_var, channels));
-  args.call(variant, function);
+  call_selected(args, variant, function);
 
   // The kernel succeeded: only now is the caller's state changed.
   if (t.running_mean) {
@@ -132,9 +137,10 @@ void run_forward_training(const char* function, const CallTensors& t, const Kern
 
 void run_forward_inference(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   check_forward_disjoint(function, t, /*commits_running=*/false);
+  if (cuda::active_scope()) return run_cuda_forward_inference(function, t, s, g);
   const bool affine = t.weight || t.bias;
   const KernelVariant& variant =
-      select_variant({function, Direction::forward_inference, g.layout, affine, s.norm, s.epilogue});
+      select_variant({function, Direction::forward_inference, g.layout, affine, s.norm, s.epilogue, elements(g)});
   Scratch scratch;
   KernelArgs args;
   bind_common(args, t, s, g);
@@ -142,14 +148,16 @@ void run_forward_inference(const char* function, const CallTensors& t, const Ker
   if (affine) bind_affine(args, scratch, t, s, g);
   args.bind("running_mean", vector_view(t.running_mean->data(), g.channels));
   args.bind("running_var", vector_view(t.running_var->data(), g.channels));
-  args.call(variant, function);
+  call_selected(args, variant, function);
 }
 
 void run_backward(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   check_backward_disjoint(function, t);
+  if (cuda::active_scope()) return run_cuda_backward(function, t, s, g);
   // bias is given only where the backward reads it (SiLU recomputes v = xhat * weight + bias).
   const bool affine = t.weight || t.bias || t.grad_weight || t.grad_bias;
-  const KernelVariant& variant = select_variant({function, Direction::backward, g.layout, affine, s.norm, s.epilogue});
+  const KernelVariant& variant =
+      select_variant({function, Direction::backward, g.layout, affine, s.norm, s.epilogue, elements(g)});
   const StatisticsShape stats = statistics_shape(s, g);
 
   Scratch scratch;
@@ -182,7 +190,7 @@ void run_backward(const char* function, const CallTensors& t, const KernelSettin
       args.bind("param_grads.1", vector_view(scratch.data_or_take(t.grad_bias, size), size));
     }
   }
-  args.call(variant, function);
+  call_selected(args, variant, function);
 }
 
 }  // namespace fusednorm::detail

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the build needs, and nothing when it is already there:
 #   - Debian packages (only when running as root and a package is missing);
-#   - a project-local virtual environment (.venv) with the pinned Halide wheel, CMake and Ninja.
+#   - a project-local virtual environment (.venv) with the pinned Halide wheel, CMake, Ninja and matplotlib
+#     (the benchmark's plots).
 # `scripts/bootstrap.sh aarch64` adds what the preset aarch64 needs: Debian's aarch64 cross compiler, qemu-user,
 # and fmt and GoogleTest for arm64 (multiarch: the arm64 architecture is added to dpkg for them).
 # Idempotent: a stamp keyed on scripts/requirements.txt makes a second run take well under a second.
@@ -41,7 +42,7 @@ venv=$root/.venv
 stamp=$venv/.fusednorm-requirements
 python=${PYTHON:-python3}
 if [[ ! -f $stamp ]] || ! cmp -s scripts/requirements.txt "$stamp"; then
-  echo "bootstrap: setting up $venv (Halide, CMake, Ninja from PyPI)"
+  echo "bootstrap: setting up $venv (Halide, CMake, Ninja, matplotlib from PyPI)"
   [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
   cp scripts/requirements.txt "$stamp"

@@ -1,0 +1,59 @@
+#pragma once
+// What the benchmark runs: the ops (a norm with its epilogue), their directions and layouts, and the shape lists
+// of tests/support/shapes.h each op is timed on. A case is (shape, op, layout, direction); its rows are the
+// implementations of that case. The filter key of a case is "<op>/<direction>/<layout>/<shape name>".
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "fusednorm/epilogue.h"
+#include "fusednorm/tensor.h"
+
+namespace fusednorm::bench {
+
+enum class Op { batch_norm, batch_norm_relu, layer_norm, group_norm };
+enum class Direction { forward_training, forward_inference, backward };
+
+const char* to_string(Op op);
+const char* to_string(Direction direction);
+
+// The norm of dispatch's variant names ("batch_norm" for both BatchNorm ops) and the epilogue fused after it.
+const char* norm_name(Op op);
+Epilogue epilogue(Op op);
+
+// BatchNorm has all three directions; the others the training forward and the backward (the kernels the build
+// has: LayerNorm and GroupNorm have no evaluation mode, and BN + ReLU's inference is BN's with a max).
+std::vector<Direction> directions(Op op);
+// LayerNorm's input is rows (row-major, Layout::nchw for the kernels, "rows" in the table); the channel norms'
+// are NCHW and NHWC.
+std::vector<Layout> layouts(Op op);
+// "nchw", "nhwc", or "rows" for LayerNorm.
+std::string layout_name(Op op, Layout layout);
+
+// The fewest full-size tensors a run must move: x in, y out; the backward also reads dy, and BN + ReLU's
+// backward the forward's y as well (the mask y > 0). In place too: y's lines are then already in cache, but the
+// bytes counted stay the same so that ratios compare.
+int tensors_moved(Op op, Direction direction);
+// Whether a full-size tensor of the forward's y is kept for the backward (the ReLU mask).
+bool needs_forward_output(Op op);
+
+// The forwards accept y written over x (the same view); the backward does not accept dx over dy.
+bool has_in_place_row(Direction direction);
+
+// One shape of tests/support/shapes.h and the ops timed on it. Each shape gets its own copy ceilings, shared by
+// its ops.
+struct BenchShape {
+  std::string name;            // "resnet50.conv1"
+  std::vector<int64_t> shape;  // (N, C, *spatial); LayerNorm: (*rows, *normalized_shape)
+  std::vector<Op> ops;
+  int64_t groups = 0;           // GroupNorm
+  int64_t normalized_dims = 0;  // LayerNorm: how many trailing dimensions are normalized
+};
+
+// The lists --shapes names, in the order --help gives them; the default ones with and without --quick.
+const std::vector<std::string>& shape_list_names();
+std::vector<std::string> default_shape_lists(bool quick);
+// A list by name (one of shape_list_names()); throws fusednorm::Error for another.
+std::vector<BenchShape> shape_list(const std::string& name);
+
+}  // namespace fusednorm::bench

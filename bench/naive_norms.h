@@ -1,0 +1,31 @@
+#pragma once
+// The naive baselines of LayerNorm and GroupNorm: as one would first write them in C++ -- per row (LayerNorm)
+// or per (sample, group) (GroupNorm), a pass for the mean, a pass for the variance of the deviations, a pass to
+// normalize -- in float, parallelised with OpenMP over rows or (sample, group) pairs. No blocking, no
+// intrinsics, no float64: what a schedule has to beat to be worth having. Same arguments and results as
+// fusednorm::layer_norm_forward / group_norm_forward and their backwards, with weight and bias.
+#include <cstdint>
+
+#include "support/norm_reference.h"
+
+namespace fusednorm::bench::naive {
+
+// x: `rows` rows of `features` contiguous elements; weight and bias per feature; save_mean and save_invstd
+// per row.
+void layer_norm_forward(const float* x, float* y, int64_t rows, int64_t features, const float* weight,
+                        const float* bias, float* save_mean, float* save_invstd, double eps);
+// grad_weight = sum over rows of dy * xhat, grad_bias = sum of dy, per feature (each thread sums its rows,
+// then the threads' sums are added).
+void layer_norm_backward(const float* x, const float* dy, float* dx, int64_t rows, int64_t features,
+                         const float* weight, const float* save_mean, const float* save_invstd, float* grad_weight,
+                         float* grad_bias);
+
+// dims: (N, C, S) in its layout; C / groups consecutive channels per group; weight and bias per channel;
+// save_mean and save_invstd per (sample, group), (N, groups) row-major.
+void group_norm_forward(const float* x, float* y, const reference::Dims& dims, int64_t groups, const float* weight,
+                        const float* bias, float* save_mean, float* save_invstd, double eps);
+void group_norm_backward(const float* x, const float* dy, float* dx, const reference::Dims& dims, int64_t groups,
+                         const float* weight, const float* save_mean, const float* save_invstd, float* grad_weight,
+                         float* grad_bias);
+
+}  // namespace fusednorm::bench::naive

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Collects what the GPU check needs from a FUSEDNORM_CUDA build into one folder (default build/gpu-bundle, ignored
+# by git) that the device tool carries to the GPU machine (`carry: ["build/gpu-bundle"]`), which has no Halide,
+# fmt or GoogleTest: tests/cuda_test (GoogleTest linked statically, libstdc++ too), the C ABI library
+# scripts/gpu_bench.py loads, and the one shared library they need that such a machine lacks, libfmt. Binaries are
+# stripped; the size is printed (the device tool carries 64 MiB at most, the working tree included).
+#   scripts/gpu_bundle.sh [build folder, default build/release] [bundle folder, default build/gpu-bundle]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build/release}
+bundle=${2:-build/gpu-bundle}
+test -f "$build/CMakeCache.txt" || { echo "gpu_bundle: $build is not a build folder" >&2; exit 1; }
+grep -q '^FUSEDNORM_CUDA:BOOL=ON' "$build/CMakeCache.txt" ||
+  { echo "gpu_bundle: $build was configured without -DFUSEDNORM_CUDA=ON" >&2; exit 1; }
+.venv/bin/cmake --build "$build" --target cuda_test fusednorm_cuda_c
+rm -rf "$bundle"
+mkdir -p "$bundle/lib"
+cp "$build/tests/cuda_test" "$build/bench/cuda/libfusednorm_cuda_c.so" "$bundle/"
+strip --strip-unneeded "$bundle/cuda_test" "$bundle/libfusednorm_cuda_c.so"
+# Shared libraries outside glibc that the two need (libfmt on Debian), found by ldd here.
+for binary in "$bundle/cuda_test" "$bundle/libfusednorm_cuda_c.so"; do
+  ldd "$binary" | awk '/=> \// {print $3}' | while read -r library; do
+    case "$(basename "$library")" in
+      libc.so.*|libm.so.*|libdl.so.*|libpthread.so.*|librt.so.*|ld-linux*|libgcc_s.so.*|libstdc++.so.*) ;;
+      *) cp -L "$library" "$bundle/lib/" ;;
+    esac
+  done
+done
+git rev-parse HEAD > "$bundle/COMMIT" 2>/dev/null || true
+du -sh "$bundle"
+ls -la "$bundle" "$bundle/lib"

@@ -1,0 +1,441 @@
+// The CUDA kernels (include/fusednorm/cuda.h) against the float64 reference (tests/support/norm_reference.h):
+// every CUDA variant fusednorm::cuda::variants() lists, over the shared shape lists (odd sizes, the real
+// networks' shapes scaled down), each output poisoned with NaN on the device first and every element checked;
+// hard numerics (a mean 1e4 times the standard deviation); bitwise repeatability; the stream argument; errors.
+// Without a GPU (no libcuda, no device, or a build without FUSEDNORM_CUDA) every case but the availability one
+// is skipped with the reason, and ctest reports it as skipped.
+//
+// Device memory comes from the driver directly (dlopen of libcuda.so.1): this machine needs no CUDA toolkit.
+#include "fusednorm/cuda.h"
+
+#include <dlfcn.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support/norm_reference.h"
+#include "support/shapes.h"
+#include "support/test_data.h"
+
+namespace fusednorm {
+namespace {
+
+using reference::Grouping;
+using test::close;
+using test::Random;
+
+// The driver calls the test makes itself: device memory and copies in device 0's primary context.
+class Driver {
+ public:
+  static Driver& get() {
+    static Driver driver;
+    return driver;
+  }
+  bool ok() const { return ok_; }
+  uint64_t alloc(size_t bytes) {
+    uint64_t p = 0;
+    expect(mem_alloc_(&p, bytes), "cuMemAlloc");
+    return p;
+  }
+  void free(uint64_t p) { mem_free_(p); }
+  void upload(uint64_t to, const float* from, size_t floats) {
+    expect(htod_(to, from, floats * sizeof(float)), "cuMemcpyHtoD");
+  }
+  void download(float* to, uint64_t from, size_t floats) {
+    expect(dtoh_(to, from, floats * sizeof(float)), "cuMemcpyDtoH");
+  }
+  void* create_stream() {
+    void* s = nullptr;
+    expect(stream_create_(&s, 1u), "cuStreamCreate");
+    return s;
+  }
+
+ private:
+  Driver() {
+    void* lib = dlopen("libcuda.so.1", RTLD_NOW);
+    if (!lib) return;
+    auto sym = [&](const char* name) { return dlsym(lib, name); };
+    auto init = reinterpret_cast<int (*)(unsigned)>(sym("cuInit"));
+    auto device_get = reinterpret_cast<int (*)(int*, int)>(sym("cuDeviceGet"));
+    auto retain = reinterpret_cast<int (*)(void**, int)>(sym("cuDevicePrimaryCtxRetain"));
+    auto set_current = reinterpret_cast<int (*)(void*)>(sym("cuCtxSetCurrent"));
+    mem_alloc_ = reinterpret_cast<int (*)(uint64_t*, size_t)>(sym("cuMemAlloc_v2"));
+    mem_free_ = reinterpret_cast<int (*)(uint64_t)>(sym("cuMemFree_v2"));
+    htod_ = reinterpret_cast<int (*)(uint64_t, const void*, size_t)>(sym("cuMemcpyHtoD_v2"));
+    dtoh_ = reinterpret_cast<int (*)(void*, uint64_t, size_t)>(sym("cuMemcpyDtoH_v2"));
+    stream_create_ = reinterpret_cast<int (*)(void**, unsigned)>(sym("cuStreamCreate"));
+    if (!init || !device_get || !retain || !set_current || !mem_alloc_ || !mem_free_ || !htod_ || !dtoh_ ||
+        !stream_create_) {
+      return;
+    }
+    int device = 0;
+    if (init(0) != 0 || device_get(&device, 0) != 0 || retain(&context_, device) != 0) return;
+    ok_ = set_current(context_) == 0;
+  }
+  static void expect(int result, const char* call) {
+    if (result != 0) throw std::runtime_error(std::string(call) + " failed with CUresult " + std::to_string(result));
+  }
+  bool ok_ = false;
+  void* context_ = nullptr;
+  int (*mem_alloc_)(uint64_t*, size_t) = nullptr;
+  int (*mem_free_)(uint64_t) = nullptr;
+  int (*htod_)(uint64_t, const void*, size_t) = nullptr;
+  int (*dtoh_)(void*, uint64_t, size_t) = nullptr;
+  int (*stream_create_)(void**, unsigned) = nullptr;
+};
+
+// A float32 device array with its host copy.
+class DeviceArray {
+ public:
+  explicit DeviceArray(const std::vector<float>& host) : size_(host.size()) {
+    pointer_ = Driver::get().alloc(std::max<size_t>(size_, 1) * sizeof(float));
+    Driver::get().upload(pointer_, host.data(), size_);
+  }
+  ~DeviceArray() { Driver::get().free(pointer_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  float* data() const { return reinterpret_cast<float*>(pointer_); }
+  std::vector<float> host() const {
+    std::vector<float> v(size_);
+    Driver::get().download(v.data(), pointer_, size_);
+    return v;
+  }
+  TensorView view(const std::vector<int64_t>& shape, Layout layout = Layout::nchw) const {
+    return TensorView::with_layout(data(), shape, layout);
+  }
+  TensorView vector() const { return TensorView(data(), {static_cast<int64_t>(size_)}); }
+
+ private:
+  size_t size_;
+  uint64_t pointer_ = 0;
+};
+
+std::unique_ptr<DeviceArray> device(const std::vector<float>& host) { return std::make_unique<DeviceArray>(host); }
+std::unique_ptr<DeviceArray> poisoned_device(int64_t size) { return device(test::poisoned(size)); }
+
+// Skips the case with the reason when there is no GPU to run it on.
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string reason;
+    if (!cuda::available(&reason)) GTEST_SKIP() << "no CUDA: " << reason;
+    if (!Driver::get().ok()) GTEST_SKIP() << "no CUDA: the test's own driver calls failed";
+  }
+};
+
+bool built(const std::string& norm, const std::string& direction, Layout layout, Epilogue epilogue) {
+  for (const VariantInfo& v : cuda::variants()) {
+    if (v.norm == norm && v.direction == direction && v.layout == to_string(layout) &&
+        v.epilogue == to_string(epilogue)) {
+      return true;
+    }
+  }
+  return false;
+}
+
+constexpr Epilogue kBatchEpilogues[] = {Epilogue::none, Epilogue::relu, Epilogue::add_relu};
+constexpr Layout kLayouts[] = {Layout::nchw, Layout::nhwc};
+
+std::vector<shapes::NamedShape> channel_shapes() {
+  std::vector<shapes::NamedShape> all = shapes::odd_sizes();
+  for (const auto& s : shapes::resnet50_batch2()) all.push_back(s);
+  for (const auto& s : shapes::cache_resident()) all.push_back(s);
+  return all;
+}
+
+// BatchNorm forward (training, then evaluation with the new running statistics) and backward, one epilogue and
+// layout, on one shape; x is made by `make_x` (random by default).
+void check_batch_norm(const std::vector<int64_t>& shape, Layout layout, Epilogue epilogue, Random& rng,
+                      const std::string& label, double x_offset = 0.0) {
+  SCOPED_TRACE(label);
+  const reference::Dims d = test::dims_of(shape, layout);
+  std::vector<float> x = test::random_input(d, rng);
+  for (float& v : x) v = static_cast<float>(v + x_offset);
+  const std::vector<float> z = test::random_input(d, rng), dy = test::random_input(d, rng);
+  const std::vector<float> weight = test::random_vector(d.c, rng, 0.5, 2.0),
+                           bias = test::random_vector(d.c, rng, -1, 1);
+  const std::vector<float> running_mean = test::random_vector(d.c, rng, -1, 1);
+  const std::vector<float> running_var = test::random_vector(d.c, rng, 0.5, 2.0);
+  const bool add = epilogue == Epilogue::add_relu;
+  const Grouping g = Grouping::batch(d);
+  const reference::Affine affine{weight.data(), bias.data()};
+  const reference::Running running{running_mean.data(), running_var.data(), 0.1, true};
+  const reference::Forward ref =
+      reference::forward(x.data(), g, affine, 1e-5, epilogue, add ? z.data() : nullptr, &running);
+
+  auto dx_ = device(x), dz_ = device(z), dw = device(weight), db = device(bias);
+  auto drm = device(running_mean), drv = device(running_var);
+  auto dy_out = poisoned_device(d.numel()), dmean = poisoned_device(d.c), dinvstd = poisoned_device(d.c);
+  BatchNormForwardTensors t{.input = dx_->view(shape, layout),
+                            .output = dy_out->view(shape, layout),
+                            .weight = dw->vector(),
+                            .bias = db->vector(),
+                            .running_mean = drm->vector(),
+                            .running_var = drv->vector(),
+                            .save_mean = dmean->vector(),
+                            .save_invstd = dinvstd->vector()};
+  if (add) t.residual = dz_->view(shape, layout);
+  cuda::batch_norm_forward(t, {.epilogue = epilogue});
+  const std::vector<float> y = dy_out->host();
+  EXPECT_TRUE(close("y", y, ref.y));
+  EXPECT_TRUE(close("save_mean", dmean->host(), ref.mean, test::kFloat32Tolerance, test::Scale::element));
+  EXPECT_TRUE(close("save_invstd", dinvstd->host(), ref.invstd, test::kFloat32Tolerance, test::Scale::element));
+  EXPECT_TRUE(close("running_mean", drm->host(), ref.running_mean, test::kFloat32Tolerance, test::Scale::element));
+  EXPECT_TRUE(close("running_var", drv->host(), ref.running_var, test::kFloat32Tolerance, test::Scale::element));
+
+  if (built("batch_norm", "forward_inference", layout, epilogue)) {
+    auto dy_eval = poisoned_device(d.numel());
+    BatchNormForwardTensors e{.input = dx_->view(shape, layout),
+                              .output = dy_eval->view(shape, layout),
+                              .weight = dw->vector(),
+                              .bias = db->vector(),
+                              .running_mean = drm->vector(),
+                              .running_var = drv->vector()};
+    if (add) e.residual = dz_->view(shape, layout);
+    cuda::batch_norm_forward(e, {.training = false, .epilogue = epilogue});
+    const std::vector<float> rm = drm->host(), rv = drv->host();
+    std::vector<double> mean(rm.begin(), rm.end()), invstd;
+    for (float v : rv) invstd.push_back(1.0 / std::sqrt(static_cast<double>(v) + 1e-5));
+    EXPECT_TRUE(close(
+        "y (evaluation)", dy_eval->host(),
+        reference::normalize(x.data(), g, mean.data(), invstd.data(), affine, epilogue, add ? z.data() : nullptr)));
+  }
+
+  if (!built("batch_norm", "backward", layout, epilogue)) return;
+  const std::vector<float> saved_mean = dmean->host(), saved_invstd = dinvstd->host();
+  const std::vector<double> mean(saved_mean.begin(), saved_mean.end()),
+      invstd(saved_invstd.begin(), saved_invstd.end());
+  const reference::Backward gref =
+      reference::backward(x.data(), dy.data(), g, mean.data(), invstd.data(), affine, true, epilogue, y.data());
+  auto ddy = device(dy), ddx = poisoned_device(d.numel()), ddz = poisoned_device(d.numel());
+  auto dgw = poisoned_device(d.c), dgb = poisoned_device(d.c);
+  BatchNormBackwardTensors b{.grad_output = ddy->view(shape, layout),
+                             .input = dx_->view(shape, layout),
+                             .grad_input = ddx->view(shape, layout),
+                             .weight = dw->vector(),
+                             .save_mean = dmean->vector(),
+                             .save_invstd = dinvstd->vector(),
+                             .grad_weight = dgw->vector(),
+                             .grad_bias = dgb->vector()};
+  if (epilogue != Epilogue::none) b.output = dy_out->view(shape, layout);
+  if (add) b.grad_residual = ddz->view(shape, layout);
+  cuda::batch_norm_backward(b, {.epilogue = epilogue});
+  EXPECT_TRUE(close("dx", ddx->host(), gref.dx));
+  EXPECT_TRUE(close("grad_weight", dgw->host(), gref.dweight));
+  EXPECT_TRUE(close("grad_bias", dgb->host(), gref.dbias));
+  if (add) {
+    EXPECT_TRUE(close("grad_residual", ddz->host(), gref.dz));
+  }
+}
+
+TEST(CudaAvailability, SaysWhyNot) {
+  std::string reason;
+  const bool available = cuda::available(&reason);
+  EXPECT_EQ(available, reason.empty()) << reason;
+  if (!available) {
+    // The entry points refuse with the same reason, before touching the tensors.
+    std::vector<float> x(8), y(8);
+    try {
+      cuda::batch_norm_forward({.input = TensorView(x.data(), {4, 2}), .output = TensorView(y.data(), {4, 2})});
+      ADD_FAILURE() << "expected fusednorm::Error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(reason), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST_F(CudaTest, BatchNormEveryVariant) {
+  for (Layout layout : kLayouts) {
+    for (Epilogue epilogue : kBatchEpilogues) {
+      if (!built("batch_norm", "forward_training", layout, epilogue)) continue;
+      for (const auto& s : channel_shapes()) {
+        Random rng(test::seed_for(s.name + to_string(layout) + to_string(epilogue)));
+        check_batch_norm(s.shape, layout, epilogue, rng, s.name + " " + to_string(layout) + " " + to_string(epilogue));
+      }
+    }
+  }
+}
+
+TEST_F(CudaTest, BatchNormHardNumerics) {
+  // A mean 1e4 times the standard deviation: the shifted sums keep float32 accuracy (README, Numerics).
+  for (Layout layout : kLayouts) {
+    Random rng(test::seed_for("hard" + std::string(to_string(layout))));
+    check_batch_norm({4, 17, 13, 17}, layout, Epilogue::none, rng, "mean 1e4 sigma", 1e4 * 1.2);
+  }
+}
+
+TEST_F(CudaTest, GroupNormEveryVariant) {
+  std::vector<shapes::GroupNormShape> all = shapes::group_norm_odd_sizes();
+  for (const auto& s : shapes::unet_group_norm_small()) all.push_back(s);
+  for (Layout layout : kLayouts) {
+    if (!built("group_norm", "forward_training", layout, Epilogue::none)) continue;
+    for (const auto& s : all) {
+      SCOPED_TRACE(s.name + " " + to_string(layout));
+      Random rng(test::seed_for(s.name + to_string(layout)));
+      const reference::Dims d = test::dims_of(s.shape, layout);
+      const std::vector<float> x = test::random_input(d, rng), dy = test::random_input(d, rng);
+      const std::vector<float> w = test::random_vector(d.c, rng, 0.5, 2), b = test::random_vector(d.c, rng, -1, 1);
+      const Grouping g = Grouping::group(d, s.groups);
+      const reference::Affine affine{w.data(), b.data()};
+      const reference::Forward ref = reference::forward(x.data(), g, affine, 1e-5);
+      const int64_t stats = d.n * s.groups;
+      auto dx_ = device(x), dw = device(w), db = device(b), dy_out = poisoned_device(d.numel());
+      auto dmean = poisoned_device(stats), dinvstd = poisoned_device(stats);
+      cuda::group_norm_forward({.input = dx_->view(s.shape, layout),
+                                .output = dy_out->view(s.shape, layout),
+                                .weight = dw->vector(),
+                                .bias = db->vector(),
+                                .save_mean = dmean->vector(),
+                                .save_invstd = dinvstd->vector()},
+                               {.num_groups = s.groups});
+      EXPECT_TRUE(close("y", dy_out->host(), ref.y));
+      EXPECT_TRUE(close("save_mean", dmean->host(), ref.mean, test::kFloat32Tolerance, test::Scale::element));
+      EXPECT_TRUE(close("save_invstd", dinvstd->host(), ref.invstd, test::kFloat32Tolerance, test::Scale::element));
+      if (!built("group_norm", "backward", layout, Epilogue::none)) continue;
+      const std::vector<float> sm = dmean->host(), si = dinvstd->host();
+      const std::vector<double> mean(sm.begin(), sm.end()), invstd(si.begin(), si.end());
+      const reference::Backward gref =
+          reference::backward(x.data(), dy.data(), g, mean.data(), invstd.data(), affine, true);
+      auto ddy = device(dy), ddx = poisoned_device(d.numel()), dgw = poisoned_device(d.c), dgb = poisoned_device(d.c);
+      cuda::group_norm_backward({.grad_output = ddy->view(s.shape, layout),
+                                 .input = dx_->view(s.shape, layout),
+                                 .grad_input = ddx->view(s.shape, layout),
+                                 .save_mean = dmean->vector(),
+                                 .save_invstd = dinvstd->vector(),
+                                 .weight = dw->vector(),
+                                 .grad_weight = dgw->vector(),
+                                 .grad_bias = dgb->vector()},
+                                {.num_groups = s.groups});
+      EXPECT_TRUE(close("dx", ddx->host(), gref.dx));
+      EXPECT_TRUE(close("grad_weight", dgw->host(), gref.dweight));
+      EXPECT_TRUE(close("grad_bias", dgb->host(), gref.dbias));
+    }
+  }
+}
+
+TEST_F(CudaTest, LayerNormAndRMSNormEveryVariant) {
+  std::vector<shapes::RowsShape> all = shapes::rows_odd_sizes();
+  for (const auto& s : shapes::transformer_rows_small()) all.push_back(s);
+  for (const auto& s : shapes::cache_resident_rows()) all.push_back(s);
+  for (bool rms : {false, true}) {
+    if (!built(rms ? "rms_norm" : "layer_norm", "forward_training", Layout::nchw, Epilogue::none)) continue;
+    for (const auto& s : all) {
+      SCOPED_TRACE(s.name + (rms ? " rms" : " layer"));
+      Random rng(test::seed_for(s.name + (rms ? "rms" : "layer")));
+      const std::vector<int64_t> normalized(s.shape.end() - s.normalized_dims, s.shape.end());
+      int64_t features = 1, rows = 1;
+      for (int64_t e : normalized) features *= e;
+      for (size_t i = 0; i < s.shape.size() - static_cast<size_t>(s.normalized_dims); i++) rows *= s.shape[i];
+      const reference::Dims d{rows, features, 1, Layout::nchw};
+      const std::vector<float> x = test::random_input(d, rng), dy = test::random_input(d, rng);
+      const std::vector<float> w = test::random_vector(features, rng, 0.5, 2),
+                               b = test::random_vector(features, rng, -1, 1);
+      const Grouping g = Grouping::rows(rms ? reference::Norm::rms : reference::Norm::layer, rows, features);
+      const reference::Affine affine{w.data(), rms ? nullptr : b.data()};
+      const double eps = 1e-5;
+      const reference::Forward ref = reference::forward(x.data(), g, affine, eps);
+      auto dx_ = device(x), dw = device(w), db = device(b), dy_out = poisoned_device(d.numel());
+      auto dmean = poisoned_device(rows), dinvstd = poisoned_device(rows);
+      const TensorView wv(dw->data(), normalized), bv(db->data(), normalized);
+      if (rms) {
+        cuda::rms_norm_forward({.input = dx_->view(s.shape),
+                                .output = dy_out->view(s.shape),
+                                .weight = wv,
+                                .save_invstd = dinvstd->vector()},
+                               {.normalized_shape = normalized, .eps = eps});
+      } else {
+        cuda::layer_norm_forward({.input = dx_->view(s.shape),
+                                  .output = dy_out->view(s.shape),
+                                  .weight = wv,
+                                  .bias = bv,
+                                  .save_mean = dmean->vector(),
+                                  .save_invstd = dinvstd->vector()},
+                                 {.normalized_shape = normalized, .eps = eps});
+      }
+      EXPECT_TRUE(close("y", dy_out->host(), ref.y));
+      EXPECT_TRUE(close("save_invstd", dinvstd->host(), ref.invstd, test::kFloat32Tolerance, test::Scale::element));
+      if (!built(rms ? "rms_norm" : "layer_norm", "backward", Layout::nchw, Epilogue::none)) continue;
+      const std::vector<float> si = dinvstd->host();
+      std::vector<double> mean, invstd(si.begin(), si.end());
+      if (!rms) {
+        const std::vector<float> sm = dmean->host();
+        mean.assign(sm.begin(), sm.end());
+      }
+      const reference::Backward gref =
+          reference::backward(x.data(), dy.data(), g, rms ? nullptr : mean.data(), invstd.data(), affine, true);
+      auto ddy = device(dy), ddx = poisoned_device(d.numel());
+      auto dgw = poisoned_device(features), dgb = poisoned_device(features);
+      const TensorView gw(dgw->data(), normalized), gb(dgb->data(), normalized);
+      if (rms) {
+        cuda::rms_norm_backward({.grad_output = ddy->view(s.shape),
+                                 .input = dx_->view(s.shape),
+                                 .grad_input = ddx->view(s.shape),
+                                 .save_invstd = dinvstd->vector(),
+                                 .weight = wv,
+                                 .grad_weight = gw},
+                                {.normalized_shape = normalized, .eps = eps});
+      } else {
+        cuda::layer_norm_backward({.grad_output = ddy->view(s.shape),
+                                   .input = dx_->view(s.shape),
+                                   .grad_input = ddx->view(s.shape),
+                                   .save_mean = dmean->vector(),
+                                   .save_invstd = dinvstd->vector(),
+                                   .weight = wv,
+                                   .grad_weight = gw,
+                                   .grad_bias = gb},
+                                  {.normalized_shape = normalized, .eps = eps});
+        EXPECT_TRUE(close("grad_bias", dgb->host(), gref.dbias));
+      }
+      EXPECT_TRUE(close("dx", ddx->host(), gref.dx));
+      EXPECT_TRUE(close("grad_weight", dgw->host(), gref.dweight));
+    }
+  }
+}
+
+TEST_F(CudaTest, BitwiseRepeatableOnAStream) {
+  // The reductions have a fixed order (no atomics): two runs give the same bits, on a stream of the caller's.
+  void* stream = Driver::get().create_stream();
+  const std::vector<int64_t> shape{8, 64, 28, 28};
+  Random rng(test::seed_for_current_test());
+  const reference::Dims d = test::dims_of(shape, Layout::nchw);
+  auto x = device(test::random_input(d, rng)), w = device(test::random_vector(d.c, rng, 0.5, 2));
+  auto b = device(test::random_vector(d.c, rng, -1, 1));
+  std::vector<std::vector<float>> results;
+  for (int run = 0; run < 2; run++) {
+    auto y = poisoned_device(d.numel());
+    cuda::batch_norm_forward(
+        {.input = x->view(shape), .output = y->view(shape), .weight = w->vector(), .bias = b->vector()}, {}, stream);
+    cuda::synchronize(stream);
+    results.push_back(y->host());
+  }
+  EXPECT_EQ(results[0], results[1]);
+}
+
+TEST_F(CudaTest, ErrorsNameTheArgument) {
+  const std::vector<int64_t> shape{4, 3, 5, 5};
+  auto x = device(std::vector<float>(300, 1.0f)), y = poisoned_device(300), w = device(std::vector<float>(3, 1.0f));
+  // Shared checks (norm_common): the CPU path's message.
+  try {
+    cuda::batch_norm_forward(
+        {.input = x->view(shape), .output = y->view({4, 3, 5, 4}), .weight = w->vector(), .bias = w->vector()});
+    ADD_FAILURE() << "expected fusednorm::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("output has shape [4, 3, 5, 4], expected [4, 3, 5, 5]"), std::string::npos)
+        << e.what();
+  }
+  // CUDA's own: the kernels are built affine only.
+  try {
+    cuda::batch_norm_forward({.input = x->view(shape), .output = y->view(shape)});
+    ADD_FAILURE() << "expected fusednorm::Error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("weight is absent"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace fusednorm
