@@ -100,52 +100,41 @@ void run_batch_norm(Direction direction, const Views& v) {
   }
 }
 
-void run_layer_norm(Direction direction, const Views& v) {
+// LayerNorm and GroupNorm take the same tensors (their types differ): the saved statistics per (group, sample).
+template <typename ForwardTensors, typename BackwardTensors, typename Options>
+void run_norm_with_saved_statistics(Direction direction, const Views& v, const Options& options,
+                                    void (*forward)(const ForwardTensors&, const Options&),
+                                    void (*backward)(const BackwardTensors&, const Options&)) {
   ChannelTensors& ch = v.p.channels;
-  const LayerNormOptions options{.normalized_shape = v.p.normalized_shape, .eps = kEps};
   if (direction == Direction::backward) {
-    layer_norm_backward({.grad_output = v.dy(),
-                         .input = v.x(),
-                         .grad_input = v.y(),
-                         .save_mean = v.per_statistic(ch.batch_mean),
-                         .save_invstd = v.per_statistic(ch.batch_invstd),
-                         .weight = v.per_channel(ch.weight),
-                         .grad_weight = v.per_channel(ch.grad_weight),
-                         .grad_bias = v.per_channel(ch.grad_bias)},
-                        options);
+    backward({.grad_output = v.dy(),
+              .input = v.x(),
+              .grad_input = v.y(),
+              .save_mean = v.per_statistic(ch.batch_mean),
+              .save_invstd = v.per_statistic(ch.batch_invstd),
+              .weight = v.per_channel(ch.weight),
+              .grad_weight = v.per_channel(ch.grad_weight),
+              .grad_bias = v.per_channel(ch.grad_bias)},
+             options);
     return;
   }
-  layer_norm_forward({.input = v.x(),
-                      .output = v.y(),
-                      .weight = v.per_channel(ch.weight),
-                      .bias = v.per_channel(ch.bias),
-                      .save_mean = v.per_statistic(ch.save_mean),
-                      .save_invstd = v.per_statistic(ch.save_invstd)},
-                     options);
+  forward({.input = v.x(),
+           .output = v.y(),
+           .weight = v.per_channel(ch.weight),
+           .bias = v.per_channel(ch.bias),
+           .save_mean = v.per_statistic(ch.save_mean),
+           .save_invstd = v.per_statistic(ch.save_invstd)},
+          options);
+}
+
+void run_layer_norm(Direction direction, const Views& v) {
+  run_norm_with_saved_statistics(direction, v, LayerNormOptions{.normalized_shape = v.p.normalized_shape, .eps = kEps},
+                                 &layer_norm_forward, &layer_norm_backward);
 }
 
 void run_group_norm(Direction direction, const Views& v) {
-  ChannelTensors& ch = v.p.channels;
-  const GroupNormOptions options{.num_groups = v.p.shape.groups, .eps = kEps};
-  if (direction == Direction::backward) {
-    group_norm_backward({.grad_output = v.dy(),
-                         .input = v.x(),
-                         .grad_input = v.y(),
-                         .save_mean = v.per_statistic(ch.batch_mean),
-                         .save_invstd = v.per_statistic(ch.batch_invstd),
-                         .weight = v.per_channel(ch.weight),
-                         .grad_weight = v.per_channel(ch.grad_weight),
-                         .grad_bias = v.per_channel(ch.grad_bias)},
-                        options);
-    return;
-  }
-  group_norm_forward({.input = v.x(),
-                      .output = v.y(),
-                      .weight = v.per_channel(ch.weight),
-                      .bias = v.per_channel(ch.bias),
-                      .save_mean = v.per_statistic(ch.save_mean),
-                      .save_invstd = v.per_statistic(ch.save_invstd)},
-                     options);
+  run_norm_with_saved_statistics(direction, v, GroupNormOptions{.num_groups = v.p.shape.groups, .eps = kEps},
+                                 &group_norm_forward, &group_norm_backward);
 }
 
 void run_fusednorm(Direction direction, Problem& p, int set, bool in_place) {

@@ -474,18 +474,6 @@ class Workload {
   reference::Backward backward_want_;
 };
 
-// max |got - want| / max |want| (bench/verify.h's measure); NaN where an output is NaN.
-double relative_error(std::span<const float> got, const std::vector<double>& want) {
-  double worst = 0, scale = 0;
-  for (size_t i = 0; i < got.size(); i++) {
-    const double difference = std::abs(static_cast<double>(got[i]) - want[i]);
-    if (std::isnan(difference)) return difference;
-    worst = std::max(worst, difference);
-    scale = std::max(scale, std::abs(want[i]));
-  }
-  return scale > 0 ? worst / scale : worst;
-}
-
 // ---------------------------------------------------------------------------------------------------------
 // The tuning run.
 

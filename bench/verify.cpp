@@ -11,7 +11,15 @@
 namespace fusednorm::bench {
 namespace {
 
-// max |got - want| / max |want|; NaN when any output is NaN (a NaN fails every comparison).
+struct Comparison {
+  const char* output;
+  double error;
+};
+
+bool has_running_statistics(Op op) { return op == Op::batch_norm || op == Op::batch_norm_relu; }
+
+}  // namespace
+
 double relative_error(std::span<const float> got, std::span<const double> want) {
   double worst = 0, scale = 0;
   for (size_t i = 0; i < got.size(); i++) {
@@ -22,15 +30,6 @@ double relative_error(std::span<const float> got, std::span<const double> want) 
   }
   return scale > 0 ? worst / scale : worst;
 }
-
-struct Comparison {
-  const char* output;
-  double error;
-};
-
-bool has_running_statistics(Op op) { return op == Op::batch_norm || op == Op::batch_norm_relu; }
-
-}  // namespace
 
 const reference::Forward& Verifier::forward_reference() {
   if (!forward_) {

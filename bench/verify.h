@@ -2,6 +2,7 @@
 // Every row is checked against the shared float64 reference (tests/support/norm_reference.h) on the shape it is
 // timed on, before it is timed: a fast wrong kernel must not make it into the table.
 #include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -17,6 +18,8 @@ class VerificationError : public std::runtime_error {
 
 // Error of an output: max |output - reference| / max |reference|, so that elements near zero do not dominate.
 constexpr double kTolerance = 1e-4;
+// That error; NaN when any output is NaN (a NaN fails every comparison).
+double relative_error(std::span<const float> got, std::span<const double> want);
 
 // Computes the reference of one direction at a time on buffer set 0 (the reference for the largest shapes
 // takes seconds; each is shared by the implementations of its direction) and checks implementations.
