@@ -107,11 +107,13 @@ void run_and_check(const std::string& name) {
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 TEST(TuningTableTest, ParsesAGoodFile) {
+  // One row per variant and class: the last row has a class of its own, as the build may have one variant only
+  // (the sanitizer presets build sse41 alone).
   const std::vector<VariantInfo> vs = kernel_variants();
   ASSERT_FALSE(vs.empty());
   const std::string text = "# a comment\n\n" + header() + row(vs.front().name, "llc", "0.5", "fastest") +
                            "# another comment\n" + row(vs.front().name, "cache", "0.02", "ok") +
-                           row(vs.back().name, "cache", "-", "refused some.shape: bounds error");
+                           row(vs.back().name, "dram", "-", "refused some.shape: bounds error");
   const detail::TuningTable t = parse(text);
   EXPECT_EQ(t.source, "test.tsv");
   ASSERT_EQ(t.classes.size(), 3u);
