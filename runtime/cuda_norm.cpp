@@ -153,14 +153,6 @@ void check_cuda_call(const char* function, const CallTensors& t, const KernelSet
   }
 }
 
-struct StatisticsShape {
-  int64_t groups, blocks;
-  int64_t count() const { return groups * blocks; }
-};
-StatisticsShape statistics_shape(const KernelSettings& s, const Geometry& g) {
-  return {s.norm == Norm::group ? s.groups : g.channels, s.norm == Norm::batch ? 1 : g.batch};
-}
-
 void bind_common(DeviceCall& call, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   call.bind_tensor("x", g, t.input.data());
   if (t.residual) call.bind_tensor("z", g, t.residual->data());

@@ -63,16 +63,6 @@ HalideTensor statistics_view(const float* data, int64_t groups, int64_t blocks) 
   return HalideTensor(data, {{groups, 1}, {blocks, groups}});
 }
 
-// The statistics' (G, B) of a call (docs/KERNELS.md).
-struct StatisticsShape {
-  int64_t groups, blocks;
-  int64_t count() const { return groups * blocks; }
-};
-
-StatisticsShape statistics_shape(const KernelSettings& s, const Geometry& g) {
-  return {s.norm == Norm::group ? s.groups : g.channels, s.norm == Norm::batch ? 1 : g.batch};
-}
-
 // What every kernel of the norm takes besides its direction's tensors: the epilogue's tensors where given, and
 // the norm's scalars (bound by name: a kernel without them ignores them).
 void bind_common(KernelArgs& args, const CallTensors& t, const KernelSettings& s, const Geometry& g) {

@@ -22,7 +22,16 @@ struct KernelSettings {
   bool training = true;                 // backward of norm batch: the forward used batch statistics
 };
 
-// The statistics are (G, B): (C, 1) for batch, (C, N) for instance, (num_groups, N) for group, (1, R) for rows.
+// The statistics' (G, B) of a call (docs/KERNELS.md): (C, 1) for batch, (C, N) for instance, (num_groups, N) for
+// group, (1, R) for rows.
+struct StatisticsShape {
+  int64_t groups, blocks;
+  int64_t count() const { return groups * blocks; }
+};
+inline StatisticsShape statistics_shape(const KernelSettings& s, const Geometry& g) {
+  return {s.norm == Norm::group ? s.groups : g.channels, s.norm == Norm::batch ? 1 : g.batch};
+}
+
 // Affine kernels run when the call has weight or bias (or, in a backward, a parameter gradient).
 void run_forward_training(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
 void run_forward_inference(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
