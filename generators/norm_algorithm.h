@@ -315,7 +315,7 @@ struct BackwardAlgorithm {
   Halide::Func centre{"centre"};
   ChannelSums channel_sums;
   GroupSums group_sums;
-  // (c, b): {mean, invstd, invstd * weight(c), invstd * mean(h), invstd * mean(h * xhat)}.
+  // (c, b): {mean, invstd, weight(c), mean(h), mean(h * xhat)}.
   Halide::Func coefficients{"gradient_coefficients"};
   Halide::Func dx{"input_gradient"};
   Halide::Func dz{"residual_gradient"};      // add_relu
@@ -346,21 +346,26 @@ struct BackwardAlgorithm {
     Expr sum_h_xhat = spec.centred() ? (element(sums, 0) - offset(a.g, a.b) * element(sums, 1)) * group_invstd
                                      : element(sums, 0) * group_invstd;
     Func group_terms("group_gradient_terms");
-    group_terms(a.g, a.b) = {cast<float>(group_invstd * mean_h), cast<float>(group_invstd * sum_h_xhat / count)};
+    group_terms(a.g, a.b) = {cast<float>(mean_h), cast<float>(sum_h_xhat / count)};
 
     Expr group = p.group_of(a.c);
     coefficients(a.c, a.b) = {spec.centred() ? mean(group, a.b) : Expr(0.0f), invstd(group, a.b),
-                              invstd(group, a.b) * affine.channel_weight(spec, a.c),
-                              select(training, group_terms(group, a.b)[0], 0.0f),
+                              affine.channel_weight(spec, a.c), select(training, group_terms(group, a.b)[0], 0.0f),
                               select(training, group_terms(group, a.b)[1], 0.0f)};
     terms = group_terms;
 
+    // dx = invstd * ((h - mean(h)) - xhat * mean(h * xhat)): h and mean(h) are subtracted before the scaling, as the
+    // forward subtracts the mean before it, so that they cancel exactly where they are equal (a LayerNorm row of one
+    // element has dx = 0). Scaled first, invstd * h and invstd * mean(h) were rounded apart (and on CUDA one of them
+    // fused into an FMA): dx of 2e-5 where 0 is exact, and 6e-5 of dx's scale for GroupNorm groups of two elements
+    // (H200, 2026-12-04).
     Expr b = p.sample_of(a.n);
     Expr xhat = (at(x, spec.layout, a.s, a.c, a.n) - coefficients(a.c, b)[0]) * coefficients(a.c, b)[1];
     Expr g = gradient_through_epilogue(a, p, x, dy, y, mean, invstd, affine, a.s);
+    Expr h = g * coefficients(a.c, b)[2] * affine.element_weight(spec, a.s);
     dx(a.storage(spec.layout)) =
-        cast(spec.storage_type(), g * coefficients(a.c, b)[2] * affine.element_weight(spec, a.s) -
-                                      coefficients(a.c, b)[3] - xhat * coefficients(a.c, b)[4]);
+        cast(spec.storage_type(),
+             coefficients(a.c, b)[1] * ((h - coefficients(a.c, b)[3]) - xhat * coefficients(a.c, b)[4]));
     if (spec.epilogue == Epilogue::add_relu) dz(a.storage(spec.layout)) = cast(spec.storage_type(), g);
 
     if (!spec.affine) return;
@@ -390,7 +395,7 @@ struct BackwardAlgorithm {
     define(param_grads(param_axis), grads);
   }
 
-  Halide::Func terms;  // (g, b): the group's {invstd * mean(h), invstd * mean(h * xhat)}, for the schedule
+  Halide::Func terms;  // (g, b): the group's {mean(h), mean(h * xhat)}, for the schedule
 
  private:
   // f(axis) = sum of the terms over their RDom, in float64.

@@ -109,16 +109,12 @@ inline reference::Dims dims_of(const std::vector<int64_t>& shape, Layout layout)
 // the per-element form instead, |got_i - ref_i| / max(|ref_i|, 1e-30) for every i.
 enum class Scale { tensor, element };
 
-template <typename T>
-::testing::AssertionResult close(const std::string& name, const std::vector<T>& got, const std::vector<double>& ref,
-                                 double tolerance = kFloat32Tolerance, Scale scale = Scale::tensor) {
-  constexpr double kTiny = 1e-30;
+// The comparison behind close() and close_statistic(): element i's error over denominator(i).
+template <typename T, typename Denominator>
+::testing::AssertionResult close_over(const std::string& name, const std::vector<T>& got, const std::vector<double>& ref,
+                                      double tolerance, const Denominator& denominator, const std::string& scale_note) {
   if (got.size() != ref.size()) {
     return ::testing::AssertionFailure() << name << ": " << got.size() << " elements, reference has " << ref.size();
-  }
-  double ref_max = 0;
-  for (double r : ref) {
-    if (std::isfinite(r)) ref_max = std::max(ref_max, std::abs(r));
   }
   int64_t mismatched = 0, first_mismatched = -1, worst = -1;
   double worst_error = 0;
@@ -130,8 +126,7 @@ template <typename T>
       continue;
     }
     if (!std::isfinite(ref[i])) continue;
-    const double denominator = std::max(scale == Scale::tensor ? ref_max : std::abs(ref[i]), kTiny);
-    const double error = std::abs(g - ref[i]) / denominator;
+    const double error = std::abs(g - ref[i]) / denominator(i);
     if (error > worst_error || worst < 0) {
       worst_error = error;
       worst = static_cast<int64_t>(i);
@@ -149,11 +144,43 @@ template <typename T>
   if (worst >= 0 && worst_error > tolerance) {
     const size_t i = static_cast<size_t>(worst);
     message << name << ": relative error " << worst_error << " > " << tolerance << " at element " << i << ": got "
-            << got[i] << ", expected " << ref[i];
-    if (scale == Scale::tensor) message << " (tensor scale " << ref_max << ")";
+            << got[i] << ", expected " << ref[i] << scale_note;
     return ::testing::AssertionFailure() << message.str();
   }
   return ::testing::AssertionSuccess();
+}
+
+template <typename T>
+::testing::AssertionResult close(const std::string& name, const std::vector<T>& got, const std::vector<double>& ref,
+                                 double tolerance = kFloat32Tolerance, Scale scale = Scale::tensor) {
+  constexpr double kTiny = 1e-30;
+  double ref_max = 0;
+  for (double r : ref) {
+    if (std::isfinite(r)) ref_max = std::max(ref_max, std::abs(r));
+  }
+  if (scale == Scale::element) {
+    return close_over(name, got, ref, tolerance, [&](size_t i) { return std::max(std::abs(ref[i]), kTiny); }, "");
+  }
+  std::ostringstream note;
+  note.precision(9);
+  note << " (tensor scale " << ref_max << ")";
+  return close_over(name, got, ref, tolerance, [&](size_t) { return std::max(ref_max, kTiny); }, note.str());
+}
+
+// A mean (saved or running) per statistic, each element's error over its statistic's own scale, |mean| + sigma
+// (sigma = 1 / reference invstd): a mean computed from float32 values carries their rounding, about 6e-8 of that
+// scale, so a mean near zero cannot be close to itself in relative terms, and its channels' scales can differ by
+// orders of magnitude (the hard-numerics inputs), so the largest mean is no scale either.
+template <typename T>
+::testing::AssertionResult close_statistic(const std::string& name, const std::vector<T>& got,
+                                           const std::vector<double>& ref, const std::vector<double>& ref_invstd,
+                                           double tolerance = kFloat32Tolerance) {
+  if (ref_invstd.size() != ref.size()) {
+    return ::testing::AssertionFailure() << name << ": " << ref.size() << " elements, invstd has " << ref_invstd.size();
+  }
+  return close_over(
+      name, got, ref, tolerance,
+      [&](size_t i) { return std::max(std::abs(ref[i]) + 1.0 / ref_invstd[i], 1e-30); }, " (scale |mean| + sigma)");
 }
 
 // Limits dispatch to one instruction set for a scope, and lifts the limit after (set_max_isa("")).
