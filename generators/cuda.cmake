@@ -5,6 +5,9 @@
 # and bias (docs/CUDA.md). Included from generators/CMakeLists.txt; appends to kernel_targets and writes
 # fusednorm_cuda_variant_table.h.
 set(fusednorm_cuda_target x86-64-linux-sse41-large_buffers-cuda-cuda_capability_86)
+# Generator parameters for every CUDA kernel's schedule, for schedule experiments (scripts/gpu_bundle.sh builds
+# such variants side by side), e.g. "gpu_row_lanes=16". Empty: the schedules' defaults.
+set(FUSEDNORM_CUDA_SCHEDULE_PARAMS "" CACHE STRING "Extra generator parameters of the CUDA kernels")
 # (norm epilogues directions layouts)
 set(fusednorm_cuda_kernels
   "batch none,relu,add_relu forward_training,forward_inference,backward nchw,nhwc"
@@ -40,7 +43,7 @@ foreach (kernel IN LISTS fusednorm_cuda_kernels)
           FUNCTION_NAME ${name}
           USE_RUNTIME fusednorm_halide_runtime
           TARGETS ${fusednorm_cuda_target}
-          PARAMS norm=${norm} layout=${layout} epilogue=${epilogue} affine=true
+          PARAMS norm=${norm} layout=${layout} epilogue=${epilogue} affine=true ${FUSEDNORM_CUDA_SCHEDULE_PARAMS}
           STMT stmt_${name}
           ASSEMBLY assembly_${name})
         list(APPEND kernel_targets ${name})

@@ -51,6 +51,8 @@ class NormalizationGenerator : public Generator<T> {
   GeneratorParam<bool> affine{"affine", true};
   GeneratorParam<Epilogue> epilogue{"epilogue", Epilogue::none, epilogue_names};
   GeneratorParam<StorageType> dtype{"dtype", StorageType::float32, storage_type_names};
+  // CUDA schedules: lanes per row of the along-s reductions (a divisor of 32; 256 / lanes rows per block).
+  GeneratorParam<int> gpu_row_lanes{"gpu_row_lanes", kGpuLanes, 1, 32};
 
  protected:
   using Tensor = GeneratorInput<Buffer<>>;
@@ -204,7 +206,7 @@ class ForwardTraining : public NormalizationGenerator<ForwardTraining> {
       if (z) declare_dense(*z);
       declare_dense(*y);
       ChannelSums gpu_sums = st.channel_sums;
-      schedule_gpu_channel_sums(gpu_sums, s.layout, axes);
+      schedule_gpu_channel_sums(gpu_sums, s.layout, axes, s.affine_per_element(), this->gpu_row_lanes);
       for (Func f : {st.shift, st.group_sums.sums, alg.coefficients, Func(*saved)}) schedule_gpu_flat(f);
       if (running) {
         schedule_gpu_flat(alg.running_batch_values);
@@ -347,7 +349,7 @@ class Backward : public NormalizationGenerator<Backward> {
       declare_dense(*dx);
       if (dz) declare_dense(*dz);
       ChannelSums gpu_sums = alg.channel_sums;
-      schedule_gpu_channel_sums(gpu_sums, s.layout, axes);
+      schedule_gpu_channel_sums(gpu_sums, s.layout, axes, s.affine_per_element(), this->gpu_row_lanes);
       for (Func f : {alg.centre, alg.group_sums.sums, alg.terms, alg.coefficients}) schedule_gpu_flat(f);
       if (param_grads && s.affine_per_element()) {
         schedule_gpu_column_sums(alg.param_sums, alg.over_rows, axes);

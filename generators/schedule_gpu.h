@@ -4,15 +4,15 @@
 // wraps as device pointers (no host memory behind them) are never copied to the host.
 //
 // Statistics are split reductions with a fixed reduction tree, so results are bitwise repeatable (no atomics):
-//   - along contiguous s (NCHW, LayerNorm/RMSNorm rows): a block per (channel, sample), kGpuReductionThreads
-//     lanes each summing a strided slice of each chunk (coalesced), the lanes then summed in lane order;
+//   - along contiguous s (NCHW, LayerNorm/RMSNorm rows): a block per 8 rows (channel, sample), 32 lanes per row
+//     each summing a strided slice of each chunk (coalesced), the lanes then summed in lane order;
 //   - along s with c contiguous (NHWC): a thread per channel, a block per (sample, 64 channels);
 //   - the float64 merges (channels and samples of a group) a thread per output.
 // The work is split over channels x samples, not over channels alone, so few channels with a large batch still
 // fill the GPU, unlike PyTorch's one-block-per-channel kernel (pytorch#12006, #57034); one block per (channel,
 // sample) is still coarse for a small batch with huge H x W (a split of each chunk over blocks is owed).
-// Elementwise passes: a thread per element, blocks of 32 consecutive elements x 4 rows.
-// Not measured yet: no GPU was lent when these were written (docs/CUDA.md says what is owed).
+// Elementwise passes: blocks of 32 consecutive elements x 32 rows, 4 rows per thread.
+// Measured on an H200: docs/PERFORMANCE.md ("CUDA").
 #include <vector>
 
 #include "Halide.h"
@@ -20,10 +20,13 @@
 
 namespace fusednorm {
 
-constexpr int kGpuReductionThreads = 64;  // lanes of one along-s reduction block
+constexpr int kGpuReductionThreads = 64;  // channels of one NHWC reduction block
+constexpr int kGpuLanes = 32;             // lanes of one along-s row reduction, by default: a warp
+constexpr int kGpuReductionBlock = 256;   // threads of an along-s reduction block: kGpuReductionBlock / lanes rows
 constexpr int kGpuSmallThreads = 128;     // threads per block of the per-channel and per-group kernels
 constexpr int kGpuElementwiseLanes = 32;  // elementwise blocks: 32 consecutive elements ...
-constexpr int kGpuElementwiseRows = 4;    // ... of 4 rows
+constexpr int kGpuElementwiseRows = 8;    // ... of 8 rows of threads ...
+constexpr int kGpuElementwiseRowsPerThread = 4;  // ... each doing 4 rows
 
 // Every stage of f one thread per element of its pure domain: the pure variables fused (`inner` first, the one
 // consecutive threads should follow) and split into blocks; an update's reduction runs in order inside each
@@ -57,36 +60,45 @@ inline void schedule_gpu_flat(Halide::Func f, Halide::Var inner = Halide::Var(),
   }
 }
 
-// An elementwise output over (s, c, n) in storage order: a thread per element, blocks of 32 consecutive elements
-// of the innermost axis (a warp reads 128 contiguous bytes) times 4 of the next axis (c or s; n for rows, whose
-// middle axis is 1), the grid over the next axis's blocks (x, up to 2^31 - 1), the innermost axis's tiles (y) and
-// the outer axis (z), so no index is divided per element. A 32-wide tile keeps a 7 x 7 row 77% busy, where a
-// 128-wide one (the first version) kept it 38% busy. The grid's y and z axes take at most 65535 blocks: the runtime
-// checks N (channel norms) and the innermost extent / 32.
-// (A flat index over all three axes was tried first: splitting it back into (s, c, n) costs two integer divisions
-// per element, and its vectors were gathers, not 16-byte loads: no ld.global.v4 in the PTX.)
+// An elementwise output over (s, c, n) in storage order: blocks of 32 consecutive elements of the innermost axis (a
+// warp reads 128 contiguous bytes) times 32 of the next axis (c or s; n for rows, whose middle axis is 1), each
+// thread doing 4 of those rows, unrolled, so that 4 independent loads are in flight per thread. The grid runs over
+// the next axis's blocks (x, up to 2^31 - 1), the innermost axis's tiles (y) and the outer axis (z), so no index is
+// divided per element. The grid's y and z axes take at most 65535 blocks: the runtime checks N (channel norms) and
+// the innermost extent / 32.
+// Measured on an H200 (2026-12-04, docs/PERFORMANCE.md): one element per thread in blocks of 32 x 4 moved 1.3 to
+// 1.7 TB/s against a 4.1 TB/s copy: too few loads in flight. (A flat index over all three axes was tried before
+// that: two integer divisions per element, and its vectors were gathers, not 16-byte loads.)
 inline void schedule_gpu_elementwise(Halide::Func f, bool rows) {
   using namespace Halide;
   std::vector<Var> args = f.args();
   Var inner = args[0], middle = args[1], outer = args[2];
-  Var tile("tile"), lane("lane"), across_block("across_block"), across_lane("across_lane");
+  Var tile("tile"), lane("lane"), across_block("across_block"), across_in("across_in"), across_lane("across_lane"),
+      unrolled("unrolled");
   Var across = rows ? outer : middle, last = rows ? middle : outer;
   f.split(inner, tile, lane, kGpuElementwiseLanes, TailStrategy::GuardWithIf)
-      .split(across, across_block, across_lane, kGpuElementwiseRows, TailStrategy::GuardWithIf)
-      .reorder(lane, across_lane, across_block, tile, last)
+      .split(across, across_block, across_in, kGpuElementwiseRows * kGpuElementwiseRowsPerThread,
+             TailStrategy::GuardWithIf)
+      .split(across_in, unrolled, across_lane, kGpuElementwiseRows)
+      .reorder(unrolled, lane, across_lane, across_block, tile, last)
+      .unroll(unrolled)
       .gpu_threads(lane, across_lane)
       .gpu_blocks(across_block, tile, last);
 }
 
 // A ChannelSums reduction (chunk or tail) inside a block: computed at `at` (or, with own_kernel, as its own
-// kernels: the zeros, then a block per (channel, sample) or per (sample, 64 channels) summing). Along contiguous s
-// (NCHW, rows): kGpuReductionThreads lanes each sum every kGpuReductionThreads-th element (a warp reads
-// consecutive floats), then the lanes are summed in lane order. Across contiguous c (NHWC): a thread per channel
-// sums its strided column in order.
-inline void schedule_gpu_partial_sums(Halide::Func f, Halide::RDom r, Layout layout, const Axes& a, bool own_kernel,
+// kernels: the zeros, then the sums). Along contiguous s (NCHW, rows): a block sums 256 / lanes_per_row rows at
+// once (rows of consecutive channels; of consecutive samples for LayerNorm's and RMSNorm's rows, whose channel
+// axis has extent 1), lanes_per_row lanes per row each summing every lanes_per_row-th element (consecutive lanes
+// read consecutive floats), 4 loads unrolled; then a thread per row sums its lanes in lane order. Across
+// contiguous c (NHWC): a thread per channel sums its strided column in order.
+// Measured on an H200 (2026-12-04): a block per row with its 64 lanes merged by one thread took 3.2 ms for the
+// 103 MB of ResNet-50's 7 x 7 layer at batch 256 (524288 blocks of 49 elements).
+inline void schedule_gpu_partial_sums(Halide::Func f, Halide::RDom r, Layout layout, const Axes& a, bool rows,
+                                      int lanes_per_row, bool own_kernel,
                                       const Halide::LoopLevel& at = Halide::LoopLevel::root()) {
   using namespace Halide;
-  Var rows("rows"), co("co"), ci("ci");
+  Var co("co"), ci("ci");
   if (own_kernel) {
     schedule_gpu_flat(f, a.c, /*pure_only=*/true);
   } else {
@@ -105,16 +117,41 @@ inline void schedule_gpu_partial_sums(Halide::Func f, Halide::RDom r, Layout lay
     }
     return;
   }
-  RVar ro("ro"), ri("ri");
-  Var lane("lane");
-  Func lanes = f.update().split(r.x, ro, ri, kGpuReductionThreads).rfactor(ri, lane);
-  LoopLevel lanes_at = at;
+  const Var tiled = rows ? a.n : a.c, other = rows ? a.c : a.n;
+  RVar ro("ro"), ri("ri"), ro_outer("ro_outer"), ro_inner("ro_inner");
+  Var lane("lane"), tile("tile"), row("row");
+  Func lanes = f.update().split(r.x, ro, ri, lanes_per_row).rfactor(ri, lane);
+  // Each lane's sum accumulates inside its thread (a register); the wrapper, one value per (row, lane) in shared
+  // memory, is what the per-row merge reads. (Computed at the block, the accumulator itself lived in shared memory:
+  // a load and a store per element, 1 TB/s on an H200.)
+  Func lane_sums = lanes.in(f);
+  LoopLevel lane_sums_at = at;
   if (own_kernel) {
-    f.update().fuse(a.c, a.n, rows).gpu_blocks(rows);
-    lanes_at = LoopLevel(f, rows);
+    f.update()
+        .split(tiled, tile, row, kGpuReductionBlock / lanes_per_row, TailStrategy::GuardWithIf)
+        .reorder(ri, row, tile, other)
+        .gpu_blocks(tile, other)
+        .gpu_threads(row);
+    lane_sums_at = LoopLevel(f, tile);
+  } else {
+    std::vector<VarOrRVar> pure_order = {tiled}, update_order = {ri, tiled};
+    for (const Var& v : f.args()) {
+      if (v.name() != tiled.name()) {
+        pure_order.push_back(v);
+        update_order.push_back(v);
+      }
+    }
+    f.reorder(pure_order).gpu_threads(tiled);
+    f.update().reorder(update_order).gpu_threads(tiled);
   }
-  lanes.compute_at(lanes_at).gpu_threads(lane);
-  lanes.update().gpu_threads(lane);
+  // The thread loops (lane, row) outermost in the block, every other loop of the block's region (extent 1) inside.
+  std::vector<VarOrRVar> order = {lane, tiled};
+  for (const Var& v : lane_sums.args()) {
+    if (v.name() != lane.name() && v.name() != tiled.name()) order.push_back(v);
+  }
+  lane_sums.compute_at(lane_sums_at).reorder(order).gpu_threads(lane, tiled);
+  lanes.compute_at(lane_sums, lane);
+  lanes.update().split(ro, ro_outer, ro_inner, 4).unroll(ro_inner);
 }
 
 // ChannelSums on the GPU, four kernels: the tail sums (zeros, then a block per row of them), the float64 totals
@@ -123,15 +160,20 @@ inline void schedule_gpu_partial_sums(Halide::Func f, Halide::RDom r, Layout lay
 // zero extent when S is shorter than a chunk (Halide's CUDA runtime aborts on a zero-byte device allocation) and
 // no kernel has zero blocks (its launch would fail). (A stage-specific compute_at, which would put the tail sums
 // in the totals' first kernel, is refused by Halide 21's legality check, which only knows a Func's last stage.)
-inline void schedule_gpu_channel_sums(ChannelSums& sums, Layout layout, const Axes& a) {
+inline void schedule_gpu_channel_sums(ChannelSums& sums, Layout layout, const Axes& a, bool rows,
+                                      int lanes_per_row = kGpuLanes) {
   using namespace Halide;
   Func total = sums.total;
   RVar rk = sums.over_chunks.x;
-  schedule_gpu_partial_sums(sums.tail, sums.over_tail, layout, a, true);
+  schedule_gpu_partial_sums(sums.tail, sums.over_tail, layout, a, rows, lanes_per_row, true);
   Stage add_chunks = total.update();
   if (layout == Layout::nchw) {
-    Var rows("rows");
-    add_chunks.fuse(a.c, a.n, rows).gpu_blocks(rows);
+    const Var tiled = rows ? a.n : a.c, other = rows ? a.c : a.n;
+    Var tile("tile"), row("row");
+    add_chunks.split(tiled, tile, row, kGpuReductionBlock / lanes_per_row, TailStrategy::GuardWithIf)
+        .reorder(row, rk, tile, other)
+        .gpu_blocks(tile, other)
+        .gpu_threads(row);
   } else {
     Var co("co"), ci("ci");
     add_chunks.split(a.c, co, ci, kGpuReductionThreads, TailStrategy::GuardWithIf)
@@ -140,7 +182,7 @@ inline void schedule_gpu_channel_sums(ChannelSums& sums, Layout layout, const Ax
         .gpu_blocks(a.n, co);
   }
   schedule_gpu_flat(total, a.c, /*pure_only=*/true);  // the totals from the tails, a thread each
-  schedule_gpu_partial_sums(sums.chunk, sums.over_chunk, layout, a, false, LoopLevel(total, rk));
+  schedule_gpu_partial_sums(sums.chunk, sums.over_chunk, layout, a, rows, lanes_per_row, false, LoopLevel(total, rk));
 }
 
 // Column sums over the rows (LayerNorm's and RMSNorm's parameter gradients): partial sums over blocks of
