@@ -28,10 +28,11 @@ RESNET50_BATCH256 = [  # (name, (N, C, H, W)), docs/PERFORMANCE.md and issue 7
     ("resnet50.stage3", (256, 1024, 14, 14)),
     ("resnet50.stage4", (256, 2048, 7, 7)),
 ]
-ROWS = [("transformer.8192x1024", (8192, 1024)), ("transformer.4096x4096", (4096, 4096))]
+ROWS = [("transformer.8192x1024", (8192, 1024)), ("transformer.8192x4096", (8192, 4096))]
 GROUPS = [("unet.n8_c320_64x64_g32", (8, 320, 64, 64), 32)]
 EPILOGUES = {"none": 0, "relu": 1, "add_relu": 2}
-TOLERANCE = 1e-5  # DESIGN.md: float32 storage against the float64 reference
+TOLERANCE = 1e-5  # float32 storage against the float64 reference (docs/CUDA.md)
+HOST_OVERHEAD = {}  # host_overhead()'s result, written with the JSON
 
 
 def cases(quick):
@@ -40,7 +41,7 @@ def cases(quick):
     out = []
     for name, shape in bn_shapes:
         out.append(("bn_forward_training", name, shape, {"epilogue": "none", "compile": True}))
-    for name, shape in bn_shapes[:2]:
+    for name, shape in bn_shapes:
         out.append(("bn_forward_training", name, shape, {"epilogue": "relu", "compile": True}))
     for name, shape in bn_shapes:
         out.append(("bn_forward_inference", name, shape, {"epilogue": "none", "compile": False}))
@@ -51,7 +52,7 @@ def cases(quick):
     for name, shape in ROWS[: 1 if quick else 2]:
         out.append(("layer_norm_forward", name, shape, {"compile": True}))
         out.append(("layer_norm_backward", name, shape, {"compile": False}))
-        out.append(("rms_norm_forward", name, shape, {"compile": False}))
+        out.append(("rms_norm_forward", name, shape, {"compile": True}))
     for name, shape, groups in GROUPS:
         out.append(("group_norm_forward", name, shape, {"groups": groups, "compile": True}))
         out.append(("group_norm_backward", name, shape, {"groups": groups, "compile": False}))
@@ -99,6 +100,8 @@ def main():
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its warm-ups take minutes)")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds; later compiles are skipped past it")
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--profile", action="store_true",
+                        help="per case, FusedNorm's kernels and their times (torch.profiler, CUPTI)")
     parser.add_argument("--dry-run", action="store_true", help="list the cases and bytes; needs no torch or GPU")
     args = parser.parse_args()
 
@@ -158,6 +161,11 @@ def run(args, plan):
     print(f"device: {props.name}, {props.multi_processor_count} SMs, L2 {l2_bytes / 2**20:.0f} MiB; "
           f"torch {torch.__version__}; copy ceiling {copy_gbs:.0f} GB/s", flush=True)
 
+    global HOST_OVERHEAD
+    overhead = HOST_OVERHEAD = host_overhead(torch, F, lib, dev, stream, ptr)
+    print(f"host time per call on tiny tensors (GPU work negligible, {overhead['calls']} calls queued, then one "
+          f"synchronize): " + ", ".join(f"{k} {v:.1f} us" for k, v in overhead.items() if k != "calls"), flush=True)
+
     results = []
     for kind, name, shape, extra in plan:
         try:
@@ -171,18 +179,57 @@ def run(args, plan):
             row["of_copy"] = row["gbs"] / copy_gbs
         results.append(row)
         print_row(row, flush=True)
+        write_json(args.out, props, torch, copy_gbs, results)  # after every row: a run cut short keeps its rows
         torch.cuda.empty_cache()
 
     print()
     print_table(results, copy_gbs)
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "gpu_bench.json")
-    with open(path, "w") as f:
-        json.dump({"device": props.name, "torch": torch.__version__, "copy_gbs": copy_gbs,
-                   "cudnn": torch.backends.cudnn.version(), "results": results}, f, indent=1)
+    path = write_json(args.out, props, torch, copy_gbs, results)
     print(f"wrote {path}; {time.time() - started:.0f} s")
     failed = [r for r in results if r.get("error") or not r.get("correct", True)]
     return 1 if failed else 0
+
+
+def host_overhead(torch, F, lib, dev, stream, ptr, calls=300):
+    """Wall microseconds per call when the GPU has almost nothing to do: what a call costs the host (validation,
+    launches, the driver), FusedNorm beside PyTorch eager on the same tiny tensors."""
+    x = torch.randn(8, 16, 4, 4, device=dev)
+    y, w, b = torch.empty_like(x), torch.ones(16, device=dev), torch.zeros(16, device=dev)
+    rm, rv, mean, invstd = (torch.zeros(16, device=dev) for _ in range(4))
+    sh = (ctypes.c_int64 * 4)(*x.shape)
+    rows = torch.randn(64, 64, device=dev)
+    ry, rw, rb, rmean, rinv = torch.empty_like(rows), torch.ones(64, device=dev), torch.zeros(64, device=dev), \
+        torch.empty(64, device=dev), torch.empty(64, device=dev)
+    fns = {
+        "batch_norm training ours": lambda: lib.call(
+            "fusednorm_cuda_batch_norm_forward", ptr(x), ptr(y), None, ptr(w), ptr(b), ptr(rm), ptr(rv), ptr(mean),
+            ptr(invstd), sh, 4, 0, 0, 1, 1e-5, 0.1, stream()),
+        "batch_norm training eager": lambda: F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5),
+        "layer_norm ours": lambda: lib.call("fusednorm_cuda_rows_norm_forward", 0, ptr(rows), ptr(ry), ptr(rw), ptr(rb),
+                                            ptr(rmean), ptr(rinv), 64, 64, 1e-5, stream()),
+        "layer_norm eager": lambda: F.layer_norm(rows, (64,), rw, rb, eps=1e-5),
+    }
+    result = {"calls": calls}
+    for name, fn in fns.items():
+        for _ in range(20):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        result[name] = (time.perf_counter() - start) / calls * 1e6
+    return result
+
+
+def write_json(out, props, torch, copy_gbs, results):
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "gpu_bench.json")
+    with open(path, "w") as f:
+        json.dump({"device": props.name, "torch": torch.__version__, "copy_gbs": copy_gbs,
+                   "cudnn": torch.backends.cudnn.version(), "host_overhead_us": HOST_OVERHEAD, "results": results},
+                  f, indent=1)
+    return path
 
 
 def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_ms, rel_error, l2_bytes, args,
@@ -194,6 +241,21 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
     gen = torch.Generator(device=dev).manual_seed(zlib.crc32((name + kind).encode()))
     rand = lambda *s: torch.randn(*s, device=dev, generator=gen)
     row = {"kind": kind, "name": name, "shape": list(shape), "bytes": effective_bytes(kind, shape, extra)}
+
+    def profile(fn):
+        """FusedNorm's kernels in one call: name, microseconds (mean of 3 calls), launches per call."""
+        if not args.profile:
+            return
+        from torch.profiler import profile as torch_profile, ProfilerActivity
+        fn(0)
+        torch.cuda.synchronize()
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                fn(0)
+            torch.cuda.synchronize()
+        kernels = [(e.key, e.device_time_total / 3, e.count // 3) for e in prof.key_averages()
+                   if e.device_time_total > 0]
+        row["kernels"] = sorted(kernels, key=lambda k: -k[1])[:16]
     compile_ok = extra.get("compile") and not args.no_compile and time.time() - started < args.budget
 
     def time_compiled(fn, inputs):
@@ -230,6 +292,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
             row["rel_error"] = rel_error(y, ref)
             eager = lambda i: act(F.batch_norm(xs[i], rm, rv, w, b, training=True, momentum=0.1, eps=1e-5))
             row["ms"] = time_ms(ours_fwd, sets)
+            profile(ours_fwd)
             row["eager_ms"] = time_ms(eager, sets)
             if compile_ok:
                 time_compiled(lambda x: act(F.batch_norm(x, rm, rv, w, b, training=True, momentum=0.1, eps=1e-5)),
@@ -240,6 +303,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
                                eps=1e-5)
             row["rel_error"] = rel_error(y, ref)
             row["ms"] = time_ms(lambda i: ours_fwd(i, training=0), sets)
+            profile(lambda i: ours_fwd(i, training=0))
             row["eager_ms"] = time_ms(lambda i: F.batch_norm(xs[i], rm, rv, w, b, training=False, eps=1e-5), sets)
         else:  # bn_backward, training statistics
             x = xs[0]
@@ -256,6 +320,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
             gx, gw, gb = torch.autograd.grad(yd, (xd, wd, bd), dy.double())
             row["rel_error"] = max(rel_error(dx, gx), rel_error(dw, gw), rel_error(db, gb))
             row["ms"] = time_ms(ours_bwd)
+            profile(ours_bwd)
             xe = x.clone().requires_grad_()
             we, be = w.clone().requires_grad_(), b.clone().requires_grad_()
             ye = F.batch_norm(xe, rm.clone(), rv.clone(), we, be, training=True, momentum=0.1, eps=1e-5)
@@ -276,6 +341,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
                    else F.layer_norm(xs[0].double(), (D,), w.double(), b.double(), eps=1e-5))
             row["rel_error"] = rel_error(y, ref)
             row["ms"] = time_ms(ours_fwd, sets)
+            profile(ours_fwd)
             row["eager_ms"] = time_ms(lambda i: torch_fwd(xs[i]), sets)
             if compile_ok:
                 time_compiled(torch_fwd, xs)
@@ -290,6 +356,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
             gx, gw, gb = torch.autograd.grad(F.layer_norm(xd, (D,), wd, bd, eps=1e-5), (xd, wd, bd), dy.double())
             row["rel_error"] = max(rel_error(dx, gx), rel_error(dw, gw), rel_error(db, gb))
             row["ms"] = time_ms(ours_bwd, sets)
+            profile(ours_bwd)
             xe, we, be = (t.clone().requires_grad_() for t in (x, w, b))
             ye = F.layer_norm(xe, (D,), we, be, eps=1e-5)
             row["eager_ms"] = time_ms(lambda i: torch.autograd.grad(ye, (xe, we, be), dy, retain_graph=True))
@@ -307,6 +374,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
             ref = F.group_norm(xs[0].double(), G, w.double(), b.double(), eps=1e-5)
             row["rel_error"] = rel_error(y, ref)
             row["ms"] = time_ms(ours_fwd, sets)
+            profile(ours_fwd)
             torch_fwd = lambda x: F.group_norm(x, G, w, b, eps=1e-5)
             row["eager_ms"] = time_ms(lambda i: torch_fwd(xs[i]), sets)
             if compile_ok:
@@ -323,6 +391,7 @@ def bench_case(torch, F, lib, kind, name, shape, extra, dev, stream, ptr, time_m
             gx, gw, gb = torch.autograd.grad(F.group_norm(xd, G, wd, bd, eps=1e-5), (xd, wd, bd), dy.double())
             row["rel_error"] = max(rel_error(dx, gx), rel_error(dw, gw), rel_error(db, gb))
             row["ms"] = time_ms(ours_bwd)
+            profile(ours_bwd)
             xe, we, be = (t.clone().requires_grad_() for t in (x, w, b))
             ye = F.group_norm(xe, G, we, be, eps=1e-5)
             row["eager_ms"] = time_ms(lambda i: torch.autograd.grad(ye, (xe, we, be), dy, retain_graph=True))
@@ -336,7 +405,13 @@ def print_row(row, flush=False):
         print(f"{row['kind']:22} {row['name']:28} ERROR {row.get('error')}", flush=flush)
         return
     print(f"{row['kind']:22} {row['name']:28} {row['epilogue']:8} ours {row['ms']:8.3f} ms "
-          f"{row['gbs']:6.0f} GB/s  err {row['rel_error']:.1e}{'' if row['correct'] else ' FAIL'}", flush=flush)
+          f"{row['gbs']:6.0f} GB/s  err {row['rel_error']:.1e}{'' if row['correct'] else ' FAIL'}"
+          + (f"  eager {row['eager_ms']:.3f} ms (x{row['eager_ms'] / row['ms']:.2f})" if "eager_ms" in row else "")
+          + (f"  compile {row['compile_ms']:.3f} ms (x{row['compile_ms'] / row['ms']:.2f})" if "compile_ms" in row
+             else "") + (f"  compile error {row['compile_error'][:80]}" if "compile_error" in row else ""),
+          flush=flush)
+    for name, us, count in row.get("kernels", []):
+        print(f"    {us:9.1f} us x{count:<3} {name[:100]}", flush=flush)
 
 
 def print_table(results, copy_gbs):

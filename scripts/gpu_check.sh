@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The GPU check of issue 7, in one call on the GPU machine (docs/CUDA.md):
+# The GPU check, in one call on the GPU machine (docs/CUDA.md):
 #   1. tests/cuda_test: every CUDA variant against the float64 reference;
 #   2. scripts/gpu_bench.py: FusedNorm against PyTorch eager and torch.compile on the same shapes and dtype, with
-#      the copy ceiling measured in the same run; a table of ms, GB/s and ratios, JSON in $OUT.
+#      the copy ceiling measured in the same run; a table of ms, GB/s and ratios, JSON in $OUT;
+#   3. each schedule variant of the bundle (variants/<name>/, scripts/gpu_bundle.sh) timed the same way, without
+#      torch.compile, its JSON in $OUT/variants/<name>/;
+#   4. where the bundle has it, scripts/gpu_probe.py: the single-read BatchNorm probe (bench/cuda/single_read_probe.cu).
 # Here first: scripts/gpu_bundle.sh (builds and collects build/gpu-bundle). Then, with the device tool:
 #   run(command="scripts/gpu_check.sh", carry=["build/gpu-bundle"], timeout_s=560)
 # Arguments after the bundle folder go to gpu_bench.py (--quick, --no-compile, --budget SECONDS).
@@ -32,5 +35,20 @@ PYTHONUNBUFFERED=1 timeout "$left" python3 scripts/gpu_bench.py --lib "$bundle/l
   --budget $(( left - 150 )) "$@" \
   2>&1 | tee "$out/gpu_bench.log"
 bench_rc=${PIPESTATUS[0]}
-echo "== cuda_test exit $test_rc, gpu_bench exit $bench_rc (logs and JSON in $out)"
+variants_rc=0
+for variant in "$bundle"/variants/*/; do
+  [ -f "$variant/libfusednorm_cuda_c.so" ] || continue
+  name=$(basename "$variant")
+  echo "== variant $name: $(cat "$variant/PARAMS" 2>/dev/null)"
+  PYTHONUNBUFFERED=1 timeout 120 python3 scripts/gpu_bench.py --lib "$variant/libfusednorm_cuda_c.so" \
+    --out "$out/variants/$name" --no-compile | sed -n '/^| op/,$p' || variants_rc=1
+done
+probe_rc=0
+if [ -f "$bundle/libsingle_read_probe.so" ]; then
+  echo "== scripts/gpu_probe.py (single-read BatchNorm probe)"
+  PYTHONUNBUFFERED=1 timeout 240 python3 scripts/gpu_probe.py --lib "$bundle/libsingle_read_probe.so" --out "$out" \
+    2>&1 | tee "$out/gpu_probe.log"
+  probe_rc=${PIPESTATUS[0]}
+fi
+echo "== cuda_test exit $test_rc, gpu_bench exit $bench_rc, variants $variants_rc, probe $probe_rc (logs and JSON in $out)"
 exit $(( test_rc != 0 || bench_rc != 0 ))
