@@ -53,6 +53,12 @@ class NormalizationGenerator : public Generator<T> {
   GeneratorParam<StorageType> dtype{"dtype", StorageType::float32, storage_type_names};
   // CUDA schedules: lanes per row of the along-s reductions (a divisor of 32; 256 / lanes rows per block).
   GeneratorParam<int> gpu_row_lanes{"gpu_row_lanes", kGpuLanes, 1, 32};
+  // CUDA schedules: rows of the elementwise tiles each thread computes (unrolled: loads in flight per thread); 0: the
+  // direction's default (schedule_gpu.h).
+  GeneratorParam<int> gpu_elementwise_rows{"gpu_elementwise_rows", 0, 0, 16};
+  int elementwise_rows(int direction_default) const {
+    return gpu_elementwise_rows > 0 ? static_cast<int>(gpu_elementwise_rows) : direction_default;
+  }
 
  protected:
   using Tensor = GeneratorInput<Buffer<>>;
@@ -206,13 +212,17 @@ class ForwardTraining : public NormalizationGenerator<ForwardTraining> {
       if (z) declare_dense(*z);
       declare_dense(*y);
       ChannelSums gpu_sums = st.channel_sums;
+      if (s.affine_per_element()) {
+        schedule_gpu_rows_forward(*y, *saved, gpu_sums, {st.shift, st.group_sums.sums, alg.coefficients}, axes);
+        return;
+      }
       schedule_gpu_channel_sums(gpu_sums, s.layout, axes, s.affine_per_element(), this->gpu_row_lanes);
       for (Func f : {st.shift, st.group_sums.sums, alg.coefficients, Func(*saved)}) schedule_gpu_flat(f);
       if (running) {
         schedule_gpu_flat(alg.running_batch_values);
         schedule_gpu_flat(*running);
       }
-      schedule_gpu_elementwise(*y, s.affine_per_element());
+      schedule_gpu_elementwise(*y, s.affine_per_element(), this->elementwise_rows(kGpuElementwiseRowsPerThread));
       return;
     }
     CpuScheduleContext cx = cpu_context(p);
@@ -275,7 +285,7 @@ class ForwardInference : public NormalizationGenerator<ForwardInference> {
       if (z) declare_dense(*z);
       declare_dense(*y);
       schedule_gpu_flat(alg.scale);
-      schedule_gpu_elementwise(*y, false);
+      schedule_gpu_elementwise(*y, false, this->elementwise_rows(kGpuInferenceRowsPerThread));
       return;
     }
     schedule_elementwise(*y, spec().layout, {alg.scale}, cpu_context(p));
@@ -357,8 +367,8 @@ class Backward : public NormalizationGenerator<Backward> {
         schedule_gpu_flat(alg.param_sums);
       }
       if (param_grads) schedule_gpu_flat(*param_grads);
-      schedule_gpu_elementwise(*dx, s.affine_per_element());
-      if (dz) schedule_gpu_elementwise(*dz, false);
+      schedule_gpu_elementwise(*dx, s.affine_per_element(), this->elementwise_rows(kGpuElementwiseRowsPerThread));
+      if (dz) schedule_gpu_elementwise(*dz, false, this->elementwise_rows(kGpuElementwiseRowsPerThread));
       return;
     }
     CpuScheduleContext cx = cpu_context(p);

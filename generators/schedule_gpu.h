@@ -21,12 +21,17 @@
 namespace fusednorm {
 
 constexpr int kGpuReductionThreads = 64;  // channels of one NHWC reduction block
-constexpr int kGpuLanes = 32;             // lanes of one along-s row reduction, by default: a warp
+constexpr int kGpuLanes = 16;             // lanes of one along-s row reduction, by default (measured: docs/CUDA.md)
 constexpr int kGpuReductionBlock = 256;   // threads of an along-s reduction block: kGpuReductionBlock / lanes rows
 constexpr int kGpuSmallThreads = 128;     // threads per block of the per-channel and per-group kernels
 constexpr int kGpuElementwiseLanes = 32;  // elementwise blocks: 32 consecutive elements ...
 constexpr int kGpuElementwiseRows = 8;    // ... of 8 rows of threads ...
-constexpr int kGpuElementwiseRowsPerThread = 4;  // ... each doing 4 rows
+constexpr int kGpuElementwiseRowsPerThread = 4;  // ... each doing 4 rows (y of the training forward, dx) ...
+// ... or 8 (the inference forward, which computes no statistics: 0.80 of the copy against 0.71 with 4 on the H200;
+// the training forward lost 5 to 9% with 8, the backward moved within the noise between runs)
+constexpr int kGpuInferenceRowsPerThread = 8;
+constexpr int kGpuFusedLanes = 128;  // threads of a LayerNorm / RMSNorm forward block (a row: one row per block keeps
+                                     // every region exact; with 2 rows Halide bounded the threads by all rows)
 
 // Every stage of f one thread per element of its pure domain: the pure variables fused (`inner` first, the one
 // consecutive threads should follow) and split into blocks; an update's reduction runs in order inside each
@@ -61,15 +66,17 @@ inline void schedule_gpu_flat(Halide::Func f, Halide::Var inner = Halide::Var(),
 }
 
 // An elementwise output over (s, c, n) in storage order: blocks of 32 consecutive elements of the innermost axis (a
-// warp reads 128 contiguous bytes) times 32 of the next axis (c or s; n for rows, whose middle axis is 1), each
-// thread doing 4 of those rows, unrolled, so that 4 independent loads are in flight per thread. The grid runs over
+// warp reads 128 contiguous bytes) times 8 x rows_per_thread of the next axis (c or s; n for rows, whose middle
+// axis is 1), each thread doing rows_per_thread of those rows, unrolled, so that as many independent loads are in
+// flight per thread. The grid runs over
 // the next axis's blocks (x, up to 2^31 - 1), the innermost axis's tiles (y) and the outer axis (z), so no index is
 // divided per element. The grid's y and z axes take at most 65535 blocks: the runtime checks N (channel norms) and
 // the innermost extent / 32.
 // Measured on an H200 (2026-12-04, docs/PERFORMANCE.md): one element per thread in blocks of 32 x 4 moved 1.3 to
 // 1.7 TB/s against a 4.1 TB/s copy: too few loads in flight. (A flat index over all three axes was tried before
 // that: two integer divisions per element, and its vectors were gathers, not 16-byte loads.)
-inline void schedule_gpu_elementwise(Halide::Func f, bool rows) {
+inline void schedule_gpu_elementwise(Halide::Func f, bool rows,
+                                     int rows_per_thread = kGpuElementwiseRowsPerThread) {
   using namespace Halide;
   std::vector<Var> args = f.args();
   Var inner = args[0], middle = args[1], outer = args[2];
@@ -77,8 +84,7 @@ inline void schedule_gpu_elementwise(Halide::Func f, bool rows) {
       unrolled("unrolled");
   Var across = rows ? outer : middle, last = rows ? middle : outer;
   f.split(inner, tile, lane, kGpuElementwiseLanes, TailStrategy::GuardWithIf)
-      .split(across, across_block, across_in, kGpuElementwiseRows * kGpuElementwiseRowsPerThread,
-             TailStrategy::GuardWithIf)
+      .split(across, across_block, across_in, kGpuElementwiseRows * rows_per_thread, TailStrategy::GuardWithIf)
       .split(across_in, unrolled, across_lane, kGpuElementwiseRows)
       .reorder(unrolled, lane, across_lane, across_block, tile, last)
       .unroll(unrolled)
@@ -183,6 +189,42 @@ inline void schedule_gpu_channel_sums(ChannelSums& sums, Layout layout, const Ax
   }
   schedule_gpu_flat(total, a.c, /*pure_only=*/true);  // the totals from the tails, a thread each
   schedule_gpu_partial_sums(sums.chunk, sums.over_chunk, layout, a, rows, lanes_per_row, false, LoopLevel(total, rk));
+}
+
+// ChannelSums of rows (LayerNorm, RMSNorm) inside the block `at` of a consumer: the tail's lanes, then the float64
+// totals, a thread per row, looping over the chunks, each summed by the block's lanes inside that loop.
+inline void schedule_gpu_channel_sums_at(ChannelSums& sums, const Axes& a, int lanes_per_row,
+                                         const Halide::LoopLevel& at) {
+  using namespace Halide;
+  Func total = sums.total;
+  RVar rk = sums.over_chunks.x;
+  schedule_gpu_partial_sums(sums.tail, sums.over_tail, Layout::nchw, a, /*rows=*/true, lanes_per_row, false, at);
+  total.compute_at(at).reorder(a.n, a.c).gpu_threads(a.n);
+  total.update().reorder(a.n, rk, a.c).gpu_threads(a.n);
+  schedule_gpu_partial_sums(sums.chunk, sums.over_chunk, Layout::nchw, a, true, lanes_per_row, false,
+                            LoopLevel(total, rk));
+}
+
+// LayerNorm's and RMSNorm's forward in one kernel: a block per row, kGpuFusedLanes threads;
+// the rows' sums (lanes in registers, as above), their statistics and coefficients computed in the block, then y,
+// whose second read of x hits L1/L2 (a row of 4096 floats is 16 KB), and the saved statistics fused into the same
+// loop over blocks (compute_with). per_row: the Funcs of (g or c, b) between the sums and y.
+// Measured on an H200 (2026-12-04): as separate kernels (sums, then about ten per-row kernels, then y), 8192 x 4096
+// took 0.235 ms against torch.compile's 0.113, x read twice from HBM and a launch per kernel.
+inline void schedule_gpu_rows_forward(Halide::Func y, Halide::Func saved, ChannelSums& sums,
+                                      const std::vector<Halide::Func>& per_row, const Axes& a) {
+  using namespace Halide;
+  Var so("so"), si("si");
+  y.split(a.s, so, si, kGpuFusedLanes, TailStrategy::GuardWithIf).reorder(so, si, a.c, a.n).gpu_threads(si).gpu_blocks(
+      a.n);
+  const LoopLevel block(y, a.n);
+  schedule_gpu_channel_sums_at(sums, a, kGpuFusedLanes, block);
+  for (Func f : per_row) {
+    f.compute_at(block).gpu_threads(a.b);
+    for (int i = 0; i < f.num_update_definitions(); i++) f.update(i).gpu_threads(a.b);
+  }
+  // compute_with pairs loops by their full names: the saved statistics' loop over rows is n too.
+  saved.rename(a.b, a.n).reorder(a.g, a.n).gpu_blocks(a.n).compute_with(y, a.n);
 }
 
 // Column sums over the rows (LayerNorm's and RMSNorm's parameter gradients): partial sums over blocks of
