@@ -30,6 +30,7 @@ constexpr int kGpuElementwiseRowsPerThread = 4;  // ... each doing 4 rows (y of 
 // ... or 8 (the inference forward, which computes no statistics: 0.80 of the copy against 0.71 with 4 on the H200;
 // the training forward lost 5 to 9% with 8, the backward moved within the noise between runs)
 constexpr int kGpuInferenceRowsPerThread = 8;
+constexpr int kGpuMergeGroup = 16;   // lanes a thread merges at a time (more lanes per row: merged in groups)
 constexpr int kGpuFusedLanes = 128;  // threads of a LayerNorm / RMSNorm forward block (a row: one row per block keeps
                                      // every region exact; with 2 rows Halide bounded the threads by all rows)
 
@@ -127,20 +128,31 @@ inline void schedule_gpu_partial_sums(Halide::Func f, Halide::RDom r, Layout lay
   RVar ro("ro"), ri("ri"), ro_outer("ro_outer"), ro_inner("ro_inner");
   Var lane("lane"), tile("tile"), row("row");
   Func lanes = f.update().split(r.x, ro, ri, lanes_per_row).rfactor(ri, lane);
+  // More lanes than a merge group: the lanes are merged in groups of kGpuMergeGroup, a thread per (row, group), then
+  // the groups by a thread per row, instead of one thread per row reading every lane (128 lanes in a row: 256 serial
+  // loads from shared memory per block).
+  Func groups;
+  RVar rgroup("rgroup"), rlane("rlane");
+  Var group("group");
+  RVar merged = ri;
+  if (lanes_per_row > kGpuMergeGroup) {
+    groups = f.update().split(ri, rgroup, rlane, kGpuMergeGroup).rfactor(rgroup, group);
+    merged = rgroup;
+  }
   // Each lane's sum accumulates inside its thread (a register); the wrapper, one value per (row, lane) in shared
   // memory, is what the per-row merge reads. (Computed at the block, the accumulator itself lived in shared memory:
   // a load and a store per element, 1 TB/s on an H200.)
-  Func lane_sums = lanes.in(f);
+  Func lane_sums = lanes.in(groups.defined() ? groups : f);
   LoopLevel lane_sums_at = at;
   if (own_kernel) {
     f.update()
         .split(tiled, tile, row, kGpuReductionBlock / lanes_per_row, TailStrategy::GuardWithIf)
-        .reorder(ri, row, tile, other)
+        .reorder(merged, row, tile, other)
         .gpu_blocks(tile, other)
         .gpu_threads(row);
     lane_sums_at = LoopLevel(f, tile);
   } else {
-    std::vector<VarOrRVar> pure_order = {tiled}, update_order = {ri, tiled};
+    std::vector<VarOrRVar> pure_order = {tiled}, update_order = {merged, tiled};
     for (const Var& v : f.args()) {
       if (v.name() != tiled.name()) {
         pure_order.push_back(v);
@@ -158,6 +170,17 @@ inline void schedule_gpu_partial_sums(Halide::Func f, Halide::RDom r, Layout lay
   lane_sums.compute_at(lane_sums_at).reorder(order).gpu_threads(lane, tiled);
   lanes.compute_at(lane_sums, lane);
   lanes.update().split(ro, ro_outer, ro_inner, 4).unroll(ro_inner);
+  if (groups.defined()) {
+    std::vector<VarOrRVar> pure_order = {group, tiled}, update_order = {rlane, group, tiled};
+    for (const Var& v : groups.args()) {
+      if (v.name() != group.name() && v.name() != tiled.name()) {
+        pure_order.push_back(v);
+        update_order.push_back(v);
+      }
+    }
+    groups.compute_at(lane_sums_at).reorder(pure_order).gpu_threads(group, tiled);
+    groups.update().reorder(update_order).gpu_threads(group, tiled);
+  }
 }
 
 // ChannelSums on the GPU, four kernels: the tail sums (zeros, then a block per row of them), the float64 totals
@@ -214,9 +237,14 @@ inline void schedule_gpu_channel_sums_at(ChannelSums& sums, const Axes& a, int l
 inline void schedule_gpu_rows_forward(Halide::Func y, Halide::Func saved, ChannelSums& sums,
                                       const std::vector<Halide::Func>& per_row, const Axes& a) {
   using namespace Halide;
-  Var so("so"), si("si");
-  y.split(a.s, so, si, kGpuFusedLanes, TailStrategy::GuardWithIf).reorder(so, si, a.c, a.n).gpu_threads(si).gpu_blocks(
-      a.n);
+  Var so("so"), si("si"), so_outer("so_outer"), so_inner("so_inner");
+  // Each thread's elements of the row 4 at a time, unrolled: 4 loads in flight (the row is in L1/L2 by then).
+  y.split(a.s, so, si, kGpuFusedLanes, TailStrategy::GuardWithIf)
+      .split(so, so_outer, so_inner, 4, TailStrategy::GuardWithIf)
+      .reorder(so_inner, so_outer, si, a.c, a.n)
+      .unroll(so_inner)
+      .gpu_threads(si)
+      .gpu_blocks(a.n);
   const LoopLevel block(y, a.n);
   schedule_gpu_channel_sums_at(sums, a, kGpuFusedLanes, block);
   for (Func f : per_row) {
