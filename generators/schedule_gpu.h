@@ -4,15 +4,16 @@
 // wraps as device pointers (no host memory behind them) are never copied to the host.
 //
 // Statistics are split reductions with a fixed reduction tree, so results are bitwise repeatable (no atomics):
-//   - along contiguous s (NCHW, LayerNorm/RMSNorm rows): a block per 8 rows (channel, sample), 32 lanes per row
-//     each summing a strided slice of each chunk (coalesced), the lanes then summed in lane order;
+//   - along contiguous s (NCHW; LayerNorm/RMSNorm backward rows): a block per 256 / lanes rows (channel, sample),
+//     `lanes` (16) per row each summing a strided slice of each chunk in a register, the lanes then summed in order;
 //   - along s with c contiguous (NHWC): a thread per channel, a block per (sample, 64 channels);
 //   - the float64 merges (channels and samples of a group) a thread per output.
 // The work is split over channels x samples, not over channels alone, so few channels with a large batch still
 // fill the GPU, unlike PyTorch's one-block-per-channel kernel (pytorch#12006, #57034); one block per (channel,
 // sample) is still coarse for a small batch with huge H x W (a split of each chunk over blocks is owed).
-// Elementwise passes: blocks of 32 consecutive elements x 32 rows, 4 rows per thread.
-// Measured on an H200: docs/PERFORMANCE.md ("CUDA").
+// Elementwise passes: blocks of 32 consecutive elements x 8 threads, 4 rows per thread (8 for inference).
+// LayerNorm's and RMSNorm's forward: one kernel, a block per row (schedule_gpu_rows_forward).
+// Measured on an H200: docs/PERFORMANCE.md ("CUDA on an H200"), docs/CUDA.md.
 #include <vector>
 
 #include "Halide.h"
