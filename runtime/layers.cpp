@@ -12,6 +12,7 @@
 #include "fusednorm/group_norm.h"
 #include "fusednorm/instance_norm.h"
 #include "fusednorm/layer_norm.h"
+#include "runtime/checks.h"
 
 namespace fusednorm {
 
@@ -66,6 +67,7 @@ void check_normalized_shape(const std::string& layer, const std::vector<int64_t>
     throw Error(fmt::format("{}: normalized_shape is {}, expected at least one dimension, each >= 1", layer,
                             shape_string(normalized_shape)));
   }
+  detail::checked_product(layer, "normalized_shape", normalized_shape);
 }
 
 TensorView vector_view(std::vector<float>& values) {

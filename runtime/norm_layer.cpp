@@ -8,12 +8,13 @@
 
 #include "fusednorm/error.h"
 #include "fusednorm/layers.h"
+#include "runtime/checks.h"
 
 namespace fusednorm {
 
 namespace {
 size_t element_count(const std::vector<int64_t>& shape) {
-  return static_cast<size_t>(std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<>()));
+  return static_cast<size_t>(detail::checked_product("layer", "feature shape", shape));
 }
 
 StateTensor floats_of_shape(const std::vector<float>& values, const std::vector<int64_t>& shape) {

@@ -13,6 +13,7 @@
 #include <variant>
 
 #include "fusednorm/error.h"
+#include "runtime/checks.h"
 
 namespace fusednorm {
 
@@ -30,11 +31,7 @@ StateTensor StateTensor::scalar_int64(int64_t value) {
   return t;
 }
 
-int64_t StateTensor::numel() const {
-  int64_t n = 1;
-  for (int64_t extent : shape) n *= extent;
-  return n;
-}
+int64_t StateTensor::numel() const { return detail::checked_product("StateTensor", "shape", shape); }
 
 namespace {
 

@@ -3,7 +3,11 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cstdlib>
+#include <limits>
+
 #include "fusednorm/error.h"
+#include "runtime/checks.h"
 
 namespace fusednorm {
 
@@ -50,10 +54,24 @@ TensorView::TensorView(float* data, std::vector<int64_t> shape, std::vector<int6
   for (int64_t extent : shape_) {
     if (extent < 0) throw Error(fmt::format("TensorView: shape {} has a negative extent", shape_string(shape_)));
   }
+  // From here on, every product of this view's extents fits int64: numel(), the strides, and the kernels' sizes.
+  detail::checked_product("TensorView", "shape", shape_);
   if (strides_.empty()) strides_ = contiguous_strides(shape_);
   if (strides_.size() != shape_.size()) {
     throw Error(fmt::format("TensorView: strides [{}] have {} entries, expected {} (one per dimension of shape {})",
                             fmt::join(strides_, ", "), strides_.size(), shape_.size(), shape_string(shape_)));
+  }
+  // The farthest element from data() must be addressable too: sum over the dimensions of (extent - 1) * |stride|.
+  int64_t span = 0;
+  for (size_t i = 0; i < shape_.size(); i++) {
+    if (shape_[i] == 0) break;
+    const int64_t stride = strides_[i];
+    const std::optional<int64_t> reach =
+        stride == std::numeric_limits<int64_t>::min() ? std::nullopt : detail::multiply(shape_[i] - 1, std::abs(stride));
+    if (!reach || __builtin_add_overflow(span, *reach, &span)) {
+      throw Error(fmt::format("TensorView: strides [{}] for shape {} reach beyond 2^63 - 1 elements",
+                              fmt::join(strides_, ", "), shape_string(shape_)));
+    }
   }
 }
 

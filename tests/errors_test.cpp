@@ -25,6 +25,8 @@
 #include "fusednorm/group_norm.h"
 #include "fusednorm/instance_norm.h"
 #include "fusednorm/layer_norm.h"
+#include "fusednorm/layers.h"
+#include "fusednorm/state_dict.h"
 #include "runtime/call_tensors.h"
 #include "support/test_data.h"
 
@@ -607,6 +609,34 @@ std::vector<ErrorCase> error_cases() {
             t.input = TensorView(b.x.data(), {2, 3, 2, 2, 5, 1});
           },
           {"batch_norm: input has 6 dimensions (shape [2, 3, 2, 2, 5, 1]), expected 2 to 5"});
+  // Shapes whose element count wraps int64 (C x spatial = 3 x 6148914691236517207 wrapped to 5 and reached the
+  // kernels, which crashed): refused where the view is made, before any call can use it.
+  constexpr int64_t kWraps = 6148914691236517207;  // 3 * kWraps = 5 modulo 2^64
+  forward("input_shape_wraps",
+          [](Buffers& b, auto& t) {
+            t.input = TensorView(b.x.data(), {1, 3, kWraps});
+          },
+          {"TensorView: shape [1, 3, 6148914691236517207] has more than 2^63 - 1 elements"});
+  forward("input_shape_4d_wraps",
+          [](Buffers& b, auto& t) {
+            t.input = TensorView(b.x.data(), {1, 1, 3, kWraps});
+          },
+          {"TensorView: shape [1, 1, 3, 6148914691236517207] has more than 2^63 - 1 elements"});
+  forward("input_shape_wraps_behind_a_zero",
+          [](Buffers& b, auto& t) {
+            t.input = TensorView(b.x.data(), {0, 3, kWraps});
+          },
+          {"TensorView: shape [0, 3, 6148914691236517207] has more than 2^63 - 1 elements"});
+  forward("input_strides_reach_beyond_int64",
+          [](Buffers& b, auto& t) {
+            t.input = TensorView(b.x.data(), {2, 3, 4, 5}, {std::numeric_limits<int64_t>::max(), 20, 5, 1});
+          },
+          {"TensorView: strides [9223372036854775807, 20, 5, 1] for shape [2, 3, 4, 5] reach beyond 2^63 - 1"});
+  backward("input_shape_wraps",
+           [](Buffers& b, auto& t) {
+             t.input = TensorView(b.x.data(), {1, 3, kWraps});
+           },
+           {"TensorView: shape [1, 3, 6148914691236517207] has more than 2^63 - 1 elements"});
   forward("input_no_elements",
           [](Buffers& b, auto& t) {
             t.input = TensorView(b.x.data(), {2, 0, 4, 5});
@@ -958,6 +988,23 @@ TEST_P(ErrorTest, RefusedWithANamedArgumentAndNothingWritten) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Malformed, ErrorTest, ::testing::ValuesIn(error_cases()), error_case_name);
+
+// The layers and state-dict tensors take their shapes through the same checked product as TensorView.
+TEST(ShapeArithmetic, LayersAndStateTensorsRefuseShapesThatWrap) {
+  constexpr int64_t kWraps = 6148914691236517207;  // 3 * kWraps = 5 modulo 2^64
+  try {
+    LayerNorm layer({3, kWraps});
+    ADD_FAILURE() << "LayerNorm({3, 6148914691236517207}) was accepted";
+  } catch (const Error& error) {
+    EXPECT_THAT(error.what(), HasSubstr("LayerNorm: normalized_shape [3, 6148914691236517207] has more than 2^63 - 1"));
+  }
+  StateTensor t;
+  t.shape = {3, kWraps};
+  EXPECT_THROW(t.numel(), Error);
+  // Large shapes that fit are views like any other: 2^62 elements, never allocated.
+  EXPECT_EQ(TensorView(nullptr, {2, int64_t{1} << 61}).numel(), int64_t{1} << 62);
+  EXPECT_EQ(TensorView(nullptr, {0, int64_t{1} << 62}).numel(), 0);
+}
 
 // The valid call every case starts from runs, so each refusal above is the broken argument's doing.
 TEST(ErrorBaseline, TheBaseCallsAreValid) {
