@@ -48,14 +48,25 @@ void NormLayer::reset_running_stats() {
   num_batches_tracked_ = 0;
 }
 
+// weight() and bias() hand out the vectors themselves, so a caller can resize them: the views are made only over the
+// values that are there (a resized weight was read past its end), and refused before any call, as the buffers are.
+std::optional<TensorView> NormLayer::parameter_view(std::vector<float>& values, const char* what) const {
+  const size_t features = element_count(contents_.feature_shape);
+  if (values.size() != features) {
+    throw Error(fmt::format("{}: {} has {} values, expected {} (the layer's feature shape {}); resize it back", name_,
+                            what, values.size(), features, shape_string(contents_.feature_shape)));
+  }
+  return TensorView(values.data(), contents_.feature_shape);
+}
+
 std::optional<TensorView> NormLayer::weight_view() {
   if (!contents_.has_weight) return std::nullopt;
-  return TensorView(weight_.data(), contents_.feature_shape);
+  return parameter_view(weight_, "weight");
 }
 
 std::optional<TensorView> NormLayer::bias_view() {
   if (!contents_.has_bias) return std::nullopt;
-  return TensorView(bias_.data(), contents_.feature_shape);
+  return parameter_view(bias_, "bias");
 }
 
 void NormLayer::check_residual(bool given, const char* call, const char* argument) const {

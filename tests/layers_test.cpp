@@ -309,6 +309,41 @@ TEST(LayerTest, ResetRunningStatsRestoresTheInitialBuffers) {
   EXPECT_EQ(layer.num_batches_tracked(), 0);
 }
 
+// weight() and bias() are the vectors themselves: one resized is refused by the pass that reads it, with its size,
+// before anything is written (the kernels read past a resized weight before), as a resized buffer is; resized back,
+// it works. (BatchNorm's backward does not read the bias.)
+TEST(LayerTest, ResizedParametersAreRefusedLikeTheBuffers) {
+  Random rng(test::seed_for_current_test());
+  BatchNorm2d layer(3);
+  Batch b({2, 3, 4, 5}, Layout::nchw, rng);
+  const std::vector<uint32_t> y_before = bits(b.y);
+  for (std::vector<float>* parameter : {&layer.weight(), &layer.bias()}) {
+    const std::string what = parameter == &layer.weight() ? "weight" : "bias";
+    SCOPED_TRACE(what);
+    const std::vector<float> values = *parameter;
+    parameter->resize(parameter == &layer.weight() ? 1 : 7);
+    expect_error([&] { layer.forward(b.view(b.x), b.view(b.y)); },
+                 {"BatchNorm2d: " + what + " has " + std::to_string(parameter->size()) +
+                  " values, expected 3 (the layer's feature shape [3]); resize it back"});
+    EXPECT_EQ(bits(b.y), y_before) << "y was written";
+    EXPECT_EQ(layer.running_mean(), std::vector<float>(3, 0.0f));
+    EXPECT_EQ(layer.num_batches_tracked(), 0);
+    *parameter = values;
+  }
+  layer.forward(b.view(b.x), b.view(b.y));
+  EXPECT_EQ(layer.num_batches_tracked(), 1);
+
+  const std::vector<uint32_t> dx_before = bits(b.dx);
+  layer.weight().resize(2);
+  expect_error([&] { layer.backward(b.view(b.dy), b.view(b.dx)); },
+               {"BatchNorm2d: weight has 2 values, expected 3 (the layer's feature shape [3]); resize it back"});
+  EXPECT_EQ(bits(b.dx), dx_before) << "dx was written";
+  EXPECT_EQ(layer.grad_weight(), std::vector<float>(3, 0.0f));
+  layer.weight().resize(3, 1.0f);
+  layer.backward(b.view(b.dy), b.view(b.dx));  // the refused backward left the forward to differentiate
+  EXPECT_NE(layer.grad_weight(), std::vector<float>(3, 0.0f));
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // affine, track_running_stats, gradients
 

@@ -111,6 +111,7 @@ class NormLayer {
   void forward_with(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y);
   void backward_with(const TensorView& dy, const TensorView& dx, const std::optional<TensorView>& dz);
   void check_residual(bool given, const char* call, const char* argument) const;
+  std::optional<TensorView> parameter_view(std::vector<float>& values, const char* what) const;
 
   std::string name_;
   detail::LayerContents contents_;
