@@ -5,6 +5,8 @@
 
 #include <fmt/format.h>
 
+#include <limits>
+
 #include "runtime/norm_common.h"
 #include "runtime/norm_kernels.h"
 
@@ -30,8 +32,10 @@ void forward_training(const BatchNormForwardTensors& t, const detail::CallTensor
                     "(cumulative moving average, momentum = 1 / num_batches_tracked)",
                     kFunction));
   }
-  if (t.num_batches_tracked && *t.num_batches_tracked < 0) {
-    throw Error(fmt::format("{}: num_batches_tracked is {}, expected >= 0", kFunction, *t.num_batches_tracked));
+  if (t.num_batches_tracked &&
+      (*t.num_batches_tracked < 0 || *t.num_batches_tracked == std::numeric_limits<int64_t>::max())) {
+    throw Error(fmt::format("{}: num_batches_tracked is {}, expected 0 to 2^63 - 2 (it counts this batch too)",
+                            kFunction, *t.num_batches_tracked));
   }
 
   const int64_t batches = t.num_batches_tracked ? *t.num_batches_tracked + 1 : 0;

@@ -13,6 +13,7 @@
 #include "fusednorm/instance_norm.h"
 #include "fusednorm/layer_norm.h"
 #include "runtime/checks.h"
+#include "runtime/norm_common.h"
 
 namespace fusednorm {
 
@@ -85,6 +86,10 @@ detail::LayerContents batch_norm_contents(const std::string& name, int64_t num_f
                                           const BatchNormLayerOptions& options) {
   check_at_least_one(name, "num_features", num_features);
   check_eps(name, options.eps);
+  // Checked here, not first at a forward: a NaN momentum was accepted by the constructor.
+  if (options.momentum) {
+    detail::check_momentum(name.c_str(), *options.momentum, " (or std::nullopt for a cumulative moving average)");
+  }
   if (options.epilogue == Epilogue::silu) {
     throw Error(fmt::format("{}: epilogue is silu, expected none, relu or add_relu", name));
   }
@@ -99,6 +104,7 @@ detail::LayerContents instance_norm_contents(const std::string& name, int64_t nu
                                              const InstanceNormLayerOptions& options) {
   check_at_least_one(name, "num_features", num_features);
   check_eps(name, options.eps);
+  if (options.momentum) detail::check_momentum(name.c_str(), *options.momentum, " (or std::nullopt for 0)");
   return {.feature_shape = {num_features},
           .has_weight = options.affine,
           .has_bias = options.affine,

@@ -312,9 +312,11 @@ void check_eps(const char* function, double eps) {
   }
 }
 
+// In [0, 1]: the weight of the batch in a moving average. (Finite but outside, 1e300 became inf as the kernels'
+// float32 and the running statistics NaN.)
 void check_momentum(const char* function, double momentum, const char* otherwise) {
-  if (!std::isfinite(momentum)) {
-    throw Error(fmt::format("{}: momentum is {}, expected a finite number{}", function, momentum, otherwise));
+  if (!(momentum >= 0.0 && momentum <= 1.0)) {
+    throw Error(fmt::format("{}: momentum is {}, expected a number in [0, 1]{}", function, momentum, otherwise));
   }
 }
 

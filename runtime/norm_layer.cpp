@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "fusednorm/error.h"
@@ -180,6 +181,11 @@ void NormLayer::load_from(const StateDict& state, const std::string& prefix) {
     if (static_cast<int64_t>(values) != t.numel()) {
       throw Error(fmt::format("{}: load_from: '{}{}' has {} values, expected {} (shape {})", name_, prefix, key, values,
                               t.numel(), shape_string(t.shape)));
+    }
+    // The counter the next training forward increments: a negative one, or one at the largest int64, would make
+    // every later forward throw (it overflowed before).
+    if (scalar && (t.i64[0] < 0 || t.i64[0] == std::numeric_limits<int64_t>::max())) {
+      throw Error(fmt::format("{}: load_from: '{}{}' is {}, expected 0 to 2^63 - 2", name_, prefix, key, t.i64[0]));
     }
   }
   // The names any normalization layer of PyTorch's has: under this layer's prefix, one it lacks is unexpected.

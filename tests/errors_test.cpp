@@ -65,6 +65,7 @@ struct Buffers {
       grad_weight, grad_bias, residual, grad_residual;
   int64_t num_batches_tracked = 3;
   int64_t negative_counter = -1;
+  int64_t full_counter = std::numeric_limits<int64_t>::max();
 
   static TensorView channel(std::vector<float>& data) { return TensorView(data.data(), {kChannels}); }
   static TensorView like_x(std::vector<float>& data) { return TensorView(data.data(), kShape); }
@@ -415,7 +416,7 @@ void add_family_cases(std::vector<ErrorCase>& cases) {
   instance_forward("save_mean_wrong_count", [](Buffers& b, auto& t) { t.save_mean = Buffers::channel(b.save_mean); },
                    {"instance_norm: save_mean has 3 elements (shape [3]), expected 6 (N x C = 2 x 3, for input [2, 3, "
                     "4, 5])"});
-  instance_forward("momentum_nan", nothing, {"instance_norm: momentum is nan, expected a finite number"},
+  instance_forward("momentum_nan", nothing, {"instance_norm: momentum is nan, expected a number in [0, 1]"},
                    input_stats(true, 1e-5, kNaN));
   instance_forward("eps_negative", nothing, {"instance_norm: eps is -1, expected a finite number >= 0"},
                    input_stats(true, -1.0));
@@ -754,15 +755,22 @@ std::vector<ErrorCase> error_cases() {
   forward("evaluation_eps_negative", nothing, {"batch_norm: eps is -1, expected a finite number >= 0"},
           evaluation(-1.0));
   forward("momentum_nan", nothing,
-          {"batch_norm: momentum is nan, expected a finite number (or std::nullopt for a cumulative moving average)"},
+          {"batch_norm: momentum is nan, expected a number in [0, 1] (or std::nullopt for a cumulative moving average)"},
           training(kNaN));
-  forward("momentum_infinite", nothing, {"batch_norm: momentum is inf, expected a finite number"}, training(kInfinity));
+  forward("momentum_infinite", nothing, {"batch_norm: momentum is inf, expected a number in [0, 1]"}, training(kInfinity));
+  // Finite, but inf as the kernels' float32: the running statistics became NaN.
+  forward("momentum_too_large", nothing, {"batch_norm: momentum is 1e+300, expected a number in [0, 1]"},
+          training(1e300));
+  forward("momentum_negative", nothing, {"batch_norm: momentum is -0.1, expected a number in [0, 1]"}, training(-0.1));
   forward(
       "cumulative_average_without_counter", [](Buffers&, auto& t) { t.num_batches_tracked = nullptr; },
       {"batch_norm: num_batches_tracked is null, expected a counter: momentum is std::nullopt"},
       training(std::nullopt));
   forward("counter_negative", [](Buffers& b, auto& t) { t.num_batches_tracked = &b.negative_counter; },
-          {"batch_norm: num_batches_tracked is -1, expected >= 0"});
+          {"batch_norm: num_batches_tracked is -1, expected 0 to 2^63 - 2"});
+  // One more batch would overflow the counter (signed overflow before).
+  forward("counter_at_int64_max", [](Buffers& b, auto& t) { t.num_batches_tracked = &b.full_counter; },
+          {"batch_norm: num_batches_tracked is 9223372036854775807, expected 0 to 2^63 - 2"}, training(std::nullopt));
 
   // Training needs more than one value per channel (PyTorch's message).
   for (auto [name, shape] : {std::pair<std::string, std::vector<int64_t>>{"2d", {1, 3}},
@@ -984,6 +992,7 @@ TEST_P(ErrorTest, RefusedWithANamedArgumentAndNothingWritten) {
   }
   EXPECT_EQ(buffers.num_batches_tracked, before.num_batches_tracked) << "num_batches_tracked was written";
   EXPECT_EQ(buffers.negative_counter, before.negative_counter) << "num_batches_tracked was written";
+  EXPECT_EQ(buffers.full_counter, before.full_counter) << "num_batches_tracked was written";
   EXPECT_EQ(max_isa(), isa_before) << "max_isa was changed";
 }
 

@@ -720,6 +720,12 @@ std::vector<LayerErrorCase> layer_error_cases() {
        {"BatchNorm2d: load_from: 'bn.running_mean' has 3 values, expected 4 (shape [4])"});
   load("num_batches_tracked_values", 4, {}, [](StateDict& s) { s["bn.num_batches_tracked"].i64.clear(); },
        {"BatchNorm2d: load_from: 'bn.num_batches_tracked' has 0 values, expected 1 (shape [])"});
+  // A counter the next training forward cannot increment (signed overflow before), or a negative one.
+  load("num_batches_tracked_at_int64_max", 4, {},
+       [](StateDict& s) { s["bn.num_batches_tracked"].i64 = {std::numeric_limits<int64_t>::max()}; },
+       {"BatchNorm2d: load_from: 'bn.num_batches_tracked' is 9223372036854775807, expected 0 to 2^63 - 2"});
+  load("num_batches_tracked_negative", 4, {}, [](StateDict& s) { s["bn.num_batches_tracked"].i64 = {-5}; },
+       {"BatchNorm2d: load_from: 'bn.num_batches_tracked' is -5, expected 0 to 2^63 - 2"});
   return cases;
 }
 
@@ -770,6 +776,21 @@ TEST(LayerErrorTest, ConstructorRefusesNumFeaturesBelowOneAndBadEps) {
     BatchNormLayerOptions options;
     options.eps = eps;
     expect_error([&] { BatchNorm2d layer(3, options); }, {"BatchNorm2d: eps is ", "expected a finite number >= 0"});
+  }
+  // Refused when the layer is made, not first at a training forward.
+  for (double momentum : {std::numeric_limits<double>::quiet_NaN(), 1e300, -0.5, 1.5}) {
+    BatchNormLayerOptions options;
+    options.momentum = momentum;
+    expect_error([&] { BatchNorm2d layer(3, options); }, {"BatchNorm2d: momentum is ", "expected a number in [0, 1]"});
+    InstanceNormLayerOptions instance;
+    instance.momentum = momentum;
+    expect_error([&] { InstanceNorm2d layer(3, instance); },
+                 {"InstanceNorm2d: momentum is ", "expected a number in [0, 1]"});
+  }
+  for (double momentum : {0.0, 1.0}) {
+    BatchNormLayerOptions options;
+    options.momentum = momentum;
+    EXPECT_NO_THROW(BatchNorm2d(3, options));
   }
 }
 
