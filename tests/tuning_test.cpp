@@ -6,6 +6,7 @@
 #include "runtime/tuning.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -26,6 +27,7 @@ namespace {
 
 // What FUSEDNORM_TUNING gave at the first call: main() points it at a malformed file, before any call.
 std::string environment_error;
+std::string environment_file;  // the malformed table main() points FUSEDNORM_TUNING at
 
 const std::string kKernel = "batch_norm_forward_training_nchw_affine";
 
@@ -237,7 +239,7 @@ TEST(TuningTableTest, LoadTuningThrowsForAMissingOrMalformedFileAndKeepsTheTable
 // main() set FUSEDNORM_TUNING to a malformed file: the first call threw, naming it and the line.
 TEST(TuningTableTest, AMalformedFileFromTheEnvironmentIsAnError) {
   EXPECT_TRUE(contains(environment_error, "tuning table ")) << environment_error;
-  EXPECT_TRUE(contains(environment_error, "env_malformed.tsv:1: 'not a table', expected the first line"))
+  EXPECT_TRUE(contains(environment_error, environment_file + ":1: 'not a table', expected the first line"))
       << environment_error;
   EXPECT_TRUE(contains(environment_error, "(FUSEDNORM_TUNING;")) << environment_error;
 }
@@ -401,7 +403,11 @@ TEST(TunedDispatchTest, ATunedKernelThatRefusesTheCallIsReportedAndTheUntunedCho
 
 int main(int argc, char** argv) {
   // FUSEDNORM_TUNING is read at the first call: a malformed file there makes it throw, naming the file and line.
-  const std::string path = (std::filesystem::temp_directory_path() / "env_malformed.tsv").string();
+  // One file per process: ctest runs each case as a process of its own, two at a time, and with one shared name one
+  // process truncated the file while another read it ("empty", a flaky failure).
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("env_malformed_" + std::to_string(getpid()) + ".tsv")).string();
+  fusednorm::environment_file = path;
   std::ofstream(path) << "not a table\n";
   setenv("FUSEDNORM_TUNING", path.c_str(), 1);
   try {
@@ -409,6 +415,7 @@ int main(int argc, char** argv) {
   } catch (const fusednorm::Error& e) {
     fusednorm::environment_error = e.what();
   }
+  std::filesystem::remove(path);
   fusednorm::clear_tuning();
   fusednorm::set_verbose(false);
   ::testing::InitGoogleTest(&argc, argv);
