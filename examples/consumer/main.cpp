@@ -110,7 +110,7 @@ int main() {
   const double dweight_error = max_relative_error(dweight, want.dweight);
   const double dbias_error = max_relative_error(dbias, want.dbias);
 
-  // float16 storage: x rounded to half, statistics in float32; DESIGN.md's bound for 16-bit storage is 1e-2.
+  // float16 storage: x rounded to half, statistics in float32; the bound for 16-bit storage is 1e-2 (README.md).
   std::vector<_Float16> x16(x.begin(), x.end()), y16(x.size(), _Float16(NAN));
   Halide::Runtime::Buffer<_Float16> x16b(x16.data(), 3, dims), y16b(y16.data(), 3, dims);
   std::vector<float> mean16(G * N), invstd16(G * N);

@@ -19,7 +19,7 @@
 
 namespace fusednorm::test {
 
-// Relative error allowed for float32 storage (DESIGN.md, "Numbers that define done").
+// Relative error allowed for float32 storage (README.md, "Numerics").
 constexpr double kFloat32Tolerance = 1e-5;
 
 // A seed from a case's name (FNV-1a): every case gets its own data, and a failing case reproduces alone.
@@ -111,8 +111,9 @@ enum class Scale { tensor, element };
 
 // The comparison behind close() and close_statistic(): element i's error over denominator(i).
 template <typename T, typename Denominator>
-::testing::AssertionResult close_over(const std::string& name, const std::vector<T>& got, const std::vector<double>& ref,
-                                      double tolerance, const Denominator& denominator, const std::string& scale_note) {
+::testing::AssertionResult close_over(const std::string& name, const std::vector<T>& got,
+                                      const std::vector<double>& ref, double tolerance, const Denominator& denominator,
+                                      const std::string& scale_note) {
   if (got.size() != ref.size()) {
     return ::testing::AssertionFailure() << name << ": " << got.size() << " elements, reference has " << ref.size();
   }
