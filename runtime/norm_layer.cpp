@@ -3,9 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <functional>
 #include <limits>
-#include <numeric>
 
 #include "fusednorm/error.h"
 #include "fusednorm/layers.h"

@@ -66,8 +66,9 @@ TensorView::TensorView(float* data, std::vector<int64_t> shape, std::vector<int6
   for (size_t i = 0; i < shape_.size(); i++) {
     if (shape_[i] == 0) break;
     const int64_t stride = strides_[i];
-    const std::optional<int64_t> reach =
-        stride == std::numeric_limits<int64_t>::min() ? std::nullopt : detail::multiply(shape_[i] - 1, std::abs(stride));
+    const std::optional<int64_t> reach = stride == std::numeric_limits<int64_t>::min()
+                                             ? std::nullopt
+                                             : detail::multiply(shape_[i] - 1, std::abs(stride));
     if (!reach || __builtin_add_overflow(span, *reach, &span)) {
       throw Error(fmt::format("TensorView: strides [{}] for shape {} reach beyond 2^63 - 1 elements",
                               fmt::join(strides_, ", "), shape_string(shape_)));

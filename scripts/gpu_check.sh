@@ -50,5 +50,6 @@ if [ -f "$bundle/libsingle_read_probe.so" ]; then
     2>&1 | tee "$out/gpu_probe.log"
   probe_rc=${PIPESTATUS[0]}
 fi
-echo "== cuda_test exit $test_rc, gpu_bench exit $bench_rc, variants $variants_rc, probe $probe_rc (logs and JSON in $out)"
+echo "== cuda_test exit $test_rc, gpu_bench exit $bench_rc, variants $variants_rc, probe $probe_rc" \
+  "(logs and JSON in $out)"
 exit $(( test_rc != 0 || bench_rc != 0 ))

@@ -755,9 +755,11 @@ std::vector<ErrorCase> error_cases() {
   forward("evaluation_eps_negative", nothing, {"batch_norm: eps is -1, expected a finite number >= 0"},
           evaluation(-1.0));
   forward("momentum_nan", nothing,
-          {"batch_norm: momentum is nan, expected a number in [0, 1] (or std::nullopt for a cumulative moving average)"},
+          {"batch_norm: momentum is nan, expected a number in [0, 1] "
+           "(or std::nullopt for a cumulative moving average)"},
           training(kNaN));
-  forward("momentum_infinite", nothing, {"batch_norm: momentum is inf, expected a number in [0, 1]"}, training(kInfinity));
+  forward("momentum_infinite", nothing, {"batch_norm: momentum is inf, expected a number in [0, 1]"},
+          training(kInfinity));
   // Finite, but inf as the kernels' float32: the running statistics became NaN.
   forward("momentum_too_large", nothing, {"batch_norm: momentum is 1e+300, expected a number in [0, 1]"},
           training(1e300));

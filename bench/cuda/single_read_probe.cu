@@ -777,7 +777,8 @@ int choose_plan(Pass pass, long long M, long long C, Plan& out, char* error, int
     if (rounds < best_rounds || (rounds == best_rounds && v.elems > out.variant->elems)) out = plan;
   }
   if (!any)
-    return fail(error, error_len, "no %s variant fits this shape (shape too large for the probe, or %s is not of this pass):%s",
+    return fail(error, error_len,
+                "no %s variant fits this shape (shape too large for the probe, or %s is not of this pass):%s",
                 pass == Pass::forward ? "forward" : "backward", g_forced ? g_forced->name : "auto", tried.c_str());
   return 0;
 }
@@ -794,7 +795,8 @@ int ensure_workspace(long long items, long long channels, char* error, int error
     PROBE_CUDA(cudaMemcpy(flag, g_ws.ws.error, sizeof flag, cudaMemcpyDeviceToHost));
     if (flag[0] != 0 && g_pending_error.empty()) {
       char text[200];
-      snprintf(text, sizeof text, "spin timeout (found while growing the workspace): channel %d, block %d, generation %u",
+      snprintf(text, sizeof text,
+               "spin timeout (found while growing the workspace): channel %d, block %d, generation %u",
                flag[1], flag[2], static_cast<unsigned>(flag[3]));
       g_pending_error = text;
     }
