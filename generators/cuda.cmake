@@ -2,7 +2,7 @@
 # schedule_gpu.h. Halide emits PTX for cuda_capability_86 (the newest Halide 21 names); the driver compiles it at
 # the first call for the GPU at hand (sm_90 on an H100). No CUDA toolkit or GPU is needed to build them; the
 # runtime loads libcuda.so.1 when a CUDA function is first called. Affine only: the CUDA entry points take weight
-# and bias (docs/CUDA.md). Included from generators/CMakeLists.txt; appends to kernel_targets and writes
+# and bias (docs/CUDA.md). Included from generators/CMakeLists.txt; appends to cuda_kernel_targets and writes
 # fusednorm_cuda_variant_table.h.
 set(fusednorm_cuda_target x86-64-linux-sse41-large_buffers-cuda-cuda_capability_86)
 # Generator parameters for every CUDA kernel's schedule, for schedule experiments (scripts/gpu_bundle.sh builds
@@ -46,7 +46,7 @@ foreach (kernel IN LISTS fusednorm_cuda_kernels)
           PARAMS norm=${norm} layout=${layout} epilogue=${epilogue} affine=true ${FUSEDNORM_CUDA_SCHEDULE_PARAMS}
           STMT stmt_${name}
           ASSEMBLY assembly_${name})
-        list(APPEND kernel_targets ${name})
+        list(APPEND cuda_kernel_targets ${name})
         string(APPEND cuda_includes "#include \"${name}.h\"\n")
         string(APPEND cuda_rows
           "    {Norm::${norm}, Direction::${direction}, Layout::${layout}, Epilogue::${epilogue}, true, "

@@ -1,7 +1,8 @@
-// The fusednorm::cuda entry points (include/fusednorm/cuda.h). Each opens a cuda::CallScope (the caller's context
-// and stream for Halide) and calls the CPU entry point of the same name: the same checks and messages, the same
-// settings (momentum, the running variance's correction, num_batches_tracked), one home for each. The CPU
-// path's run_* hand the call here (runtime/norm_kernels.cpp), where the tensors are device pointers: each is
+// The fusednorm::cuda entry points (include/fusednorm/cuda.h), the library's component cuda. Each opens a
+// cuda::CallScope (the caller's context and stream for Halide) and a DeviceRunnerScope, and calls the CPU entry
+// point of the same name: the same checks and messages, the same settings (momentum, the running variance's
+// correction, num_batches_tracked), one home for each. The CPU path's run_* hand the call here
+// (runtime/norm_kernels.cpp), where the tensors are device pointers: each is
 // wrapped as a Halide buffer with no host memory (halide_cuda_wrap_device_ptr), so Halide copies nothing.
 #include <HalideRuntime.h>
 #include <fmt/format.h>
@@ -13,9 +14,9 @@
 #include "fusednorm/cuda.h"
 #include "fusednorm/error.h"
 #include "runtime/cuda_driver.h"
-#include "runtime/cuda_kernels.h"
 #include "runtime/dispatch.h"
 #include "runtime/halide_call.h"
+#include "runtime/norm_kernels.h"
 #if FUSEDNORM_HAS_CUDA
 #include <HalideRuntimeCuda.h>
 
@@ -245,6 +246,8 @@ void run_cuda_backward(const char* function, const CallTensors& t, const KernelS
   call.args.call(variant, function);
 }
 
+constexpr DeviceRunner kCudaRunner{&run_cuda_forward_training, &run_cuda_forward_inference, &run_cuda_backward};
+
 }  // namespace detail
 
 namespace cuda {
@@ -279,6 +282,7 @@ void run(const char* function, void (*entry)(const Tensors&, const Options&), co
     throw Error(fmt::format("{}: CUDA is not available: {}", function, reason));
   }
   detail::cuda::CallScope scope(function, stream);
+  detail::DeviceRunnerScope device(detail::kCudaRunner);
   entry(t, o);
 }
 }  // namespace

@@ -15,7 +15,6 @@
 
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
-#include "fusednorm_variant_table.h"
 #include "runtime/tuning.h"
 
 namespace fusednorm {
@@ -126,7 +125,7 @@ bool allowed(Isa isa) {
 const std::vector<std::string>& built_schedule_names() {
   static const std::vector<std::string> names = [] {
     std::vector<std::string> result = {"hand"};
-    for (const KernelVariant& v : kBuiltVariants) {
+    for (const KernelVariant& v : all_variants()) {
       if (std::find(result.begin(), result.end(), v.schedule) == result.end()) result.emplace_back(v.schedule);
     }
     return result;
@@ -257,7 +256,7 @@ std::string reason_passed_over(const KernelVariant& v, const Decision& d, const 
 
 // The first variant that fits without a table: the selected schedule, best instruction set allowed.
 const KernelVariant* untuned_choice(const Decision& d) {
-  for (const KernelVariant& v : kBuiltVariants) {
+  for (const KernelVariant& v : all_variants()) {
     if (is_candidate(v, d.request) && reason_passed_over(v, d, nullptr).empty()) return &v;
   }
   return nullptr;
@@ -271,7 +270,7 @@ Decision decide(const VariantRequest& request) {
   if (!d.table) return d;
   d.working_set = working_set_bytes(request.direction, request.epilogue, request.elements);
   d.shape_class = d.table->class_of(d.working_set);
-  for (const KernelVariant& v : kBuiltVariants) {
+  for (const KernelVariant& v : all_variants()) {
     if (same_kernel(v, request)) {
       d.untuned_like = &v;
       break;
@@ -317,7 +316,7 @@ std::string explain(const Decision& d) {
   const VariantRequest& request = d.request;
   const KernelVariant* ran = d.ran();
   std::string passed_over;
-  for (const KernelVariant& v : kBuiltVariants) {
+  for (const KernelVariant& v : all_variants()) {
     if (!is_candidate(v, request) || &v == ran) continue;
     passed_over += fmt::format("\n  passed over {}: {}", v.name, reason_passed_over(v, d, ran));
   }
@@ -339,7 +338,8 @@ std::string explain(const Decision& d) {
 }
 
 bool epilogue_built(const VariantRequest& request, Epilogue epilogue) {
-  return std::any_of(std::begin(kBuiltVariants), std::end(kBuiltVariants),
+  const std::span<const KernelVariant> all = all_variants();
+  return std::any_of(all.begin(), all.end(),
                      [&](const KernelVariant& v) { return is_candidate(v, request) && v.epilogue == epilogue; });
 }
 
@@ -416,7 +416,7 @@ void call_selected(const KernelArgs& args, const KernelVariant& variant, const c
 
 std::vector<VariantInfo> variants() {
   std::vector<VariantInfo> result;
-  for (const detail::KernelVariant& v : detail::kBuiltVariants) {
+  for (const detail::KernelVariant& v : detail::all_variants()) {
     result.push_back({v.name, detail::to_string(v.norm), detail::to_string(v.direction), to_string(v.layout),
                       to_string(v.epilogue), v.affine, detail::to_string(v.isa), v.schedule,
                       detail::cpu_supports(v.isa) && detail::allowed(v.isa), detail::kernel_name(v)});

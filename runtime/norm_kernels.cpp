@@ -5,8 +5,6 @@
 #include <optional>
 #include <vector>
 
-#include "runtime/cuda_driver.h"
-#include "runtime/cuda_kernels.h"
 #include "runtime/dispatch.h"
 #include "runtime/halide_call.h"
 
@@ -83,9 +81,16 @@ void bind_affine(KernelArgs& args, Scratch& scratch, const CallTensors& t, const
 
 }  // namespace
 
+namespace {
+thread_local const DeviceRunner* device_runner = nullptr;
+}  // namespace
+
+DeviceRunnerScope::DeviceRunnerScope(const DeviceRunner& runner) : previous_(device_runner) { device_runner = &runner; }
+DeviceRunnerScope::~DeviceRunnerScope() { device_runner = previous_; }
+
 void run_forward_training(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   check_forward_disjoint(function, t, /*commits_running=*/true);
-  if (cuda::active_scope()) return run_cuda_forward_training(function, t, s, g);  // fusednorm::cuda (cuda.h)
+  if (device_runner) return device_runner->forward_training(function, t, s, g);  // fusednorm::cuda (cuda.h)
   const bool affine = t.weight || t.bias;
   const KernelVariant& variant =
       select_variant({function, Direction::forward_training, g.layout, affine, s.norm, s.epilogue, elements(g)});
@@ -127,7 +132,7 @@ void run_forward_training(const char* function, const CallTensors& t, const Kern
 
 void run_forward_inference(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   check_forward_disjoint(function, t, /*commits_running=*/false);
-  if (cuda::active_scope()) return run_cuda_forward_inference(function, t, s, g);
+  if (device_runner) return device_runner->forward_inference(function, t, s, g);
   const bool affine = t.weight || t.bias;
   const KernelVariant& variant =
       select_variant({function, Direction::forward_inference, g.layout, affine, s.norm, s.epilogue, elements(g)});
@@ -143,7 +148,7 @@ void run_forward_inference(const char* function, const CallTensors& t, const Ker
 
 void run_backward(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
   check_backward_disjoint(function, t);
-  if (cuda::active_scope()) return run_cuda_backward(function, t, s, g);
+  if (device_runner) return device_runner->backward(function, t, s, g);
   // bias is given only where the backward reads it (SiLU recomputes v = xhat * weight + bias).
   const bool affine = t.weight || t.bias || t.grad_weight || t.grad_bias;
   const KernelVariant& variant =

@@ -39,4 +39,21 @@ void run_forward_inference(const char* function, const CallTensors& t, const Ker
 // held fixed.
 void run_backward(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
 
+// A device backend (fusednorm::cuda, in the library's component cuda): while one of its entry points runs on a
+// thread, inside a DeviceRunnerScope, the CPU entry points' checks run unchanged and their run_* calls go to it.
+struct DeviceRunner {
+  using Run = void (*)(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
+  Run forward_training, forward_inference, backward;
+};
+class DeviceRunnerScope {
+ public:
+  explicit DeviceRunnerScope(const DeviceRunner& runner);
+  ~DeviceRunnerScope();
+  DeviceRunnerScope(const DeviceRunnerScope&) = delete;
+  DeviceRunnerScope& operator=(const DeviceRunnerScope&) = delete;
+
+ private:
+  const DeviceRunner* previous_;
+};
+
 }  // namespace fusednorm::detail

@@ -18,7 +18,6 @@
 
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
-#include "fusednorm_variant_table.h"
 
 namespace fusednorm::detail {
 
@@ -74,7 +73,7 @@ std::string joined(std::span<const std::string_view> words, std::string_view sep
 }
 
 const KernelVariant* built_variant(std::string_view name) {
-  for (const KernelVariant& v : kBuiltVariants) {
+  for (const KernelVariant& v : all_variants()) {
     if (name == v.name) return &v;
   }
   return nullptr;

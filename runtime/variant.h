@@ -1,8 +1,11 @@
 #pragma once
-// One built kernel: what it computes, for which layout and instruction set, and how to call it. The build
-// generates the table of every variant (fusednorm_variant_table.h); the runtime never lists them by hand.
-// docs/KERNELS.md lists each kernel's arguments.
+// One kernel: what it computes, for which layout and instruction set, and how to call it. The build generates the
+// table of the runtime's own variants (fusednorm_variant_table.h); generated code registers others
+// (fusednorm/kernel_registry.h). The runtime never lists them by hand. docs/KERNELS.md lists each kernel's
+// arguments.
 #include <HalideRuntime.h>
+
+#include <span>
 
 #include "fusednorm/epilogue.h"
 #include "fusednorm/tensor.h"
@@ -27,6 +30,10 @@ struct KernelVariant {
   int (*call_argv)(void** args);
   const halide_filter_metadata_t* (*metadata)();
 };
+
+// Every variant dispatch chooses from: the registered ones in the order they came, then the built-in ones. Fixed at
+// the first call (registration closes then), so references into it stay valid.
+std::span<const KernelVariant> all_variants();
 
 const char* to_string(Norm norm);  // "batch_norm", "instance_norm", ...
 const char* to_string(Direction direction);

@@ -14,7 +14,9 @@ cd "$root"
 # it pulls in about 160 packages (OpenCV, FFmpeg); the bench would use it only where it is already installed.
 # ocl-icd-opencl-dev: Debian's dnnl-config.cmake calls find_package(OpenCL), and --no-install-recommends leaves it
 # out (configure failed on a bare Debian 12 at bench/CMakeLists.txt).
-debian_packages=(g++ make libfmt-dev libgtest-dev libgmock-dev libdnnl-dev ocl-icd-opencl-dev)
+# cmake, pkg-config: the package test (tests/cmake/package_test.sh) builds consumers as a user would, with Debian's
+# CMake 3.25 and with pkg-config, the source tree and its .venv hidden.
+debian_packages=(g++ make libfmt-dev libgtest-dev libgmock-dev libdnnl-dev ocl-icd-opencl-dev cmake pkg-config)
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
 fi

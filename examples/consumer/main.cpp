@@ -1,18 +1,22 @@
-// Runs the kernels this project generated (GroupNorm + SiLU, NHWC: forward and backward in float32, forward with
-// float16 storage), called directly over halide_buffer_t, and the installed runtime's group_norm_forward on the
-// same input, and compares them with a float64 reference. Exits non-zero on a mismatch.
+// Runs the kernels this project generated with fusednorm_add_kernel() (GroupNorm + SiLU, NHWC): forward and
+// backward in float32 through the installed runtime's functional API, which registered them and must run them
+// rather than its own, and the forward with float16 storage called raw over halide_buffer_t (the API takes
+// float32). Compares them with a float64 reference, and checks that bad arguments to the generated kernels,
+// caught by the API's checks or by the kernel itself, arrive as fusednorm::Error. Exits non-zero otherwise.
 #include <HalideBuffer.h>
+#include <fusednorm/dispatch.h>
 #include <fusednorm/group_norm.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
-#include "unet_group_norm_silu_backward.h"
 #include "unet_group_norm_silu_f16_forward_training.h"
-#include "unet_group_norm_silu_forward_training.h"
 
 namespace {
 
@@ -28,6 +32,26 @@ double max_relative_error(const std::vector<T>& got, const std::vector<double>& 
   for (double w : want) scale = std::max(scale, std::abs(w));
   for (size_t i = 0; i < got.size(); i++) error = std::max(error, std::abs(double(got[i]) - want[i]));
   return error / scale;
+}
+
+// Whether `call` throws fusednorm::Error whose message has `expected` in it.
+bool refused(const char* what, const std::function<void()>& call, const std::string& expected) {
+  try {
+    call();
+  } catch (const fusednorm::Error& e) {
+    const bool ok = std::string(e.what()).find(expected) != std::string::npos;
+    std::printf("%s: fusednorm::Error: %s%s\n", what, e.what(), ok ? "" : " (expected it to mention that)");
+    return ok;
+  }
+  std::printf("%s: no error\n", what);
+  return false;
+}
+
+bool ran(const char* kernel) {
+  const std::string report = fusednorm::last_dispatch_report();
+  const bool ok = report.find(std::string("ran ") + kernel + " ") != std::string::npos;
+  if (!ok) std::printf("dispatch did not run %s: %s\n", kernel, report.c_str());
+  return ok;
 }
 
 double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
@@ -92,48 +116,102 @@ int main() {
     bias[c] = normal(rng);
   }
   const Reference want = reference(x, dy, weight, bias);
+  using fusednorm::TensorView;
+  const std::vector<int64_t> shape{N, C, H, W};
+  const fusednorm::GroupNormOptions options{.num_groups = G, .eps = kEps, .epilogue = fusednorm::Epilogue::silu};
 
-  // This project's kernels: tensors are (c, s, n) innermost first in NHWC, statistics (group, sample)
-  // (docs/KERNELS.md).
-  halide_dimension_t dims[3] = {{0, C, 1, 0}, {0, S, C, 0}, {0, N, C * S, 0}};
-  auto tensor = [&](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), 3, dims); };
-  auto vector = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), int(v.size())); };
-  auto statistic = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), G, N); };
+  // The generated kernels are among the variants, and the functional API runs them.
+  bool listed = false;
+  for (const fusednorm::VariantInfo& v : fusednorm::variants()) listed |= v.name == "unet_group_norm_silu_backward";
   std::vector<float> y(x.size(), NAN), dx(x.size(), NAN), mean(G * N, NAN), invstd(G * N, NAN);
   std::vector<float> dweight(C, NAN), dbias(C, NAN);
-  auto xb = tensor(x), yb = tensor(y), dyb = tensor(dy), dxb = tensor(dx);
-  auto wb = vector(weight), bb = vector(bias), dwb = vector(dweight), dbb = vector(dbias);
-  auto mb = statistic(mean), ib = statistic(invstd);
-  int status = unet_group_norm_silu_forward_training(xb, float(kEps), G, wb, bb, yb, mb, ib);
-  status |= unet_group_norm_silu_backward(xb, dyb, mb, ib, G, wb, bb, dxb, dwb, dbb);
+  fusednorm::group_norm_forward({.input = TensorView::channels_last(x.data(), shape),
+                                 .output = TensorView::channels_last(y.data(), shape),
+                                 .weight = TensorView(weight.data(), {C}),
+                                 .bias = TensorView(bias.data(), {C}),
+                                 .save_mean = TensorView(mean.data(), {N, G}),
+                                 .save_invstd = TensorView(invstd.data(), {N, G})},
+                                options);
+  const bool forward_ran = ran("unet_group_norm_silu_forward_training");
+  fusednorm::group_norm_backward({.grad_output = TensorView::channels_last(dy.data(), shape),
+                                  .input = TensorView::channels_last(x.data(), shape),
+                                  .grad_input = TensorView::channels_last(dx.data(), shape),
+                                  .save_mean = TensorView(mean.data(), {N, G}),
+                                  .save_invstd = TensorView(invstd.data(), {N, G}),
+                                  .weight = TensorView(weight.data(), {C}),
+                                  .bias = TensorView(bias.data(), {C}),
+                                  .grad_weight = TensorView(dweight.data(), {C}),
+                                  .grad_bias = TensorView(dbias.data(), {C})},
+                                 options);
+  const bool backward_ran = ran("unet_group_norm_silu_backward");
   const double y_error = max_relative_error(y, want.y), dx_error = max_relative_error(dx, want.dx);
   const double dweight_error = max_relative_error(dweight, want.dweight);
   const double dbias_error = max_relative_error(dbias, want.dbias);
 
-  // float16 storage: x rounded to half, statistics in float32; the bound for 16-bit storage is 1e-2 (README.md).
+  // The raw escape hatch: float16 storage, x rounded to half, statistics in float32; the bound for 16-bit storage
+  // is 1e-2 (README.md). (c, s, n) innermost first in NHWC, statistics (group, sample) (docs/KERNELS.md).
+  halide_dimension_t dims[3] = {{0, C, 1, 0}, {0, S, C, 0}, {0, N, C * S, 0}};
+  auto vector = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), int(v.size())); };
+  auto statistic = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), G, N); };
   std::vector<_Float16> x16(x.begin(), x.end()), y16(x.size(), _Float16(NAN));
   Halide::Runtime::Buffer<_Float16> x16b(x16.data(), 3, dims), y16b(y16.data(), 3, dims);
   std::vector<float> mean16(G * N), invstd16(G * N);
-  auto m16b = statistic(mean16), i16b = statistic(invstd16);
-  status |= unet_group_norm_silu_f16_forward_training(x16b, float(kEps), G, wb, bb, y16b, m16b, i16b);
+  auto wb = vector(weight), bb = vector(bias), m16b = statistic(mean16), i16b = statistic(invstd16);
+  const int status = unet_group_norm_silu_f16_forward_training(x16b, float(kEps), G, wb, bb, y16b, m16b, i16b);
   const double y16_error = max_relative_error(y16, want.y);
 
-  // The installed runtime on the same input: group_norm_forward with the SiLU epilogue.
-  std::vector<float> y_runtime(x.size(), NAN);
-  const std::vector<int64_t> shape{N, C, H, W};
-  fusednorm::group_norm_forward({.input = fusednorm::TensorView::channels_last(x.data(), shape),
-                                 .output = fusednorm::TensorView::channels_last(y_runtime.data(), shape),
-                                 .weight = fusednorm::TensorView(weight.data(), {C}),
-                                 .bias = fusednorm::TensorView(bias.data(), {C})},
-                                {.num_groups = G, .eps = kEps, .epilogue = fusednorm::Epilogue::silu});
-  const double runtime_error = max_relative_error(y_runtime, want.y);
+  // Bad arguments for the generated kernels: the API's checks, and one only the kernel makes. It is built for
+  // `host`, without large_buffers, so a tensor of 2^31 elements (mapped, never touched) fails Halide's argument
+  // check inside the kernel, which must come back as fusednorm::Error rather than Halide's abort. (The built-in
+  // kernels have large_buffers and would take it.)
+  std::vector<float> short_weight(C - 1, 1.0f);
+  bool errors = refused("weight of C-1 elements",
+                        [&] {
+                          fusednorm::group_norm_forward({.input = TensorView::channels_last(x.data(), shape),
+                                                         .output = TensorView::channels_last(y.data(), shape),
+                                                         .weight = TensorView(short_weight.data(), {C - 1})},
+                                                        options);
+                        },
+                        "weight");
+  errors &= refused("num_groups 5 with C 24",
+                    [&] {
+                      fusednorm::group_norm_forward({.input = TensorView::channels_last(x.data(), shape),
+                                                     .output = TensorView::channels_last(y.data(), shape)},
+                                                    {.num_groups = 5, .epilogue = fusednorm::Epilogue::silu});
+                    },
+                    "num_groups");
+  // Two samples of C * spatial > 2^30 elements: each within what the API allows a kernel dimension, together
+  // beyond the 2^31 - 1 elements a Halide buffer without large_buffers may span.
+  const int64_t spatial = (int64_t{1} << 30) / C + 1;
+  const size_t bytes = static_cast<size_t>(2 * C * spatial) * sizeof(float);
+  void* big_x = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* big_y = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (big_x == MAP_FAILED || big_y == MAP_FAILED) {
+    std::printf("mmap of 2 x %zu bytes failed\n", bytes);
+    return 1;
+  }
+  const std::vector<int64_t> big_shape{2, C, spatial, 1};
+  errors &= refused("2^31 elements on a kernel without large_buffers",
+                    [&] {
+                      fusednorm::group_norm_forward(
+                          {.input = TensorView::channels_last(static_cast<float*>(big_x), big_shape),
+                           .output = TensorView::channels_last(static_cast<float*>(big_y), big_shape),
+                           .weight = TensorView(weight.data(), {C}),
+                           .bias = TensorView(bias.data(), {C})},
+                          options);
+                    },
+                    "unet_group_norm_silu_forward_training");
+  munmap(big_x, bytes);
+  munmap(big_y, bytes);
 
-  std::printf("unet_group_norm_silu: status %d, max relative error y %.2e, dx %.2e, dweight %.2e, dbias %.2e\n",
-              status, y_error, dx_error, dweight_error, dbias_error);
-  std::printf("unet_group_norm_silu_f16 (float16 storage): y %.2e\n", y16_error);
-  std::printf("fusednorm::group_norm_forward: y %.2e\n", runtime_error);
-  const bool ok = status == 0 && y_error < 1e-5 && dx_error < 1e-5 && dweight_error < 1e-5 && dbias_error < 1e-5 &&
-                  y16_error < 1e-2 && runtime_error < 1e-5;
+  std::printf("variants() lists unet_group_norm_silu_backward: %s; the API ran the generated forward: %s, "
+              "backward: %s\n",
+              listed ? "yes" : "no", forward_ran ? "yes" : "no", backward_ran ? "yes" : "no");
+  std::printf("unet_group_norm_silu through the API: max relative error y %.2e, dx %.2e, dweight %.2e, dbias %.2e\n",
+              y_error, dx_error, dweight_error, dbias_error);
+  std::printf("unet_group_norm_silu_f16 (raw call, float16 storage): status %d, y %.2e\n", status, y16_error);
+  const bool ok = listed && forward_ran && backward_ran && errors && status == 0 && y_error < 1e-5 &&
+                  dx_error < 1e-5 && dweight_error < 1e-5 && dbias_error < 1e-5 && y16_error < 1e-2;
   std::printf("%s\n", ok ? "consumer: OK" : "consumer: MISMATCH");
   return ok ? 0 : 1;
 }
