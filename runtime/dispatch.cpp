@@ -104,21 +104,57 @@ Isa parse_isa(const std::string& text, const char* source) {
       fmt::format("{}: isa is '{}', expected one of {} (or empty for the best available)", source, text, known));
 }
 
-// -1: no limit; else the best allowed instruction set (an Isa).
-std::atomic<int> max_isa_index{-1};
-std::once_flag max_isa_from_environment;
+// The settings dispatch follows, from set_max_isa / set_schedule or, until those are called, the environment
+// (FUSEDNORM_MAX_ISA, FUSEDNORM_SCHEDULE, read once). A malformed variable is kept as an error that every call
+// which needs the setting throws, until the setter replaces it (as a malformed FUSEDNORM_TUNING is).
+struct Setting {
+  int index;          // max_isa: -1 (no limit) or an Isa; schedule: an index into built_schedule_names()
+  std::string error;  // the environment's value was malformed: this message, until the setter is called
+};
 
+std::mutex settings_mutex;
+Setting max_isa_setting{-1, ""}, schedule_setting{0, ""};
+std::once_flag environment_read;
+
+const std::vector<std::string>& built_schedule_names();
+int parse_schedule(const std::string& text, const char* source);
+
+// Reads the environment once; a setter calls it first, so that the environment cannot override it later.
 void read_environment() {
-  std::call_once(max_isa_from_environment, [] {
-    const char* value = std::getenv("FUSEDNORM_MAX_ISA");
-    if (value && *value) max_isa_index = static_cast<int>(parse_isa(value, "FUSEDNORM_MAX_ISA"));
+  std::call_once(environment_read, [] {
+    auto from = [](const char* variable, const char* setter, Setting& setting, auto parse) {
+      const char* value = std::getenv(variable);
+      if (!value || !*value) return;
+      try {
+        setting.index = parse(value, variable);
+      } catch (const Error& e) {
+        setting.error = fmt::format("{}; every call that needs it throws this until {}() sets one", e.what(), setter);
+      }
+    };
+    std::lock_guard lock(settings_mutex);
+    from("FUSEDNORM_MAX_ISA", "set_max_isa", max_isa_setting,
+         [](const char* v, const char* source) { return static_cast<int>(parse_isa(v, source)); });
+    from("FUSEDNORM_SCHEDULE", "set_schedule", schedule_setting, parse_schedule);
   });
 }
 
-bool allowed(Isa isa) {
+int checked(const Setting& setting) {
+  if (!setting.error.empty()) throw Error(setting.error);
+  return setting.index;
+}
+
+}  // namespace
+
+Settings current_settings() {
   read_environment();
-  int limit = max_isa_index.load();
-  return limit < 0 || static_cast<int>(isa) >= limit;
+  std::lock_guard lock(settings_mutex);
+  return {checked(max_isa_setting), built_schedule_names()[static_cast<size_t>(checked(schedule_setting))]};
+}
+
+namespace {
+
+bool allowed(Isa isa, const Settings& settings) {
+  return settings.max_isa < 0 || static_cast<int>(isa) >= settings.max_isa;
 }
 
 // The schedules of the built variants, "hand" first, then in table order.
@@ -145,18 +181,6 @@ int parse_schedule(const std::string& text, const char* source) {
                           source, text, expected));
 }
 
-// Index into built_schedule_names() of the schedule dispatch runs.
-std::atomic<int> schedule_index{0};
-std::once_flag schedule_from_environment;
-
-const std::string& selected_schedule() {
-  std::call_once(schedule_from_environment, [] {
-    const char* value = std::getenv("FUSEDNORM_SCHEDULE");
-    if (value && *value) schedule_index = parse_schedule(value, "FUSEDNORM_SCHEDULE");
-  });
-  return built_schedule_names()[static_cast<size_t>(schedule_index.load())];
-}
-
 std::atomic<int> verbose_override{-1};  // -1: follow FUSEDNORM_VERBOSE
 
 bool verbose_from_environment() {
@@ -178,11 +202,16 @@ bool same_kernel(const KernelVariant& v, const VariantRequest& request) {
          v.affine == request.affine;
 }
 
-bool runs_here(const KernelVariant& v) { return cpu_supports(v.isa) && allowed(v.isa); }
+bool runs_here(const KernelVariant& v, const Settings& settings) {
+  return cpu_supports(v.isa) && allowed(v.isa, settings);
+}
 
-std::string isa_reason(const KernelVariant& v) {
+std::string isa_reason(const KernelVariant& v, const Settings& settings) {
   if (!cpu_supports(v.isa)) return fmt::format("{} is not supported by this CPU", to_string(v.isa));
-  if (!allowed(v.isa)) return fmt::format("{} is above the max_isa limit {}", to_string(v.isa), max_isa());
+  if (!allowed(v.isa, settings)) {
+    return fmt::format("{} is above the max_isa limit {}", to_string(v.isa),
+                       to_string(static_cast<Isa>(settings.max_isa)));
+  }
   return "";
 }
 
@@ -196,6 +225,7 @@ std::string format_bytes(int64_t bytes) {
 // What dispatch decided for one call, kept per thread for last_dispatch_report().
 struct Decision {
   VariantRequest request;
+  Settings settings;  // read once per call: a setter on another thread cannot change the decision halfway
   std::shared_ptr<const TuningTable> table;  // the table consulted (or set aside by the schedule); null: none
   size_t shape_class = 0;                    // in table->classes
   int64_t working_set = 0;
@@ -230,14 +260,14 @@ std::string reason_passed_over(const KernelVariant& v, const Decision& d, const 
                          cls, d.refusal);
     }
     const TuningTable::Candidate* mine = d.ranked(v);
-    if (std::string why = isa_reason(v); !why.empty()) {
+    if (std::string why = isa_reason(v, d.settings); !why.empty()) {
       return mine ? fmt::format("{} (tuned {:.4g} ms in class {})", why, mine->ms, cls) : why;
     }
     if (!mine) return fmt::format("not timed or out in class {} of the tuning table", cls);
     const TuningTable::Candidate* best = d.ranked(*d.tuned);
     return fmt::format("tuned slower in class {}: {:.4g} ms against {:.4g} ms", cls, mine->ms, best ? best->ms : 0.0);
   }
-  if (const std::string& schedule = selected_schedule(); v.schedule != schedule) {
+  if (const std::string& schedule = d.settings.schedule; v.schedule != schedule) {
     return fmt::format("schedule {}, dispatch runs {} (set_schedule, FUSEDNORM_SCHEDULE)", v.schedule, schedule);
   }
   if (v.layout != request.layout) {
@@ -249,7 +279,7 @@ std::string reason_passed_over(const KernelVariant& v, const Decision& d, const 
   if (v.affine != request.affine) {
     return v.affine ? "affine, the call has no weight or bias" : "not affine, the call has a weight or bias";
   }
-  if (std::string why = isa_reason(v); !why.empty()) return why;
+  if (std::string why = isa_reason(v, d.settings); !why.empty()) return why;
   if (ran && ran != &v) return fmt::format("{} chosen first (better instruction set)", ran->name);
   return "";
 }
@@ -265,6 +295,7 @@ const KernelVariant* untuned_choice(const Decision& d) {
 Decision decide(const VariantRequest& request) {
   Decision d;
   d.request = request;
+  d.settings = current_settings();  // throws where the environment's FUSEDNORM_MAX_ISA or _SCHEDULE is malformed
   d.untuned = untuned_choice(d);
   d.table = current_tuning();  // throws where FUSEDNORM_TUNING names a malformed file
   if (!d.table) return d;
@@ -276,10 +307,10 @@ Decision decide(const VariantRequest& request) {
       break;
     }
   }
-  if (!d.untuned_like || selected_schedule() != "hand") return d;
+  if (!d.untuned_like || d.settings.schedule != "hand") return d;
   if (const std::vector<TuningTable::Candidate>* list = d.table->candidates(*d.untuned_like, d.shape_class)) {
     for (const TuningTable::Candidate& c : *list) {
-      if (runs_here(*c.variant)) {
+      if (runs_here(*c.variant, d.settings)) {
         d.tuned = c.variant;
         break;
       }
@@ -292,7 +323,7 @@ Decision decide(const VariantRequest& request) {
 std::string tuning_not_used(const Decision& d) {
   if (!d.table || d.tuned) return "";
   const TuningTable& t = *d.table;
-  if (const std::string& schedule = selected_schedule(); schedule != "hand") {
+  if (const std::string& schedule = d.settings.schedule; schedule != "hand") {
     return fmt::format("table {} not consulted: schedule {} is set (set_schedule, FUSEDNORM_SCHEDULE), which "
                        "takes precedence",
                        t.source, schedule);
@@ -306,7 +337,9 @@ std::string tuning_not_used(const Decision& d) {
                        kernel_name(*d.untuned_like), where);
   }
   std::string why;
-  for (const TuningTable::Candidate& c : *list) why += fmt::format("; {}: {}", c.variant->name, isa_reason(*c.variant));
+  for (const TuningTable::Candidate& c : *list) {
+    why += fmt::format("; {}: {}", c.variant->name, isa_reason(*c.variant, d.settings));
+  }
   return fmt::format("table {}, {}: none of its variants of {} runs here{}: the untuned choice", t.source, where,
                      kernel_name(*d.untuned_like), why);
 }
@@ -385,18 +418,19 @@ const KernelVariant& select_variant(const VariantRequest& request) {
                             request.function, to_string(request.epilogue), built_epilogues(request),
                             to_string(request.norm), to_string(request.direction)));
   }
-  if (const std::string& schedule = selected_schedule(); schedule != "hand") {
+  const std::string max_isa_text = d.settings.max_isa < 0 ? "" : to_string(static_cast<Isa>(d.settings.max_isa));
+  if (const std::string& schedule = d.settings.schedule; schedule != "hand") {
     throw Error(fmt::format("{}: no {} {} kernel of schedule {} for layout {}, epilogue {}{} runs on this CPU "
                             "(max_isa '{}'); dispatch does not fall back to another schedule (set_schedule, "
                             "FUSEDNORM_SCHEDULE; FUSEDNORM_VERBOSE=1 lists the candidates)",
                             request.function, to_string(request.norm), to_string(request.direction), schedule,
                             to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
-                            max_isa()));
+                            max_isa_text));
   }
   throw Error(fmt::format("{}: no {} {} kernel for layout {}, epilogue {}{} runs on this CPU (max_isa '{}')",
                           request.function, to_string(request.norm), to_string(request.direction),
                           to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
-                          max_isa()));
+                          max_isa_text));
 }
 
 void call_selected(const KernelArgs& args, const KernelVariant& variant, const char* function) {
@@ -415,26 +449,35 @@ void call_selected(const KernelArgs& args, const KernelVariant& variant, const c
 }  // namespace detail
 
 std::vector<VariantInfo> variants() {
+  const detail::Settings settings = detail::current_settings();
   std::vector<VariantInfo> result;
   for (const detail::KernelVariant& v : detail::all_variants()) {
     result.push_back({v.name, detail::to_string(v.norm), detail::to_string(v.direction), to_string(v.layout),
                       to_string(v.epilogue), v.affine, detail::to_string(v.isa), v.schedule,
-                      detail::cpu_supports(v.isa) && detail::allowed(v.isa), detail::kernel_name(v)});
+                      detail::runs_here(v, settings), detail::kernel_name(v)});
   }
   return result;
 }
 
 void set_max_isa(const std::string& isa) {
-  detail::read_environment();
-  detail::max_isa_index = isa.empty() ? -1 : static_cast<int>(detail::parse_isa(isa, "set_max_isa"));
+  detail::read_environment();  // first, so that the environment cannot override this later
+  const int index = isa.empty() ? -1 : static_cast<int>(detail::parse_isa(isa, "set_max_isa"));
+  std::lock_guard lock(detail::settings_mutex);
+  detail::max_isa_setting = {index, ""};
 }
 
 void set_schedule(const std::string& schedule) {
-  detail::selected_schedule();  // the environment is read first, so that it cannot override this later
-  detail::schedule_index = detail::parse_schedule(schedule, "set_schedule");
+  detail::read_environment();
+  const int index = detail::parse_schedule(schedule, "set_schedule");
+  std::lock_guard lock(detail::settings_mutex);
+  detail::schedule_setting = {index, ""};
 }
 
-std::string schedule() { return detail::selected_schedule(); }
+std::string schedule() {
+  detail::read_environment();
+  std::lock_guard lock(detail::settings_mutex);
+  return detail::built_schedule_names()[static_cast<size_t>(detail::checked(detail::schedule_setting))];
+}
 
 std::vector<std::string> built_schedules() { return detail::built_schedule_names(); }
 
@@ -451,7 +494,8 @@ std::string last_dispatch_report() {
 
 std::string max_isa() {
   detail::read_environment();
-  int limit = detail::max_isa_index.load();
+  std::lock_guard lock(detail::settings_mutex);
+  const int limit = detail::checked(detail::max_isa_setting);
   return limit < 0 ? "" : detail::to_string(static_cast<detail::Isa>(limit));
 }
 

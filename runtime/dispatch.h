@@ -1,6 +1,7 @@
 #pragma once
 // Picks the kernel variant for a call, best instruction set first, and can say why it passed over others.
 #include <cstdint>
+#include <string>
 
 #include "runtime/halide_call.h"
 #include "runtime/variant.h"
@@ -16,6 +17,15 @@ struct VariantRequest {
   Epilogue epilogue = Epilogue::none;
   int64_t elements = 0;  // of x: with a tuning table, the call's shape class follows from it
 };
+
+// What dispatch follows, read at once (set_max_isa, set_schedule, or the environment until they are called).
+// Throws fusednorm::Error while the environment's FUSEDNORM_MAX_ISA or FUSEDNORM_SCHEDULE is malformed and the
+// setter has not replaced it.
+struct Settings {
+  int max_isa;           // -1: no limit; else the best allowed Isa
+  std::string schedule;  // "hand" or an autoscheduler
+};
+Settings current_settings();
 
 // The variant to run; throws fusednorm::Error when none fits (saying which epilogues were built when none has the
 // one asked for). With FUSEDNORM_VERBOSE=1 it prints, on stderr, the chosen variant and each candidate passed

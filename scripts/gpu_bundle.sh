@@ -2,8 +2,8 @@
 # Collects what the GPU check needs from a FUSEDNORM_CUDA build into one folder (default build/gpu-bundle, ignored
 # by git) that the device tool carries to the GPU machine (`carry: ["build/gpu-bundle"]`), which has no Halide,
 # fmt or GoogleTest: tests/cuda_test (GoogleTest linked statically, libstdc++ too), the C ABI library
-# scripts/gpu_bench.py loads, and the one shared library they need that such a machine lacks, libfmt. Binaries are
-# stripped; the size is printed (the device tool carries 64 MiB at most, the working tree included).
+# scripts/gpu_bench.py loads, and any shared library they need beyond glibc and GCC's runtime (none since fmt is
+# compiled into the runtime). Binaries are stripped; the size is printed (the device tool carries 64 MiB at most, the working tree included).
 #   scripts/gpu_bundle.sh [build folder, default build/gpu] [bundle folder, default build/gpu-bundle]
 # Schedule experiments: GPU_BUNDLE_VARIANTS="build/gpu-l16 build/gpu-l8" adds each such build's C ABI library
 # (configured with -DFUSEDNORM_CUDA_SCHEDULE_PARAMS=...) as variants/<name>/, which scripts/gpu_check.sh times
@@ -20,7 +20,7 @@ rm -rf "$bundle"
 mkdir -p "$bundle/lib"
 cp "$build/tests/cuda_test" "$build/bench/cuda/libfusednorm_cuda_c.so" "$bundle/"
 strip --strip-unneeded "$bundle/cuda_test" "$bundle/libfusednorm_cuda_c.so"
-# Shared libraries outside glibc that the two need (libfmt on Debian), found by ldd here.
+# Shared libraries outside glibc and GCC's runtime that the two need, found by ldd here.
 for binary in "$bundle/cuda_test" "$bundle/libfusednorm_cuda_c.so"; do
   ldd "$binary" | awk '/=> \// {print $3}' | while read -r library; do
     case "$(basename "$library")" in

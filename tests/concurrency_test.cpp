@@ -69,9 +69,9 @@ std::vector<std::string> run_calls(int thread, uint64_t seed) {
     check(close("running_var", running_var, ref.running_var));
     if (num_batches_tracked != iteration + 1) failures.push_back("num_batches_tracked is off");
 
-    auto ref_backward = reference::batch_norm_backward(x.data(), dy.data(), d, weight.data(),
-                                                       test::to_double(save_mean).data(),
-                                                       test::to_double(save_invstd).data(), true);
+    auto ref_backward =
+        reference::batch_norm_backward(x.data(), dy.data(), d, weight.data(), test::to_double(save_mean).data(),
+                                       test::to_double(save_invstd).data(), true);
     BatchNormBackwardTensors b;
     b.grad_output = TensorView::with_layout(dy.data(), shape, layout);
     b.input = t.input;
@@ -137,6 +137,58 @@ TEST(ConcurrencyTest, MaxIsaChangesWhileCallsRun) {
   done = true;
   changer.join();
   set_max_isa("");
+}
+
+// Changing the schedule while calls run (issue 13, row 8): each call decides with one reading of the settings, so
+// none may fail with "no ... kernel ... runs on this CPU" because the schedule changed halfway through its
+// decision. An autoscheduled kernel may refuse these extents (a Halide bounds error, a legitimate error); every
+// call that succeeds matches the reference.
+TEST(ConcurrencyTest, ScheduleChangesWhileCallsRun) {
+  const std::vector<std::string> schedules = built_schedules();
+  if (schedules.size() < 2) GTEST_SKIP() << "this build has no autoscheduled variants (FUSEDNORM_BUILD_AUTOSCHEDULED)";
+  std::atomic<bool> done{false};
+  std::thread changer([&] {
+    for (size_t i = 0; !done; i++) {
+      set_schedule(schedules[i % 2]);
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::vector<std::string>> failures(kThreads);
+  const std::vector<uint64_t> thread_seeds = seeds();
+  std::vector<std::thread> callers;
+  for (int t = 0; t < kThreads; t++) {
+    callers.emplace_back([&, t] {
+      test::Random rng(thread_seeds[static_cast<size_t>(t)]);
+      const std::vector<int64_t> shape = {4, 16, 8, 8};
+      const reference::Dims d = test::dims_of(shape, Layout::nchw);
+      const std::vector<float> x = test::random_input(d, rng);
+      std::vector<float> weight = test::random_vector(d.c, rng, 0.5, 1.5), bias = test::random_vector(d.c, rng, -1, 1);
+      const reference::ForwardTraining want =
+          reference::batch_norm_forward_training(x.data(), d, weight.data(), bias.data(), nullptr, nullptr, 0.1, kEps);
+      for (int i = 0; i < 250 * kIterations; i++) {
+        std::vector<float> y = test::poisoned(d.numel());
+        try {
+          batch_norm_forward({.input = TensorView(const_cast<float*>(x.data()), shape),
+                              .output = TensorView(y.data(), shape),
+                              .weight = TensorView(weight.data(), {d.c}),
+                              .bias = TensorView(bias.data(), {d.c})},
+                             {.eps = kEps});
+        } catch (const Error& e) {
+          if (std::string(e.what()).find("runs on this CPU") != std::string::npos) failures[t].push_back(e.what());
+          continue;
+        }
+        if (const ::testing::AssertionResult r = close("y", y, want.y, 1e-5); !r) failures[t].push_back(r.message());
+      }
+    });
+  }
+  for (std::thread& c : callers) c.join();
+  done = true;
+  changer.join();
+  set_schedule("hand");
+  for (int t = 0; t < kThreads; t++) {
+    EXPECT_TRUE(failures[t].empty()) << failures[t].size() << " failed calls on thread " << t
+                                     << ", first: " << failures[t].front();
+  }
 }
 
 // Refusals on several threads at once: each message is its own call's.

@@ -9,8 +9,6 @@
 // - The registered kernel runs ahead of the built-in ones (dispatch's report names it), with the built-in
 //   kernel's results against the float64 reference; registering it again changes nothing.
 // - Registration after the first dispatch is refused.
-#include "fusednorm/kernel_registry.h"
-
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -22,6 +20,7 @@
 #include "fusednorm/batch_norm.h"
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
+#include "fusednorm/kernel_registry.h"
 #include "support/batch_norm_reference.h"
 #include "support/test_data.h"
 
@@ -116,8 +115,8 @@ TEST(RegistryTest, RefusesBadKernelsThenRunsTheRegisteredOneAheadOfTheBuiltIn) {
                       .save_invstd = TensorView(invstd.data(), {d.c})},
                      {.training = true});
   EXPECT_THAT(last_dispatch_report(), HasSubstr("ran registry_test_batch_norm (schedule hand)"));
-  const reference::ForwardTraining want = reference::batch_norm_forward_training(
-      x.data(), d, weight.data(), bias.data(), nullptr, nullptr, 0.1, 1e-5);
+  const reference::ForwardTraining want =
+      reference::batch_norm_forward_training(x.data(), d, weight.data(), bias.data(), nullptr, nullptr, 0.1, 1e-5);
   EXPECT_TRUE(test::close("y", y, want.y, 1e-5));
   EXPECT_TRUE(test::close("save_mean", mean, want.mean, 1e-5));
   EXPECT_TRUE(test::close("save_invstd", invstd, want.invstd, 1e-5));

@@ -57,7 +57,7 @@ ColumnStats column_stats(const std::vector<float>& m, int64_t rows, int64_t cols
 
 }  // namespace
 
-int main() {
+int run() {
   std::mt19937 rng(2024);
   std::normal_distribution<float> normal(0.0f, 1.0f);
   Linear linear(kIn, kFeatures, rng);
@@ -110,4 +110,13 @@ int main() {
     return 1;
   }
   return 0;
+}
+
+int main() {
+  try {
+    return run();
+  } catch (const fusednorm::Error& e) {
+    std::fprintf(stderr, "simple_bn_model: %s\n", e.what());
+    return 1;
+  }
 }
