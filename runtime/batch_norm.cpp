@@ -74,6 +74,8 @@ void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptio
   const detail::CallTensors all = detail::tensors_of(t);
   const detail::Geometry g =
       detail::check_channels_call(kFunction, all, detail::Direction::backward, detail::Norm::batch, options.epilogue);
+  // As the training forward refuses it: one value per channel has no batch statistics to differentiate.
+  if (options.training) detail::check_more_than_one(kFunction, g.count(), "value per channel", g);
   detail::check_backward_statistics(kFunction, all, options.training, options.eps, "training");
   detail::run_backward(kFunction, all, settings(options), g);
 }

@@ -785,6 +785,15 @@ std::vector<ErrorCase> error_cases() {
           t.output = TensorView(b.y.data(), shape);
         },
         {"batch_norm: Expected more than 1 value per channel when training, got input size " + shape_string(shape)});
+    // The backward in training refuses what the forward refuses (it returned NaN before).
+    backward(
+        "training_one_value_per_channel_" + name,
+        [shape = shape](Buffers& b, auto& t) {
+          t.grad_output = TensorView(b.grad_output.data(), shape);
+          t.input = TensorView(b.x.data(), shape);
+          t.grad_input = TensorView(b.grad_input.data(), shape);
+        },
+        {"batch_norm: Expected more than 1 value per channel when training, got input size " + shape_string(shape)});
   }
 
   // The backward's statistics: the saved ones in training, the running ones in evaluation.
