@@ -251,6 +251,7 @@ bool InstanceNorm::run_forward(const TensorView& x, const std::optional<TensorVi
     t.running_var = vector_view(running_var());
   }
   if (use_input_stats) {
+    detail::check_channels_input("instance_norm", input);  // before allocating statistics for its N
     const std::vector<int64_t> statistics_shape{input.size(0), num_features_};
     saved.mean.resize(static_cast<size_t>(input.size(0) * num_features_));
     saved.invstd.resize(saved.mean.size());
@@ -294,6 +295,7 @@ void GroupNorm::check_input(const TensorView& x, const char* what) const {
 
 bool GroupNorm::run_forward(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y,
                             Saved& saved) {
+  detail::check_channels_input("group_norm", x);  // before allocating statistics for its N
   const std::vector<int64_t> statistics_shape{x.size(0), num_groups_};
   saved.mean.resize(static_cast<size_t>(x.size(0) * num_groups_));
   saved.invstd.resize(saved.mean.size());
@@ -339,6 +341,7 @@ void LayerNorm::check_input(const TensorView& x, const char* what) const {
 }
 
 bool LayerNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y, Saved& saved) {
+  detail::check_rows_input("layer_norm", x, normalized_shape());  // before allocating statistics for its rows
   saved.mean.resize(static_cast<size_t>(rows_of(x, normalized_shape())));
   saved.invstd.resize(saved.mean.size());
   layer_norm_forward({.input = x,
@@ -375,6 +378,7 @@ void RMSNorm::check_input(const TensorView& x, const char* what) const {
 }
 
 bool RMSNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y, Saved& saved) {
+  detail::check_rows_input("rms_norm", x, normalized_shape());  // before allocating statistics for its rows
   saved.invstd.resize(static_cast<size_t>(rows_of(x, normalized_shape())));
   rms_norm_forward({.input = x, .output = y, .weight = weight_view(), .save_invstd = vector_view(saved.invstd)},
                    RMSNormOptions{.normalized_shape = normalized_shape(), .eps = eps()});

@@ -39,6 +39,8 @@ void check_not_empty(const char* function, const TensorView& x) {
   check_data(function, "input", x);
 }
 
+}  // namespace
+
 // x of (N, C, *spatial).
 Geometry check_channels_input(const char* function, const TensorView& x) {
   if (x.dim() < 2 || x.dim() > 5) {
@@ -103,6 +105,8 @@ Geometry check_rows_input(const char* function, const TensorView& x, const std::
   }
   return g;
 }
+
+namespace {
 
 // The tensors shaped like x, where given: its shape, and dense in its layout.
 void check_like_input(const char* function, const CallTensors& t, const Geometry& g) {

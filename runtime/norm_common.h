@@ -30,6 +30,12 @@ struct Geometry {
   HalideTensor view(const float* data) const;                       // x, y, dy, dx, z, dz
 };
 
+// x alone, as the calls below check it first: (N, C, *spatial) with 0 to 3 spatial dimensions, dense NCHW or NHWC,
+// each kernel dimension within int32; or (*, normalized_shape), dense row-major. The layers check their input
+// with these before they allocate what the call will fill.
+Geometry check_channels_input(const char* function, const TensorView& x);
+Geometry check_rows_input(const char* function, const TensorView& x, const std::vector<int64_t>& normalized_shape);
+
 // The checks of a call over x of (N, C, *spatial) (norm batch, instance or group): x itself (0 to 3 spatial
 // dimensions, dense NCHW or NHWC, each kernel dimension within int32); the epilogue's tensors, each required where
 // the epilogue uses it and refused elsewhere (the residual z in a forward for add_relu; in a backward, y for relu

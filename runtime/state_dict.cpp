@@ -7,6 +7,7 @@
 
 #include <cctype>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <optional>
@@ -277,11 +278,17 @@ void save_state_dict(const StateDict& state, const std::string& path) {
 }
 
 StateDict load_state_dict(const std::string& path) {
+  std::error_code ignored;
+  if (std::filesystem::is_directory(path, ignored)) {
+    throw Error(fmt::format("load_state_dict: '{}' is a directory, expected a safetensors file", path));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(fmt::format("load_state_dict: cannot open '{}'", path));
   std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) throw Error(fmt::format("load_state_dict: cannot read '{}'", path));
   uint64_t length = 0;
-  if (file.size() < 8) throw Error(fmt::format("load_state_dict: '{}' has {} bytes, expected at least 8", path, file.size()));
+  if (file.size() < 8)
+    throw Error(fmt::format("load_state_dict: '{}' has {} bytes, expected at least 8", path, file.size()));
   std::memcpy(&length, file.data(), 8);
   if (length > file.size() - 8) {
     throw Error(fmt::format("load_state_dict: '{}' declares a {}-byte header, but the file has {} bytes", path, length,
@@ -339,12 +346,13 @@ StateDict load_state_dict(const std::string& path) {
                             numel * element, file.size() - data_begin));
     }
     const char* p = file.data() + data_begin + begin;
+    // A tensor of no elements has no data: nothing to copy (memcpy from or to null is undefined even for 0 bytes).
     if (t.dtype == StateTensor::DType::float32) {
       t.f32.resize(static_cast<size_t>(numel));
-      std::memcpy(t.f32.data(), p, static_cast<size_t>(end - begin));
+      if (numel) std::memcpy(t.f32.data(), p, static_cast<size_t>(end - begin));
     } else {
       t.i64.resize(static_cast<size_t>(numel));
-      std::memcpy(t.i64.data(), p, static_cast<size_t>(end - begin));
+      if (numel) std::memcpy(t.i64.data(), p, static_cast<size_t>(end - begin));
     }
     state.emplace(name, std::move(t));
   }

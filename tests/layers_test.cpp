@@ -347,6 +347,26 @@ TEST(LayerTest, ResizedParametersAreRefusedLikeTheBuffers) {
 // ---------------------------------------------------------------------------------------------------------------
 // affine, track_running_stats, gradients
 
+// A batch (or rows) far beyond what a kernel addresses is refused with fusednorm::Error before the layer allocates
+// the statistics its forward would save (issue 13, row 7: bad_alloc or length_error before, and N = 2^31 zero-filled
+// gigabytes first). The views' data is a few floats: nothing may be read.
+TEST(LayerTest, HugeBatchesAreRefusedBeforeTheLayerAllocates) {
+  std::vector<float> few(16, 1.0f);
+  const int64_t huge = int64_t{1} << 40;
+  const TensorView channels(few.data(), {huge, 4, 1, 1}), rows(few.data(), {huge, 4});
+  const std::string limit = "exceeds 2^31 - 1";
+  GroupNorm group(2, 4);
+  expect_error([&] { group.forward(channels, channels); },
+               {"group_norm: input has shape [1099511627776, 4, 1, 1]", limit});
+  InstanceNorm2d instance(4);
+  expect_error([&] { instance.forward(channels, channels); }, {"instance_norm: input has shape", limit});
+  LayerNorm layer({4});
+  expect_error([&] { layer.forward(rows, rows); }, {"layer_norm: input has shape [1099511627776, 4]", limit});
+  RMSNorm rms({4});
+  expect_error([&] { rms.forward(rows, rows); }, {"rms_norm: input has shape [1099511627776, 4]", limit});
+  for (float v : few) EXPECT_EQ(v, 1.0f);
+}
+
 TEST(LayerTest, WithoutAffineThereAreNoParametersAndTheStateDictHasOnlyBuffers) {
   Random rng(test::seed_for_current_test());
   BatchNormLayerOptions options;
@@ -974,6 +994,23 @@ TEST(StateDictTest, LoadsAFileFromAnotherWriter) {
   EXPECT_EQ(layer.num_batches_tracked(), 7);
 }
 
+// A tensor of no elements (shape [0], data_offsets [n, n]) loads as one (issue 13, row 6: UBSan's memcpy from null
+// under the asan preset before).
+TEST(StateDictTest, LoadsTensorsOfNoElements) {
+  const std::vector<HandTensor> tensors = {{"empty", "F32", "[0]", ""},
+                                           {"bn.weight", "F32", "[2]", float_bytes({0.5f, 2.0f})},
+                                           {"empty_counter", "I64", "[0, 3]", ""}};
+  TempDir dir;
+  const std::string path = dir.file("empty.safetensors");
+  write_file(path, safetensors_file(tensors, {0, 1, 2}, {0, 1, 2}, "{}"));
+  const StateDict state = load_state_dict(path);
+  EXPECT_EQ(state.at("empty").shape, std::vector<int64_t>{0});
+  EXPECT_TRUE(state.at("empty").f32.empty());
+  EXPECT_EQ(state.at("empty_counter").shape, (std::vector<int64_t>{0, 3}));
+  EXPECT_TRUE(state.at("empty_counter").i64.empty());
+  EXPECT_EQ(state.at("bn.weight").f32, (std::vector<float>{0.5f, 2.0f}));
+}
+
 // What we write is what the format says, byte for byte where it is fixed: the length, a JSON object, 8-byte
 // alignment, and each tensor's little-endian bytes at its offsets.
 TEST(StateDictTest, WritesTheFormat) {
@@ -1095,6 +1132,8 @@ TEST(StateDictTest, MalformedFilesAreRefusedNamingThePath) {
     parts.push_back("load_state_dict: '" + path + "'");
     expect_error([&] { load_state_dict(path); }, parts);
   }
+  // A directory (std::ios_base::failure before, issue 13 row 7).
+  expect_error([&] { load_state_dict(dir.file("")); }, {"load_state_dict: '" + dir.file("") + "' is a directory"});
   expect_error([&] { load_state_dict(dir.file("absent.safetensors")); },
                {"load_state_dict: cannot open '" + dir.file("absent.safetensors") + "'"});
   expect_error([&] { save_state_dict({}, dir.file("no/such/directory.safetensors")); },
