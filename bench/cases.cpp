@@ -1,6 +1,10 @@
 #include "bench/cases.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <charconv>
+#include <ranges>
 
 #include "fusednorm/error.h"
 #include "support/shapes.h"
@@ -113,6 +117,106 @@ std::vector<BenchShape> shape_list(const std::string& name) {
     return all;
   }
   throw Error(fmt::format("fusednorm_bench: no shape list '{}'", name));
+}
+
+namespace {
+
+std::vector<std::string_view> split(std::string_view text, char separator) {
+  std::vector<std::string_view> fields;
+  for (;;) {
+    const size_t at = text.find(separator);
+    fields.push_back(text.substr(0, at));
+    if (at == std::string_view::npos) return fields;
+    text = text.substr(at + 1);
+  }
+}
+
+// A positive decimal integer, the whole field.
+std::optional<int64_t> positive(std::string_view text) {
+  int64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < 1) return std::nullopt;
+  return value;
+}
+
+template <typename T, typename Name>
+std::optional<T> by_name(std::string_view text, const std::vector<T>& values, const Name& name) {
+  for (T value : values) {
+    if (text == name(value)) return value;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+BenchShape parse_problem(std::string_view spec) {
+  auto fail = [&](const std::string& what) -> Error {
+    return Error(
+        fmt::format("--problem '{}': {} (expected OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS], for example "
+                    "batch_norm:forward_training:nhwc:32x64x112x112)",
+                    spec, what));
+  };
+  const std::vector<std::string_view> fields = split(spec, ':');
+  if (fields.size() < 4 || fields.size() > 5) throw fail(fmt::format("{} fields", fields.size()));
+
+  const std::vector<Op> ops = {Op::batch_norm, Op::batch_norm_relu, Op::layer_norm, Op::group_norm};
+  const std::optional<Op> op = by_name(fields[0], ops, [](Op o) { return std::string(to_string(o)); });
+  if (!op) {
+    throw fail(fmt::format("OP is '{}', expected one of {}", fields[0],
+                           fmt::join(ops | std::views::transform([](Op o) { return to_string(o); }), ", ")));
+  }
+  const std::vector<Direction> op_directions = directions(*op);
+  const std::optional<Direction> direction =
+      by_name(fields[1], op_directions, [](Direction d) { return std::string(to_string(d)); });
+  if (!direction) {
+    throw fail(
+        fmt::format("DIRECTION is '{}', expected one of {} for {}", fields[1],
+                    fmt::join(op_directions | std::views::transform([](Direction d) { return to_string(d); }), ", "),
+                    to_string(*op)));
+  }
+  const std::vector<Layout> op_layouts = layouts(*op);
+  const auto name_of = [&](Layout l) { return layout_name(*op, l); };
+  const std::optional<Layout> layout = by_name(fields[2], op_layouts, name_of);
+  if (!layout) {
+    throw fail(fmt::format("LAYOUT is '{}', expected one of {} for {}", fields[2],
+                           fmt::join(op_layouts | std::views::transform(name_of), ", "), to_string(*op)));
+  }
+
+  BenchShape problem{.name = std::string(fields[3]), .ops = {*op}, .direction = direction, .layout = layout};
+  int64_t numel = 1;
+  for (std::string_view extent : split(fields[3], 'x')) {
+    const std::optional<int64_t> value = positive(extent);
+    if (!value) throw fail(fmt::format("SHAPE has the extent '{}', expected a positive integer", extent));
+    if (__builtin_mul_overflow(numel, *value, &numel)) throw fail("SHAPE has more elements than int64 holds");
+    problem.shape.push_back(*value);
+  }
+  const auto rank = static_cast<int64_t>(problem.shape.size());
+  if (rank < 2)
+    throw fail(fmt::format("SHAPE has {} dimension, expected (N, C, *spatial) or (*rows, *normalized)", rank));
+
+  const std::string_view extra = fields.size() == 5 ? fields[4] : std::string_view();
+  if (*op == Op::group_norm) {
+    const std::optional<int64_t> groups = extra.starts_with('g') ? positive(extra.substr(1)) : std::nullopt;
+    if (!groups) throw fail(fmt::format("group_norm needs :gGROUPS (for example :g32), got '{}'", extra));
+    if (problem.shape[1] % *groups != 0) {
+      throw fail(fmt::format("{} groups do not divide C = {}", *groups, problem.shape[1]));
+    }
+    problem.groups = *groups;
+    problem.name += fmt::format(".g{}", *groups);
+  } else if (*op == Op::layer_norm) {
+    const std::optional<int64_t> dims = extra.empty()            ? 1
+                                        : extra.starts_with('d') ? positive(extra.substr(1))
+                                                                 : std::nullopt;
+    if (!dims || *dims >= rank) {
+      throw fail(fmt::format("layer_norm takes :dDIMS, the trailing dimensions normalized (1 to {}), got '{}'",
+                             rank - 1, extra));
+    }
+    problem.normalized_dims = *dims;
+    if (*dims > 1) problem.name += fmt::format(".d{}", *dims);
+  } else if (!extra.empty()) {
+    throw fail(fmt::format("{} takes no fifth field, got '{}'", to_string(*op), extra));
+  }
+  return problem;
 }
 
 }  // namespace fusednorm::bench

@@ -3,7 +3,9 @@
 // of tests/support/shapes.h each op is timed on. A case is (shape, op, layout, direction); its rows are the
 // implementations of that case. The filter key of a case is "<op>/<direction>/<layout>/<shape name>".
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fusednorm/epilogue.h"
@@ -48,6 +50,9 @@ struct BenchShape {
   std::vector<Op> ops;
   int64_t groups = 0;           // GroupNorm
   int64_t normalized_dims = 0;  // LayerNorm: how many trailing dimensions are normalized
+  // A problem from the command line (--problem) is one case: only this direction and layout.
+  std::optional<Direction> direction;
+  std::optional<Layout> layout;
 };
 
 // The lists --shapes names, in the order --help gives them; the default ones with and without --quick.
@@ -55,5 +60,11 @@ const std::vector<std::string>& shape_list_names();
 std::vector<std::string> default_shape_lists(bool quick);
 // A list by name (one of shape_list_names()); throws fusednorm::Error for another.
 std::vector<BenchShape> shape_list(const std::string& name);
+
+// A problem given on the command line, benchdnn-style: "OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS]", for example
+// "batch_norm:forward_training:nhwc:32x64x112x112", "group_norm:backward:nchw:8x320x64x64:g32",
+// "layer_norm:forward_training:rows:8192x1024" (the last dimension normalized; ":d2" the last two). SHAPE is
+// (N, C, *spatial) whatever the layout. Throws fusednorm::Error saying which field is wrong and what was expected.
+BenchShape parse_problem(std::string_view spec);
 
 }  // namespace fusednorm::bench

@@ -41,12 +41,13 @@ int configure_threads(const Options& options, const MachineInfo& machine) {
   return threads;
 }
 
-// --shapes, else every op on its network's shapes (the default lists of bench/cases.cpp; small ones with
-// --quick).
+// The --problem cases, then --shapes; without either, every op on its network's shapes (the default lists of
+// bench/cases.cpp; small ones with --quick).
 std::vector<BenchShape> benchmark_shapes(const Options& options) {
-  const std::vector<std::string> lists =
-      options.shape_lists.empty() ? default_shape_lists(options.quick) : options.shape_lists;
   std::vector<BenchShape> all;
+  for (const std::string& spec : options.problems) all.push_back(parse_problem(spec));
+  std::vector<std::string> lists = options.shape_lists;
+  if (lists.empty() && options.problems.empty()) lists = default_shape_lists(options.quick);
   for (const std::string& name : lists) {
     for (BenchShape& shape : shape_list(name)) all.push_back(std::move(shape));
   }
@@ -54,7 +55,9 @@ std::vector<BenchShape> benchmark_shapes(const Options& options) {
 }
 
 // --filter matches a substring of "<op>/<direction>/<layout>/<shape name>".
+// A --problem is its one direction and layout.
 bool selected(const Options& options, const BenchShape& shape, Op op, Layout layout, Direction direction) {
+  if (shape.direction.value_or(direction) != direction || shape.layout.value_or(layout) != layout) return false;
   const std::string key =
       fmt::format("{}/{}/{}/{}", to_string(op), to_string(direction), layout_name(op, layout), shape.name);
   return key.find(options.filter) != std::string::npos;
@@ -98,12 +101,6 @@ bool selects_in_place_rows(const Options& options, const BenchShape& shape) {
   for_each_selected_case(options, shape,
                          [&](Op, Layout, Direction direction) { any = any || has_in_place_row(direction); });
   return any;
-}
-
-std::string default_json_path() {
-  std::error_code error;
-  std::filesystem::path executable = std::filesystem::read_symlink("/proc/self/exe", error);
-  return error ? "results.json" : (executable.parent_path() / "results.json").string();
 }
 
 // One line on stderr, rewritten in place on a terminal, one line per step otherwise (logs stay readable).
@@ -389,7 +386,7 @@ int run(int argc, char** argv) {
   print_library_summary(rows);
 
   const std::string json_path =
-      std::filesystem::absolute(options.json_path.empty() ? default_json_path() : options.json_path).string();
+      std::filesystem::absolute(options.json_path.empty() ? "results.json" : options.json_path).string();
   write_json(json_path, rows, machine, settings);
   fmt::print("\nJSON rows: {}\n", json_path);
   if (!options.markdown_path.empty()) {

@@ -9,6 +9,7 @@
 #include <string_view>
 
 #include "bench/cases.h"
+#include "fusednorm/error.h"
 
 namespace fusednorm::bench {
 namespace {
@@ -32,9 +33,16 @@ each by the hand schedule and every autoscheduler built; the forwards also in pl
                    transformer_small, unet (8 x 320 x 64 x 64 in 32 groups: group_norm), unet_small, cache
                    (one small input per op). Default: resnet50,mlp_bn1d,transformer,unet,cache; with
                    --quick resnet50_batch2,mlp_bn1d_small,transformer_small,unet_small,cache
+  --problem SPEC   one case given on the command line, benchdnn-style (repeatable; alone it replaces the
+                   default lists, with --shapes it is added to them): OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS]
+                   with SHAPE (N, C, *spatial) in any layout, e.g.
+                     batch_norm:forward_training:nhwc:32x64x112x112
+                     batch_norm_relu:backward:nchw:256x2048x7x7
+                     group_norm:forward_training:nhwc:8x320x64x64:g32   (GROUPS required)
+                     layer_norm:backward:rows:8192x1024                (the last DIMS dimensions, default 1)
   --threads N      threads for the kernels (HL_NUM_THREADS), the baseline and the copies (default: cores)
   --reps N         exactly N timed runs per row (default: at least 5 and about 0.5 s)
-  --json PATH      where the JSON rows go (default: results.json beside the executable)
+  --json PATH      where the JSON rows go (default: results.json in the current directory)
   --markdown PATH  also write the table as GitHub-flavoured markdown (one table per shape under its cache
                    regime line, then the target summary), for docs/PERFORMANCE.md to include verbatim
   --tune           instead of the table: for each kernel and shape class (cache, llc, dram), time every
@@ -45,7 +53,7 @@ each by the hand schedule and every autoscheduler built; the forwards also in pl
                    matches "<kernel>/<class>" then; --threads and --reps apply
   --dram           with --tune, also the dram class (one shape above the last-level cache per kernel, cold:
                    seconds per kernel, more with a big cache)
-  --tuning-table PATH  where --tune writes the table (default: tuning.tsv beside the executable)
+  --tuning-table PATH  where --tune writes the table (default: tuning.tsv in the current directory)
   --help           this text
 )";
 
@@ -105,6 +113,14 @@ Options parse_options(int argc, char** argv) {
       options.filter = next_value();
     } else if (arg == "--shapes") {
       options.shape_lists = shape_lists(arg, next_value());
+    } else if (arg == "--problem") {
+      const std::string_view spec = next_value();
+      try {
+        parse_problem(spec);
+      } catch (const Error& e) {
+        usage_error(e.what());
+      }
+      options.problems.emplace_back(spec);
     } else if (arg == "--threads") {
       options.threads = positive_int(arg, next_value());
     } else if (arg == "--reps") {
@@ -122,6 +138,9 @@ Options parse_options(int argc, char** argv) {
     } else {
       usage_error(fmt::format("unknown argument '{}'", argv[i]));
     }
+  }
+  if (options.tune && !options.problems.empty()) {
+    usage_error("--problem does not apply to --tune, which times the shapes of each shape class");
   }
   return options;
 }

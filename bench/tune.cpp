@@ -504,12 +504,6 @@ std::string one_line(std::string text, size_t limit = 200) {
   return text.size() > limit ? text.substr(0, limit) + "..." : text;
 }
 
-std::string default_table_path() {
-  std::error_code error;
-  std::filesystem::path executable = std::filesystem::read_symlink("/proc/self/exe", error);
-  return error ? "tuning.tsv" : (executable.parent_path() / "tuning.tsv").string();
-}
-
 std::string hostname() {
   char name[256] = {};
   return gethostname(name, sizeof(name) - 1) == 0 && name[0] ? name : "unknown";
@@ -532,7 +526,7 @@ class Tuner {
     const auto start = std::chrono::steady_clock::now();
     const std::vector<Kernel> kernels = kernels_to_tune();
     const std::string path =
-        std::filesystem::absolute(options_.tuning_path.empty() ? default_table_path() : options_.tuning_path).string();
+        std::filesystem::absolute(options_.tuning_path.empty() ? "tuning.tsv" : options_.tuning_path).string();
     print_header(kernels.size());
     // The untuned candidates are what is timed: no table of an earlier run takes part (FUSEDNORM_TUNING).
     clear_tuning();

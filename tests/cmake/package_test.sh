@@ -5,7 +5,9 @@
 #   - examples/link_only, which only links FusedNorm::fusednorm (and again with pkg-config and g++): ldd must show
 #     neither libfmt nor Halide;
 #   - examples/consumer, which generates kernels with fusednorm_add_kernel() (component generator) and calls
-#     them through the functional API.
+#     them through the functional API;
+#   - the installed fusednorm_bench: one --problem, and a --quick tuning table for one kernel (README "Tuned
+#     dispatch"), both written to the current directory.
 # Prints the stripped size of link_only. Needs root for `unshare -m`; exits 77 (skipped) without it.
 # Usage: package_test.sh <build dir> <source dir> <cmake that installs>
 set -euo pipefail
@@ -67,5 +69,16 @@ arm64=$work/consumer-build/unet_group_norm_silu_arm64.fusednorm/unet_group_norm_
 [[ -f $arm64 ]] || { echo "package test: the arm-64 kernel library $arm64 was not built"; exit 1; }
 "$work/consumer-build/consumer"
 no_fmt_or_halide "$work/consumer-build/consumer"
+
+bench=$work/prefix/bin/fusednorm_bench
+[[ -x $bench ]] || { echo "package test: $bench is not installed"; exit 1; }
+no_fmt_or_halide "$bench"
+mkdir "$work/bench" && cd "$work/bench"
+step "installed fusednorm_bench --problem" "$bench" --reps 1 --problem batch_norm:forward_training:nhwc:4x8x5x7
+grep -q '"shape_name": "4x8x5x7"' results.json || { echo "package test: the bench wrote no row of its problem"; exit 1; }
+step "installed fusednorm_bench --tune --quick (one kernel)" "$bench" --tune --quick \
+  --filter batch_norm_forward_inference_nchw_affine/cache
+grep -qP '^batch_norm_forward_inference_nchw_affine\tcache\t\S+\t[0-9.]+\t' tuning.tsv ||
+  { cat tuning.tsv; echo "package test: the tuning table has no timed row"; exit 1; }
 INSIDE
 echo "package test: OK"

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# ctest bench.problem: fusednorm_bench --problem runs exactly the cases given (each checked against the float64
+# reference by the bench itself, which exits 1 on a wrong result) and refuses malformed ones naming the field.
+# Usage: bench_problem_test.sh <fusednorm_bench>
+set -uo pipefail
+bench=$(realpath "$1")
+work=$(mktemp -d /tmp/fusednorm-bench-problem.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+fail() { echo "bench.problem: $*"; exit 1; }
+
+(cd "$work" && "$bench" --reps 1 \
+  --problem batch_norm_relu:backward:nhwc:3x7x5x3 \
+  --problem group_norm:forward_training:nchw:2x6x3x5:g3 \
+  --problem layer_norm:backward:rows:3x5x7:d2) >"$work/out.txt" 2>&1 || { cat "$work/out.txt"; fail "the bench failed"; }
+[[ -f $work/results.json ]] || fail "no results.json in the current directory"
+rows() { grep -cE "$1" "$work/out.txt"; }
+for case in 'batch_norm_relu +backward +nhwc +\[3, 7, 5, 3\]' 'group_norm +forward_training +nchw +\[2, 6, 3, 5\]' \
+            'layer_norm +backward +rows +\[3, 5, 7\]'; do
+  (($(rows "^$case +fusednorm/hand/[a-z0-9]+ +fusednorm +[0-9.]+ ") == 1)) || { cat "$work/out.txt"; fail "no timed hand row for '$case'"; }
+  (($(rows "^$case +naive ") == 1)) || fail "no naive row for '$case'"
+done
+# Nothing but those three cases: no other direction, layout or op.
+other=$(grep -E '^(batch_norm|batch_norm_relu|group_norm|layer_norm) ' "$work/out.txt" |
+        grep -vE '^(batch_norm_relu +backward +nhwc|group_norm +forward_training +nchw|layer_norm +backward +rows) ')
+[[ -z $other ]] || fail "rows of cases not asked for: $other"
+
+expect_refused() {
+  local spec=$1 message=$2 out
+  out=$("$bench" --problem "$spec" 2>&1) && fail "--problem '$spec' was accepted"
+  [[ $out == *"$message"* ]] || fail "--problem '$spec' said: ${out%%$'\n'*}; expected: $message"
+}
+expect_refused group_norm:backward:nchw:2x6x3x5 "group_norm needs :gGROUPS"
+expect_refused group_norm:backward:nchw:2x6x3x5:g4 "4 groups do not divide C = 6"
+expect_refused layer_norm:forward_inference:rows:4x5 "DIRECTION is 'forward_inference', expected one of forward_training, backward"
+expect_refused batch_norm:forward_training:rows:4x5 "LAYOUT is 'rows', expected one of nchw, nhwc"
+expect_refused batch_norm:forward_training:nhwc:4x0x5 "SHAPE has the extent '0'"
+expect_refused batch_norm:backward:nchw:99999999999x99999999999x5 "more elements than int64 holds"
+expect_refused batch_norm:backward:nchw:4 "SHAPE has 1 dimension"
+expect_refused layer_norm:backward:rows:3x5:d2 "layer_norm takes :dDIMS"
+expect_refused instance_norm:backward:nchw:3x5x2 "OP is 'instance_norm'"
+echo "bench.problem: OK"
