@@ -182,7 +182,8 @@ BenchShape parse_problem(std::string_view spec) {
                            fmt::join(op_layouts | std::views::transform(name_of), ", "), to_string(*op)));
   }
 
-  BenchShape problem{.name = std::string(fields[3]), .ops = {*op}, .direction = direction, .layout = layout};
+  BenchShape problem{
+      .name = std::string(fields[3]), .shape = {}, .ops = {*op}, .direction = direction, .layout = layout};
   int64_t numel = 1;
   for (std::string_view extent : split(fields[3], 'x')) {
     const std::optional<int64_t> value = positive(extent);

@@ -51,8 +51,8 @@ struct BenchShape {
   int64_t groups = 0;           // GroupNorm
   int64_t normalized_dims = 0;  // LayerNorm: how many trailing dimensions are normalized
   // A problem from the command line (--problem) is one case: only this direction and layout.
-  std::optional<Direction> direction;
-  std::optional<Layout> layout;
+  std::optional<Direction> direction = std::nullopt;
+  std::optional<Layout> layout = std::nullopt;
 };
 
 // The lists --shapes names, in the order --help gives them; the default ones with and without --quick.
