@@ -5,13 +5,18 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
-#include <cctype>
+#include <algorithm>
+#include <bit>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <optional>
-#include <variant>
+#include <set>
+#include <string_view>
+#include <tuple>
 
 #include "fusednorm/error.h"
 #include "runtime/checks.h"
@@ -38,221 +43,160 @@ namespace {
 
 static_assert(sizeof(float) == 4 && sizeof(int64_t) == 8, "safetensors F32 / I64");
 
-// The subset of JSON a safetensors header uses: objects, arrays, strings, integers.
-struct Json {
-  using Object = std::vector<std::pair<std::string, Json>>;
-  std::variant<std::monostate, std::string, int64_t, std::vector<Json>, Object> value;
-};
+using Json = nlohmann::json;
 
-// Appends code point `c` in UTF-8.
-void append_utf8(std::string& out, uint32_t c) {
-  if (c < 0x80) {
-    out += static_cast<char>(c);
-  } else if (c < 0x800) {
-    out += static_cast<char>(0xc0 | (c >> 6));
-    out += static_cast<char>(0x80 | (c & 0x3f));
-  } else if (c < 0x10000) {
-    out += static_cast<char>(0xe0 | (c >> 12));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (c & 0x3f));
+// The reference reader's limits (huggingface/safetensors): a header of at most 100 MB; and ours, JSON nested at
+// most this deep (a safetensors header nests three levels: header, entry, shape).
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+constexpr int kMaxDepth = 64;
+
+// The header's JSON, refusing what the reference reader (serde_json into a map and a struct) refuses: invalid
+// UTF-8, lone surrogates, raw control characters, leading zeros, trailing characters, and a key twice in one
+// object (nlohmann keeps the last; the first would have won before).
+Json parse_header(const std::string& text, const std::string& path) {
+  auto fail = [&](const std::string& what) {
+    return Error(fmt::format("load_state_dict: '{}': malformed safetensors header: {}", path, what));
+  };
+  std::vector<std::set<std::string>> keys;  // of each object being parsed
+  const Json::parser_callback_t check = [&](int depth, Json::parse_event_t event, Json& parsed) {
+    if (depth > kMaxDepth) throw fail(fmt::format("nested deeper than {} levels", kMaxDepth));
+    if (event == Json::parse_event_t::object_start) {
+      keys.emplace_back();
+    } else if (event == Json::parse_event_t::object_end) {
+      keys.pop_back();
+    } else if (event == Json::parse_event_t::key) {
+      const auto& key = parsed.get_ref<const std::string&>();
+      if (!keys.back().insert(key).second) throw fail(fmt::format("the key '{}' appears twice in one object", key));
+    }
+    return true;
+  };
+  try {
+    return Json::parse(text, check);
+  } catch (const Json::exception& e) {
+    throw fail(e.what());
+  }
+}
+
+// The tensor dtypes read: F32 and I64 as they are; F16 and BF16 widened to float32 (exactly).
+struct FileDType {
+  const char* name;
+  StateTensor::DType dtype;
+  uint64_t bytes;
+};
+constexpr FileDType kFileDTypes[] = {{"F32", StateTensor::DType::float32, 4},
+                                     {"F16", StateTensor::DType::float32, 2},
+                                     {"BF16", StateTensor::DType::float32, 2},
+                                     {"I64", StateTensor::DType::int64, 8}};
+
+float from_float16(uint16_t h) {
+  const bool negative = h & 0x8000;
+  const uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
+  float magnitude;
+  if (exponent == 0x1f) {
+    // Infinity, or NaN with its payload's top bits (as the hardware conversion keeps them).
+    return std::bit_cast<float>((negative ? 0x80000000u : 0u) | 0x7f800000u | (mantissa << 13));
+  } else if (exponent == 0) {
+    magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // zero or subnormal: exact in float
   } else {
-    out += static_cast<char>(0xf0 | (c >> 18));
-    out += static_cast<char>(0x80 | ((c >> 12) & 0x3f));
-    out += static_cast<char>(0x80 | ((c >> 6) & 0x3f));
-    out += static_cast<char>(0x80 | (c & 0x3f));
+    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
   }
+  return negative ? -magnitude : magnitude;
 }
 
-// A header comes from a file, so anything malformed, including JSON of the wrong type where the format has an
-// object, a string or an integer, must end as fusednorm::Error naming the path, never as another exception or
-// a crash (deep nesting would exhaust the stack).
-class JsonParser {
- public:
-  JsonParser(const std::string& text, const std::string& path) : text_(text), path_(path) {}
+float from_bfloat16(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
 
-  Json parse_document() {
-    Json j = parse(0);
-    skip_space();
-    if (pos_ != text_.size()) fail("trailing characters after the header object");
-    return j;
-  }
-
- private:
-  // A safetensors header nests three levels (header, entry, shape); this leaves room for __metadata__.
-  static constexpr int kMaxDepth = 64;
-
-  [[noreturn]] void fail(const std::string& what) const {
-    throw Error(fmt::format("load_state_dict: '{}': malformed safetensors header at byte {}: {}", path_, pos_, what));
-  }
-  void skip_space() {
-    while (pos_ < text_.size() && std::isspace(static_cast<unsigned char>(text_[pos_]))) pos_++;
-  }
-  char peek() {
-    skip_space();
-    if (pos_ >= text_.size()) fail("unexpected end");
-    return text_[pos_];
-  }
-  void expect(char c) {
-    if (peek() != c) fail(fmt::format("expected '{}'", c));
-    pos_++;
-  }
-  uint32_t parse_hex4() {
-    if (text_.size() - pos_ < 4) fail("unterminated \\u escape");
-    uint32_t value = 0;
-    for (int i = 0; i < 4; i++) {
-      const char h = text_[pos_++];
-      const int digit = std::isdigit(static_cast<unsigned char>(h)) ? h - '0'
-                        : h >= 'a' && h <= 'f'                      ? h - 'a' + 10
-                        : h >= 'A' && h <= 'F'                      ? h - 'A' + 10
-                                                                    : -1;
-      if (digit < 0) fail("expected 4 hexadecimal digits after \\u");
-      value = value * 16 + static_cast<uint32_t>(digit);
-    }
-    return value;
-  }
-  std::string parse_string() {
-    expect('"');
-    std::string s;
-    while (pos_ < text_.size() && text_[pos_] != '"') {
-      const char ch = text_[pos_++];
-      if (ch != '\\') {
-        s += ch;
-        continue;
-      }
-      if (pos_ >= text_.size()) break;
-      const char e = text_[pos_++];
-      switch (e) {
-        case '"':
-        case '\\':
-        case '/': s += e; break;
-        case 'b': s += '\b'; break;
-        case 'f': s += '\f'; break;
-        case 'n': s += '\n'; break;
-        case 'r': s += '\r'; break;
-        case 't': s += '\t'; break;
-        case 'u': {
-          uint32_t c = parse_hex4();
-          // A code point above U+FFFF comes as a surrogate pair.
-          if (c >= 0xd800 && c < 0xdc00 && text_.compare(pos_, 2, "\\u") == 0) {
-            pos_ += 2;
-            const uint32_t low = parse_hex4();
-            if (low < 0xdc00 || low >= 0xe000) fail("expected a low surrogate after a high one");
-            c = 0x10000 + ((c - 0xd800) << 10) + (low - 0xdc00);
-          }
-          append_utf8(s, c);
-          break;
-        }
-        default: pos_--; fail(fmt::format("unknown escape '\\{}'", e));
-      }
-    }
-    if (pos_ >= text_.size()) fail("unterminated string");
-    pos_++;
-    return s;
-  }
-  // JSON integers (the format's offsets and extents); a fraction or an exponent is not one.
-  int64_t parse_integer() {
-    const bool negative = text_[pos_] == '-';
-    if (negative) pos_++;
-    if (pos_ >= text_.size() || !std::isdigit(static_cast<unsigned char>(text_[pos_]))) fail("expected a digit");
-    uint64_t magnitude = 0;
-    const uint64_t limit = negative ? uint64_t{1} << 63 : (uint64_t{1} << 63) - 1;
-    while (pos_ < text_.size() && std::isdigit(static_cast<unsigned char>(text_[pos_]))) {
-      const uint64_t digit = static_cast<uint64_t>(text_[pos_] - '0');
-      if (magnitude > (limit - digit) / 10) fail("integer out of range (more than 64 bits)");
-      magnitude = magnitude * 10 + digit;
-      pos_++;
-    }
-    return negative ? static_cast<int64_t>(0 - magnitude) : static_cast<int64_t>(magnitude);
-  }
-  Json parse(int depth) {
-    if (depth > kMaxDepth) fail(fmt::format("nested deeper than {} levels", kMaxDepth));
-    char c = peek();
-    if (c == '{') {
-      pos_++;
-      Json::Object members;
-      if (peek() == '}') {
-        pos_++;
-        return {members};
-      }
-      while (true) {
-        std::string key = parse_string();
-        expect(':');
-        members.emplace_back(std::move(key), parse(depth + 1));
-        if (peek() == ',') {
-          pos_++;
-          continue;
-        }
-        expect('}');
-        return {members};
-      }
-    }
-    if (c == '[') {
-      pos_++;
-      std::vector<Json> items;
-      if (peek() == ']') {
-        pos_++;
-        return {items};
-      }
-      while (true) {
-        items.push_back(parse(depth + 1));
-        if (peek() == ',') {
-          pos_++;
-          continue;
-        }
-        expect(']');
-        return {items};
-      }
-    }
-    if (c == '"') return {parse_string()};
-    if (c == '-' || std::isdigit(static_cast<unsigned char>(c))) return {parse_integer()};
-    fail(fmt::format("unexpected character '{}'", c));
-  }
-
-  const std::string& text_;
-  const std::string& path_;
-  size_t pos_ = 0;
-};
-
-const Json* member(const Json::Object& object, const std::string& key) {
-  for (const auto& [k, v] : object) {
-    if (k == key) return &v;
-  }
-  return nullptr;
+uint16_t little_endian_16(const char* p) {
+  return static_cast<uint16_t>(static_cast<unsigned char>(p[0]) | static_cast<unsigned char>(p[1]) << 8);
 }
 
-// The integers of a JSON array, or nullopt when it is not an array of integers.
-std::optional<std::vector<int64_t>> integers(const Json& j) {
-  const auto* items = std::get_if<std::vector<Json>>(&j.value);
-  if (!items) return std::nullopt;
-  std::vector<int64_t> result;
-  for (const Json& item : *items) {
-    const auto* value = std::get_if<int64_t>(&item.value);
-    if (!value) return std::nullopt;
-    result.push_back(*value);
+// A JSON array of non-negative integers that fit 64 bits (serde's Vec<usize>), or nullopt.
+std::optional<std::vector<uint64_t>> unsigned_integers(const Json& j) {
+  if (!j.is_array()) return std::nullopt;
+  std::vector<uint64_t> result;
+  for (const Json& item : j) {
+    if (!item.is_number_unsigned()) return std::nullopt;
+    result.push_back(item.get<uint64_t>());
   }
   return result;
 }
 
-// A JSON string as the format writes names: quotes, backslashes and control characters escaped.
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (char ch : text) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (static_cast<unsigned char>(ch) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<unsigned>(ch));
-    } else {
-      out += ch;
+// One tensor entry of the header, checked on its own; the offsets against the others afterwards.
+struct Entry {
+  std::string name;
+  const FileDType* type;
+  std::vector<int64_t> shape;
+  uint64_t numel, begin, end;
+};
+
+Entry read_entry(const std::string& path, const std::string& name, const Json& fields) {
+  auto bad = [&](const std::string& what) {
+    return Error(fmt::format("load_state_dict: '{}': tensor '{}' {}", path, name, what));
+  };
+  if (!fields.is_object()) throw bad("is not an object");
+  const auto dtype = fields.find("dtype"), shape = fields.find("shape"), offsets = fields.find("data_offsets");
+  if (dtype == fields.end() || shape == fields.end() || offsets == fields.end()) {
+    throw bad("lacks dtype, shape or data_offsets");
+  }
+  if (!dtype->is_string()) throw bad("has a dtype that is not a string");
+  Entry entry{name, nullptr, {}, 1, 0, 0};
+  for (const FileDType& type : kFileDTypes) {
+    if (dtype->get_ref<const std::string&>() == type.name) entry.type = &type;
+  }
+  if (!entry.type)
+    throw bad(fmt::format("has dtype '{}', expected F32, F16, BF16 or I64", dtype->get_ref<const std::string&>()));
+  const std::optional<std::vector<uint64_t>> extents = unsigned_integers(*shape);
+  if (!extents) throw bad(fmt::format("has shape {}, expected an array of integers >= 0", shape->dump()));
+  // The element count, and its bytes, must fit 64 bits (the reference's ValidationOverflow); the data section
+  // bounds them further below.
+  uint64_t bytes = entry.type->bytes;
+  for (uint64_t extent : *extents) {
+    if (extent > static_cast<uint64_t>(INT64_MAX) || __builtin_mul_overflow(entry.numel, extent, &entry.numel) ||
+        __builtin_mul_overflow(bytes, extent, &bytes)) {
+      throw bad(fmt::format("has shape {}: too many elements", shape->dump()));
+    }
+    entry.shape.push_back(static_cast<int64_t>(extent));
+  }
+  const std::optional<std::vector<uint64_t>> range = unsigned_integers(*offsets);
+  if (!range || range->size() != 2) {
+    throw bad(fmt::format("has data_offsets {}, expected two integers >= 0", offsets->dump()));
+  }
+  entry.begin = (*range)[0];
+  entry.end = (*range)[1];
+  if (entry.end < entry.begin || entry.end - entry.begin != bytes) {
+    throw bad(fmt::format("has data_offsets [{}, {}], expected {} bytes for its dtype and shape", entry.begin,
+                          entry.end, bytes));
+  }
+  return entry;
+}
+
+StateTensor read_tensor(const Entry& entry, const char* p) {
+  StateTensor t;
+  t.dtype = entry.type->dtype;
+  t.shape = entry.shape;
+  const auto n = static_cast<size_t>(entry.numel);
+  // A tensor of no elements has no data: nothing to copy (memcpy from or to null is undefined even for 0 bytes).
+  if (t.dtype == StateTensor::DType::int64) {
+    t.i64.resize(n);
+    if (n) std::memcpy(t.i64.data(), p, n * 8);  // x86-64 and arm-64 are little-endian, as the format is
+    return t;
+  }
+  t.f32.resize(n);
+  if (entry.type->bytes == 4) {
+    if (n) std::memcpy(t.f32.data(), p, n * 4);
+  } else {
+    const bool half = std::string_view(entry.type->name) == "F16";
+    for (size_t i = 0; i < n; i++) {
+      const uint16_t bits = little_endian_16(p + 2 * i);
+      t.f32[i] = half ? from_float16(bits) : from_bfloat16(bits);
     }
   }
-  return out + "\"";
+  return t;
 }
 
 }  // namespace
 
 void save_state_dict(const StateDict& state, const std::string& path) {
-  std::string header = "{";
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
   std::string data;
   for (const auto& [name, t] : state) {
     const bool f32 = t.dtype == StateTensor::DType::float32;
@@ -261,18 +205,22 @@ void save_state_dict(const StateDict& state, const std::string& path) {
       throw Error(fmt::format("save_state_dict: '{}' has {} values, expected {} (shape {})", name,
                               f32 ? t.f32.size() : t.i64.size(), t.numel(), fmt::join(t.shape, ", ")));
     }
-    if (header.size() > 1) header += ",";
-    header += fmt::format("{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}", json_string(name),
-                          f32 ? "F32" : "I64", fmt::join(t.shape, ","), data.size(), data.size() + bytes);
+    header[name] = {
+        {"dtype", f32 ? "F32" : "I64"}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
     const char* p = f32 ? reinterpret_cast<const char*>(t.f32.data()) : reinterpret_cast<const char*>(t.i64.data());
-    data.append(p, bytes);  // x86-64 and arm-64 are little-endian, as the format is
+    if (bytes) data.append(p, bytes);  // x86-64 and arm-64 are little-endian, as the format is
   }
-  header += "}";
-  while (header.size() % 8) header += ' ';  // the format aligns the data section to 8 bytes
-  uint64_t length = header.size();
+  std::string text;
+  try {
+    text = header.dump();
+  } catch (const nlohmann::ordered_json::type_error& e) {
+    throw Error(fmt::format("save_state_dict: '{}': a tensor name is not valid UTF-8 ({})", path, e.what()));
+  }
+  while (text.size() % 8) text += ' ';  // the format aligns the data section to 8 bytes
+  uint64_t length = text.size();
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out.write(reinterpret_cast<const char*>(&length), 8);
-  out.write(header.data(), static_cast<std::streamsize>(header.size()));
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
   out.write(data.data(), static_cast<std::streamsize>(data.size()));
   if (!out) throw Error(fmt::format("save_state_dict: cannot write '{}'", path));
 }
@@ -290,72 +238,53 @@ StateDict load_state_dict(const std::string& path) {
   if (file.size() < 8)
     throw Error(fmt::format("load_state_dict: '{}' has {} bytes, expected at least 8", path, file.size()));
   std::memcpy(&length, file.data(), 8);
-  if (length > file.size() - 8) {
-    throw Error(fmt::format("load_state_dict: '{}' declares a {}-byte header, but the file has {} bytes", path, length,
-                            file.size()));
+  if (length > file.size() - 8 || length > kMaxHeaderBytes) {
+    throw Error(
+        fmt::format("load_state_dict: '{}' declares a {}-byte header, but the file has {} bytes (and the "
+                    "format allows at most {})",
+                    path, length, file.size(), kMaxHeaderBytes));
   }
-  const std::string header = file.substr(8, length);
-  const size_t data_begin = 8 + length;
-  Json root = JsonParser(header, path).parse_document();
-  const auto* entries = std::get_if<Json::Object>(&root.value);
-  if (!entries) throw Error(fmt::format("load_state_dict: '{}': the header is not a JSON object", path));
+  const Json root = parse_header(file.substr(8, length), path);
+  if (!root.is_object()) throw Error(fmt::format("load_state_dict: '{}': the header is not a JSON object", path));
+  std::vector<Entry> entries;
+  for (const auto& [name, fields] : root.items()) {
+    if (name != "__metadata__") {
+      entries.push_back(read_entry(path, name, fields));
+      continue;
+    }
+    // Free-form text: a map of strings to strings, or null.
+    const bool strings =
+        fields.is_null() ||
+        (fields.is_object() && std::all_of(fields.begin(), fields.end(), [](const Json& v) { return v.is_string(); }));
+    if (!strings) {
+      throw Error(
+          fmt::format("load_state_dict: '{}': __metadata__ is {}, expected an object of strings", path, fields.dump()));
+    }
+  }
+  // The data section holds the tensors back to back in the order of their offsets, from its first byte to its
+  // last: no gap, no overlap, nothing after (the reference's InvalidOffset and MetadataIncompleteBuffer).
+  std::sort(entries.begin(), entries.end(),
+            [](const Entry& a, const Entry& b) { return std::tie(a.begin, a.end) < std::tie(b.begin, b.end); });
+  const uint64_t data_bytes = file.size() - 8 - length;
+  uint64_t next = 0;
+  for (const Entry& entry : entries) {
+    if (entry.begin != next) {
+      throw Error(
+          fmt::format("load_state_dict: '{}': tensor '{}' has data_offsets [{}, {}], expected them to begin "
+                      "at {}, where the tensor before it ends (no gaps or overlaps)",
+                      path, entry.name, entry.begin, entry.end, next));
+    }
+    next = entry.end;
+  }
+  if (next != data_bytes) {
+    throw Error(
+        fmt::format("load_state_dict: '{}': the tensors' data ends at byte {} of the {}-byte data section, "
+                    "expected it to fill the section",
+                    path, next, data_bytes));
+  }
   StateDict state;
-  for (const auto& [name, entry] : *entries) {
-    if (name == "__metadata__") continue;
-    auto bad = [&](const std::string& what) {
-      return Error(fmt::format("load_state_dict: '{}': tensor '{}' {}", path, name, what));
-    };
-    const auto* fields = std::get_if<Json::Object>(&entry.value);
-    if (!fields) throw bad("is not an object");
-    if (state.count(name)) throw bad("appears twice in the header");
-    const Json* dtype = member(*fields, "dtype");
-    const Json* shape = member(*fields, "shape");
-    const Json* offsets = member(*fields, "data_offsets");
-    if (!dtype || !shape || !offsets) throw bad("lacks dtype, shape or data_offsets");
-    StateTensor t;
-    const auto* dtype_name = std::get_if<std::string>(&dtype->value);
-    if (!dtype_name) throw bad("has a dtype that is not a string");
-    if (*dtype_name == "F32") {
-      t.dtype = StateTensor::DType::float32;
-    } else if (*dtype_name == "I64") {
-      t.dtype = StateTensor::DType::int64;
-    } else {
-      throw bad(fmt::format("has dtype '{}', expected F32 or I64", *dtype_name));
-    }
-    std::optional<std::vector<int64_t>> extents = integers(*shape);
-    if (!extents) throw bad("has a shape that is not an array of integers");
-    t.shape = std::move(*extents);
-    // The element count must fit the file: anything near 2^56 elements is malformed. Checking each product
-    // against that keeps it, and its size in bytes, from overflowing.
-    int64_t numel = 1;
-    for (int64_t extent : t.shape) {
-      if (extent < 0) throw bad(fmt::format("has shape [{}], expected extents >= 0", fmt::join(t.shape, ", ")));
-      if (extent != 0 && numel > (int64_t{1} << 56) / extent) {
-        throw bad(fmt::format("has shape [{}]: too many elements", fmt::join(t.shape, ", ")));
-      }
-      numel *= extent;
-    }
-    std::optional<std::vector<int64_t>> range = integers(*offsets);
-    if (!range) throw bad("has data_offsets that are not two integers");
-    if (range->size() != 2) throw bad("has data_offsets without two entries");
-    const int64_t begin = (*range)[0], end = (*range)[1];
-    const int64_t element = t.dtype == StateTensor::DType::float32 ? 4 : 8;
-    if (begin < 0 || end < begin || static_cast<uint64_t>(end) > file.size() - data_begin ||
-        end - begin != numel * element) {
-      throw bad(fmt::format("has data_offsets [{}, {}], expected {} bytes within the {}-byte data section", begin, end,
-                            numel * element, file.size() - data_begin));
-    }
-    const char* p = file.data() + data_begin + begin;
-    // A tensor of no elements has no data: nothing to copy (memcpy from or to null is undefined even for 0 bytes).
-    if (t.dtype == StateTensor::DType::float32) {
-      t.f32.resize(static_cast<size_t>(numel));
-      if (numel) std::memcpy(t.f32.data(), p, static_cast<size_t>(end - begin));
-    } else {
-      t.i64.resize(static_cast<size_t>(numel));
-      if (numel) std::memcpy(t.i64.data(), p, static_cast<size_t>(end - begin));
-    }
-    state.emplace(name, std::move(t));
-  }
+  for (const Entry& entry : entries)
+    state.emplace(entry.name, read_tensor(entry, file.data() + 8 + length + entry.begin));
   return state;
 }
 

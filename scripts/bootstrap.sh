@@ -16,7 +16,9 @@ cd "$root"
 # out (configure failed on a bare Debian 12 at bench/CMakeLists.txt).
 # cmake, pkg-config: the package test (tests/cmake/package_test.sh) builds consumers as a user would, with Debian's
 # CMake 3.25 and with pkg-config, the source tree and its .venv hidden.
-debian_packages=(g++ make libfmt-dev libgtest-dev libgmock-dev libdnnl-dev ocl-icd-opencl-dev cmake pkg-config)
+# nlohmann-json3-dev: the safetensors header's JSON (runtime/state_dict.cpp), compiled into libfusednorm.
+debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libgtest-dev libgmock-dev libdnnl-dev ocl-icd-opencl-dev cmake
+                 pkg-config)
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
 fi

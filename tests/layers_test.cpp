@@ -1011,6 +1011,55 @@ TEST(StateDictTest, LoadsTensorsOfNoElements) {
   EXPECT_EQ(state.at("bn.weight").f32, (std::vector<float>{0.5f, 2.0f}));
 }
 
+std::string uint16_bytes(const std::vector<uint16_t>& values) {
+  std::string out;
+  for (uint16_t value : values) append_little_endian(out, value, 2);
+  return out;
+}
+
+// F16 and BF16 tensors (PyTorch's torch.float16 and torch.bfloat16 state) load as float32, exactly: normal,
+// subnormal, largest, infinite and NaN values, and into a layer.
+TEST(StateDictTest, LoadsFloat16AndBfloat16AsFloat32) {
+  const float inf = std::numeric_limits<float>::infinity();
+  // float16: 1, -2, 65504 (the largest), 2^-24 (the smallest subnormal), -2^-14 (the smallest normal), 1/3 rounded,
+  // +-inf, NaN.
+  const std::vector<uint16_t> half_bits = {0x3c00, 0xc000, 0x7bff, 0x0001, 0x8400, 0x3555, 0x7c00, 0xfc00, 0x7e00};
+  const std::vector<float> half_values = {1.0f, -2.0f, 65504.0f, 0x1p-24f, -0x1p-14f, 0x1.554p-2f, inf, -inf};
+  // bfloat16: 1, -3, 2^-133 (a subnormal), 1/3 rounded, inf, NaN.
+  const std::vector<uint16_t> bf16_bits = {0x3f80, 0xc040, 0x0001, 0x3eab, 0x7f80, 0x7fc0};
+  const std::vector<float> bf16_values = {1.0f, -3.0f, 0x1p-133f, 0x1.56p-2f, inf};
+  const std::vector<HandTensor> tensors = {
+      {"half", "F16", "[9]", uint16_bytes(half_bits)},
+      {"bf16", "BF16", "[2, 3]", uint16_bytes(bf16_bits)},
+      {"bn.weight", "F16", "[3]", uint16_bytes({0x3c00, 0x3800, 0xc200})},  // 1, 0.5, -3
+      {"bn.bias", "BF16", "[3]", uint16_bytes({0x0000, 0x3e80, 0xbf00})},   // 0, 0.25, -0.5
+      {"bn.running_mean", "F32", "[3]", float_bytes({0.5f, -1.0f, 2.0f})},
+      {"bn.running_var", "BF16", "[3]", uint16_bytes({0x4000, 0x3f80, 0x4080})},  // 2, 1, 4
+      {"bn.num_batches_tracked", "I64", "[]", int64_bytes(3)}};
+  TempDir dir;
+  const std::string path = dir.file("half.safetensors");
+  write_file(path, safetensors_file(tensors, {0, 1, 2, 3, 4, 5, 6}, {6, 4, 0, 1, 2, 3, 5}, "{\"format\": \"pt\"}"));
+  const StateDict state = load_state_dict(path);
+
+  const StateTensor& half = state.at("half");
+  EXPECT_EQ(half.dtype, StateTensor::DType::float32);
+  ASSERT_EQ(half.f32.size(), 9u);
+  EXPECT_EQ(bits(std::vector<float>(half.f32.begin(), half.f32.end() - 1)), bits(half_values));
+  EXPECT_TRUE(std::isnan(half.f32.back()));
+  const StateTensor& bf16 = state.at("bf16");
+  EXPECT_EQ(bf16.shape, (std::vector<int64_t>{2, 3}));
+  ASSERT_EQ(bf16.f32.size(), 6u);
+  EXPECT_EQ(bits(std::vector<float>(bf16.f32.begin(), bf16.f32.end() - 1)), bits(bf16_values));
+  EXPECT_TRUE(std::isnan(bf16.f32.back()));
+
+  BatchNorm2d layer(3);
+  layer.load_from(state, "bn.");
+  EXPECT_EQ(layer.weight(), (std::vector<float>{1.0f, 0.5f, -3.0f}));
+  EXPECT_EQ(layer.bias(), (std::vector<float>{0.0f, 0.25f, -0.5f}));
+  EXPECT_EQ(layer.running_var(), (std::vector<float>{2.0f, 1.0f, 4.0f}));
+  EXPECT_EQ(layer.num_batches_tracked(), 3);
+}
+
 // What we write is what the format says, byte for byte where it is fixed: the length, a JSON object, 8-byte
 // alignment, and each tensor's little-endian bytes at its offsets.
 TEST(StateDictTest, WritesTheFormat) {
@@ -1054,7 +1103,7 @@ TEST(StateDictTest, MalformedFilesAreRefusedNamingThePath) {
       {"shorter_than_the_length", valid.substr(0, 5), {"has 5 bytes, expected at least 8"}},
       {"truncated_data",
        valid.substr(0, valid.size() - 4),
-       {"tensor 'bn.num_batches_tracked' has data_offsets [12, 20]"}},
+       {"the tensors' data ends at byte 20 of the 16-byte data section"}},
       {"truncated_header", valid.substr(0, 20), {"declares a", "-byte header, but the file has 20 bytes"}},
       {"header_length_too_large",
        with_header("{}", "").replace(0, 8, int64_bytes(int64_t{1} << 40)),
@@ -1064,23 +1113,23 @@ TEST(StateDictTest, MalformedFilesAreRefusedNamingThePath) {
        with_header("{\"w\": {\"dtype\": \"F32\" \"shape\": [3], \"data_offsets\": [0, 12]}}", twelve_bytes),
        {"malformed safetensors header", "expected '}'"}},
       {"bad_json_unterminated", with_header("{\"w\": {\"dtype\": \"F3", ""), {"malformed safetensors header"}},
-      {"bad_json_trailing", with_header("{} x", ""), {"malformed safetensors header", "trailing characters"}},
+      {"bad_json_trailing", with_header("{} x", ""), {"malformed safetensors header", "expected end of input"}},
       {"header_not_an_object", with_header("[1, 2]", ""), {"the header is not a JSON object"}},
-      {"unsupported_dtype_F16",
-       with_header("{\"w\": {\"dtype\": \"F16\", \"shape\": [6], \"data_offsets\": [0, 12]}}", twelve_bytes),
-       {"tensor 'w' has dtype 'F16', expected F32 or I64"}},
+      {"unsupported_dtype_F64",
+       with_header("{\"w\": {\"dtype\": \"F64\", \"shape\": [1], \"data_offsets\": [0, 8]}}", int64_bytes(0)),
+       {"tensor 'w' has dtype 'F64', expected F32, F16, BF16 or I64"}},
       {"data_offsets_out_of_range",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [4, 16]}}", twelve_bytes),
-       {"tensor 'w' has data_offsets [4, 16], expected 12 bytes within the 12-byte data section"}},
+       {"tensor 'w' has data_offsets [4, 16], expected them to begin at 0"}},
       {"data_offsets_reversed",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [12, 0]}}", twelve_bytes),
-       {"tensor 'w' has data_offsets [12, 0]"}},
+       {"tensor 'w' has data_offsets [12, 0], expected 12 bytes for its dtype and shape"}},
       {"data_offsets_not_the_shape",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 12]}}", twelve_bytes),
-       {"tensor 'w' has data_offsets [0, 12], expected 8 bytes"}},
+       {"tensor 'w' has data_offsets [0, 12], expected 8 bytes for its dtype and shape"}},
       {"data_offsets_one_entry",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [12]}}", twelve_bytes),
-       {"tensor 'w' has data_offsets without two entries"}},
+       {"tensor 'w' has data_offsets [12], expected two integers >= 0"}},
       {"entry_lacks_shape",
        with_header("{\"w\": {\"dtype\": \"F32\", \"data_offsets\": [0, 12]}}", twelve_bytes),
        {"tensor 'w' lacks dtype, shape or data_offsets"}},
@@ -1091,35 +1140,79 @@ TEST(StateDictTest, MalformedFilesAreRefusedNamingThePath) {
        {"tensor 'w' has a dtype that is not a string"}},
       {"shape_not_an_array",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": 3, \"data_offsets\": [0, 12]}}", twelve_bytes),
-       {"tensor 'w' has a shape that is not an array of integers"}},
+       {"tensor 'w' has shape 3, expected an array of integers >= 0"}},
       {"shape_of_strings",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [\"3\"], \"data_offsets\": [0, 12]}}", twelve_bytes),
-       {"tensor 'w' has a shape that is not an array of integers"}},
+       {"tensor 'w' has shape [\"3\"], expected an array of integers >= 0"}},
       {"data_offsets_not_integers",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [\"0\", 12]}}", twelve_bytes),
-       {"tensor 'w' has data_offsets that are not two integers"}},
+       {"tensor 'w' has data_offsets [\"0\",12], expected two integers >= 0"}},
       {"negative_extents",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [-1, -3], \"data_offsets\": [0, 12]}}", twelve_bytes),
-       {"tensor 'w' has shape [-1, -3], expected extents >= 0"}},
+       {"tensor 'w' has shape [-1,-3], expected an array of integers >= 0"}},
       {"extents_overflow",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [4294967296, 4294967296, 4], \"data_offsets\": [0, 0]}}",
                    ""),
-       {"tensor 'w' has shape [4294967296, 4294967296, 4]", "too many elements"}},
+       {"tensor 'w' has shape [4294967296,4294967296,4]: too many elements"}},
       {"integer_too_large",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 99999999999999999999999]}}",
                    twelve_bytes),
-       {"malformed safetensors header", "integer out of range"}},
-      {"lone_minus", with_header("{\"w\": -}", ""), {"malformed safetensors header", "expected a digit"}},
-      {"fraction", with_header("{\"w\": 1.5}", ""), {"malformed safetensors header", "expected '}'"}},
-      {"unknown_escape", with_header("{\"w\\q\": 1}", ""), {"malformed safetensors header", "unknown escape '\\q'"}},
+       {"tensor 'w' has data_offsets [0,9.999999999999999e+22], expected two integers >= 0"}},
+      {"lone_minus", with_header("{\"w\": -}", ""), {"malformed safetensors header", "expected digit after '-'"}},
+      {"fraction",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12.0]}}", twelve_bytes),
+       {"tensor 'w' has data_offsets [0,12.0], expected two integers >= 0"}},
+      {"unknown_escape",
+       with_header("{\"w\\q\": 1}", ""),
+       {"malformed safetensors header", "forbidden character after backslash"}},
       {"bad_unicode_escape",
        with_header("{\"w\\u12x4\": 1}", ""),
-       {"malformed safetensors header", "expected 4 hexadecimal digits after \\u"}},
+       {"malformed safetensors header", "'\\u' must be followed by 4 hex digits"}},
       {"duplicate_name",
        with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}, "
                    "\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}}",
                    twelve_bytes),
-       {"tensor 'w' appears twice"}},
+       {"malformed safetensors header: the key 'w' appears twice in one object"}},
+      // Issue 13, row 9: what the reference reader refuses and the loader accepted before.
+      {"duplicate_field",  // the first dtype, I64, won before
+       with_header("{\"w\": {\"dtype\": \"I64\", \"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}",
+                   float_bytes({1, 2})),
+       {"malformed safetensors header: the key 'dtype' appears twice in one object"}},
+      {"overlapping_offsets",
+       with_header("{\"a\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}, "
+                   "\"b\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [4, 12]}}",
+                   twelve_bytes),
+       {"tensor 'b' has data_offsets [4, 12], expected them to begin at 12"}},
+      {"gapped_offsets",
+       with_header("{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}, "
+                   "\"b\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [8, 12]}}",
+                   twelve_bytes),
+       {"tensor 'b' has data_offsets [8, 12], expected them to begin at 4"}},
+      {"bytes_after_the_tensors",
+       with_header("{\"a\": {\"dtype\": \"F32\", \"shape\": [2], \"data_offsets\": [0, 8]}}", twelve_bytes),
+       {"the tensors' data ends at byte 8 of the 12-byte data section"}},
+      {"lone_surrogate",
+       with_header("{\"w\\ud800\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"malformed safetensors header", "surrogate"}},
+      {"invalid_utf8",
+       with_header("{\"w\xff\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"malformed safetensors header", "ill-formed UTF-8 byte"}},
+      {"raw_control_character",
+       with_header("{\"w\x01\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}}", twelve_bytes),
+       {"malformed safetensors header", "control character U+0001"}},
+      {"leading_zeros",
+       with_header("{\"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [00, 12]}}", twelve_bytes),
+       {"malformed safetensors header", "unexpected number literal"}},
+      {"metadata_not_an_object",
+       with_header("{\"__metadata__\": 5, \"w\": {\"dtype\": \"F32\", \"shape\": [3], \"data_offsets\": [0, 12]}}",
+                   twelve_bytes),
+       {"__metadata__ is 5, expected an object of strings"}},
+      {"metadata_not_strings",
+       with_header("{\"__metadata__\": {\"format\": 1}}", ""),
+       {"__metadata__ is {\"format\":1}, expected an object of strings"}},
+      {"header_over_the_format_limit",
+       with_header("{}", std::string(100'000'000, ' ')).replace(0, 8, int64_bytes(100'000'001)),
+       {"declares a 100000001-byte header", "at most 100000000"}},
       {"nested_too_deep",
        with_header(std::string(100000, '[') + std::string(100000, ']'), ""),
        {"malformed safetensors header", "nested deeper than"}},

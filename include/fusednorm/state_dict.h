@@ -3,7 +3,10 @@
 // "num_batches_tracked", with a "prefix." per layer), saved in the safetensors format: an 8-byte little-endian
 // header length, a JSON header {"name": {"dtype": "F32"|"I64", "shape": [...], "data_offsets": [begin, end]}},
 // then the raw little-endian data. Python reads it with safetensors.torch.load_file(path), and a PyTorch
-// model.state_dict() saved with safetensors.torch.save_file loads here.
+// model.state_dict() saved with safetensors.torch.save_file loads here: F32 and I64 tensors as they are, F16 and
+// BF16 ones widened to float32 (exactly; saving writes F32). Loading is as strict as the reference reader
+// (huggingface/safetensors): valid UTF-8 JSON without a key twice in one object, non-negative integer shapes and
+// offsets, the tensors' bytes back to back filling the data section, a header of at most 100 MB.
 #include <cstdint>
 #include <map>
 #include <string>
