@@ -15,7 +15,7 @@ SANITIZER_PRESETS ?= asan tsan
 # arm-64 Linux, run under qemu-aarch64 (all but the 2 GiB test). Their generator is the release build's.
 CROSS_PRESETS ?= aarch64
 
-.PHONY: all bootstrap configure build test bench tune clean
+.PHONY: all bootstrap configure build test bench tune fuzz clean
 all: build
 
 bootstrap:
@@ -57,6 +57,16 @@ TUNE_TABLE ?= $(BUILD)/bench/tuning.tsv
 TUNE_ARGS ?=
 tune: build
 	@$(BUILD)/bench/fusednorm_bench --tune --tuning-table $(TUNE_TABLE) $(TUNE_ARGS)
+
+# Fuzzing (tests/fuzz/README.md): the libFuzzer targets built by clang under ASan + UBSan (preset fuzz, build/fuzz),
+# each run for FUZZ_SECONDS, one per core at a time. `make test` runs the same targets over their seed corpus only.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= state_dict tuning call
+fuzz: bootstrap
+	@scripts/bootstrap.sh fuzz
+	@test -f build/fuzz/build.ninja || $(CMAKE) --preset fuzz >/dev/null
+	@$(CMAKE) --build --preset fuzz
+	@scripts/fuzz.sh build/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 clean:
 	rm -rf build

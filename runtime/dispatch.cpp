@@ -17,6 +17,10 @@
 #include "fusednorm/error.h"
 #include "runtime/tuning.h"
 
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
 namespace fusednorm {
 
 const char* to_string(Epilogue epilogue) {
@@ -73,6 +77,14 @@ constexpr Isa kAllIsas[] = {Isa::neon};
 #error "FusedNorm's runtime is built for x86-64 or arm-64"
 #endif
 
+#if defined(__x86_64__)
+// F16C (CPUID leaf 1, ECX bit 29): GCC's __builtin_cpu_supports knows it, clang 14's does not.
+bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C);
+}
+#endif
+
 // The features Halide's targets assume (see generators/CMakeLists.txt): avx512 is Halide's avx512_skylake;
 // neon is Halide's arm-64 baseline, Advanced SIMD, which every AArch64 Linux CPU has.
 bool cpu_supports(Isa isa) {
@@ -83,7 +95,7 @@ bool cpu_supports(Isa isa) {
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vl") && cpu_supports(Isa::avx2);
     case Isa::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c") &&
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c() &&
              cpu_supports(Isa::sse41);
     case Isa::sse41: return __builtin_cpu_supports("sse4.1");
     case Isa::neon: return false;
@@ -176,9 +188,10 @@ int parse_schedule(const std::string& text, const char* source) {
   if (found != names.end()) return static_cast<int>(found - names.begin());
   std::string expected = names.front();
   for (size_t i = 1; i < names.size(); i++) expected += (i + 1 == names.size() ? " or " : ", ") + names[i];
-  throw Error(fmt::format("{}: schedule is '{}', expected {} (the schedules this build has variants of; empty for "
-                          "hand)",
-                          source, text, expected));
+  throw Error(
+      fmt::format("{}: schedule is '{}', expected {} (the schedules this build has variants of; empty for "
+                  "hand)",
+                  source, text, expected));
 }
 
 std::atomic<int> verbose_override{-1};  // -1: follow FUSEDNORM_VERBOSE
@@ -324,13 +337,14 @@ std::string tuning_not_used(const Decision& d) {
   if (!d.table || d.tuned) return "";
   const TuningTable& t = *d.table;
   if (const std::string& schedule = d.settings.schedule; schedule != "hand") {
-    return fmt::format("table {} not consulted: schedule {} is set (set_schedule, FUSEDNORM_SCHEDULE), which "
-                       "takes precedence",
-                       t.source, schedule);
+    return fmt::format(
+        "table {} not consulted: schedule {} is set (set_schedule, FUSEDNORM_SCHEDULE), which "
+        "takes precedence",
+        t.source, schedule);
   }
   if (!d.untuned_like) return "";
-  const std::string where = fmt::format("class {}, working set {}", t.describe_class(d.shape_class),
-                                        format_bytes(d.working_set));
+  const std::string where =
+      fmt::format("class {}, working set {}", t.describe_class(d.shape_class), format_bytes(d.working_set));
   const std::vector<TuningTable::Candidate>* list = t.candidates(*d.untuned_like, d.shape_class);
   if (!list) {
     return fmt::format("table {} has no timed variant of {} in {}: the untuned choice", t.source,
@@ -420,12 +434,12 @@ const KernelVariant& select_variant(const VariantRequest& request) {
   }
   const std::string max_isa_text = d.settings.max_isa < 0 ? "" : to_string(static_cast<Isa>(d.settings.max_isa));
   if (const std::string& schedule = d.settings.schedule; schedule != "hand") {
-    throw Error(fmt::format("{}: no {} {} kernel of schedule {} for layout {}, epilogue {}{} runs on this CPU "
-                            "(max_isa '{}'); dispatch does not fall back to another schedule (set_schedule, "
-                            "FUSEDNORM_SCHEDULE; FUSEDNORM_VERBOSE=1 lists the candidates)",
-                            request.function, to_string(request.norm), to_string(request.direction), schedule,
-                            to_string(request.layout), to_string(request.epilogue), request.affine ? ", affine" : "",
-                            max_isa_text));
+    throw Error(fmt::format(
+        "{}: no {} {} kernel of schedule {} for layout {}, epilogue {}{} runs on this CPU "
+        "(max_isa '{}'); dispatch does not fall back to another schedule (set_schedule, "
+        "FUSEDNORM_SCHEDULE; FUSEDNORM_VERBOSE=1 lists the candidates)",
+        request.function, to_string(request.norm), to_string(request.direction), schedule, to_string(request.layout),
+        to_string(request.epilogue), request.affine ? ", affine" : "", max_isa_text));
   }
   throw Error(fmt::format("{}: no {} {} kernel for layout {}, epilogue {}{} runs on this CPU (max_isa '{}')",
                           request.function, to_string(request.norm), to_string(request.direction),

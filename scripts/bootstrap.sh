@@ -22,6 +22,10 @@ debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libgtest-dev libgmock-de
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
 fi
+# `scripts/bootstrap.sh fuzz` (make fuzz): clang with libFuzzer and its sanitizer runtimes.
+if [[ ${1:-} == fuzz ]]; then
+  debian_packages+=(clang libclang-rt-14-dev)
+fi
 # Any Python 3 with venv will do (a pyenv one included); Debian's only when there is none.
 if ! { command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null; }; then
   debian_packages+=(python3 python3-venv)
