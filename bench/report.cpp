@@ -32,10 +32,10 @@ bool same_operation(const Row& a, const Row& b) {
   return a.op == b.op && a.shape_name == b.shape_name && a.direction == b.direction;
 }
 
-// The naive baseline of the same op, shape, direction and layout.
+// The naive baseline of the same op, shape, direction and layout, if it was timed (a wrong result is not).
 const Row* baseline_of(const std::vector<Row>& rows, const Row& row) {
   for (const Row& r : rows) {
-    if (r.kind == "baseline" && same_operation(r, row) && r.layout == row.layout) return &r;
+    if (r.kind == "baseline" && r.error.empty() && same_operation(r, row) && r.layout == row.layout) return &r;
   }
   return nullptr;
 }
@@ -44,22 +44,22 @@ bool is_plain_layout(const std::optional<std::string>& layout) {
   return layout == "nchw" || layout == "nhwc" || layout == "rows";
 }
 
-// The fastest library row of the same op, shape and direction, on this row's plain layout or a blocked one.
+// The fastest timed library row of the same op, shape and direction, on this row's plain layout or a blocked one.
 const Row* library_of(const std::vector<Row>& rows, const Row& row) {
   const Row* best = nullptr;
   for (const Row& r : rows) {
-    if (r.kind != "library" || !same_operation(r, row)) continue;
+    if (r.kind != "library" || !r.error.empty() || !same_operation(r, row)) continue;
     if (r.layout != row.layout && is_plain_layout(r.layout)) continue;
     if (!best || r.timing.median_ms < best->timing.median_ms) best = &r;
   }
   return best;
 }
 
-// The library row of the same op, shape and direction on `layout` ("nchw", "nhwc", "rows", or "blocked": any
-// other).
+// The timed library row of the same op, shape and direction on `layout` ("nchw", "nhwc", "rows", or "blocked":
+// any other).
 const Row* library_row(const std::vector<Row>& rows, const Row& row, const std::string& layout) {
   for (const Row& r : rows) {
-    if (r.kind != "library" || !same_operation(r, row)) continue;
+    if (r.kind != "library" || !r.error.empty() || !same_operation(r, row)) continue;
     if (layout == "blocked" ? !is_plain_layout(r.layout) : r.layout == layout) return &r;
   }
   return nullptr;
@@ -126,7 +126,7 @@ std::vector<Line> table_lines(const std::vector<Row>& rows) {
   for (const Row& r : rows) {
     if (!r.error.empty()) {  // the error itself is in the footnote
       lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
-                       "refused", "-", "-", "-", "-", "-"});
+                       r.error.starts_with(kWrongResult) ? "wrong" : "refused", "-", "-", "-", "-", "-"});
       continue;
     }
     lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
@@ -163,8 +163,10 @@ std::string footnote(const std::vector<Row>& rows) {
   }
   for (const Row& r : rows) {
     if (r.error.empty()) continue;
-    text += fmt::format("\nrefused: {} {} {} {} {} {}: {}", r.impl, r.op, r.direction.value_or("-"),
-                        r.layout.value_or("-"), r.shape_name, shape_string(r.shape), r.error);
+    const bool wrong = r.error.starts_with(kWrongResult);
+    text += fmt::format("\n{}: {} {} {} {} {} {}: {}", wrong ? "wrong" : "refused", r.impl, r.op,
+                        r.direction.value_or("-"), r.layout.value_or("-"), r.shape_name, shape_string(r.shape),
+                        wrong ? r.error.substr(std::string_view(kWrongResult).size()) : r.error);
   }
   return text;
 }

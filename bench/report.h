@@ -10,6 +10,9 @@
 
 namespace fusednorm::bench {
 
+// How the error of a baseline row whose result failed the check begins ("wrong" in the table).
+inline constexpr const char* kWrongResult = "wrong result: ";
+
 struct Row {
   // "batch_norm", "batch_norm_relu", "layer_norm", "group_norm", or "copy" for the ceilings
   std::string op;
@@ -21,7 +24,8 @@ struct Row {
   std::string impl;                      // "fusednorm/hand/avx512", ".../inplace", "naive", "copy", "copy_nt"
   std::string kind;                      // "fusednorm", "baseline" (naive), "library" (oneDNN), "ceiling"
   std::string schedule;                  // fusednorm rows: "hand", "Mullapudi2016", "Li2018", "Adams2019"
-  // Why the row was not timed (an autoscheduled kernel refused the shape: its error); "" for a timed row.
+  // Why the row was not timed (an autoscheduled kernel refused the shape: its error; a baseline's result was
+  // wrong: kWrongResult and the check's message); "" for a timed row.
   std::string error;
   bool in_place = false;  // y written over x (output == input)
   std::string cache;      // "hot", "cold"

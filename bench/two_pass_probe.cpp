@@ -174,12 +174,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   omp_set_num_threads(threads);
-  std::printf("two-pass NCHW forward probe: %d threads, blocks of %lld KiB of x, last-level cache %lld MiB\n",
-              threads, static_cast<long long>(block_bytes >> 10),
-              static_cast<long long>(last_level_cache_bytes() >> 20));
+  std::printf("two-pass NCHW forward probe: %d threads, blocks of %lld KiB of x, last-level cache %lld MiB\n", threads,
+              static_cast<long long>(block_bytes >> 10), static_cast<long long>(last_level_cache_bytes() >> 20));
   std::printf("GB/s count x read + y written; x copy_nt = the row's GB/s over copy_nt's\n");
-  std::printf("%-16s %-20s %9s %9s %9s %9s %9s %9s\n", "shape", "", "copy", "copy_nt", "read", "two_pass",
-              "2pass_nt", "in_place");
+  std::printf("%-16s %-20s %9s %9s %9s %9s %9s %9s\n", "shape", "", "copy", "copy_nt", "read", "two_pass", "2pass_nt",
+              "in_place");
   volatile float sink = 0;
   for (const auto& named : fusednorm::shapes::resnet50_batch32()) {
     const int64_t n = named.shape[0], c = named.shape[1], s = named.shape[2] * named.shape[3];
@@ -202,7 +201,8 @@ int main(int argc, char** argv) {
     double t_copy = median_ms(sets, [&](int i) { copy<Store::regular>(xs[i].data, ys[i].data, count); });
     double t_copy_nt = median_ms(sets, [&](int i) { copy<Store::streaming>(xs[i].data, ys[i].data, count); });
     double t_read = median_ms(sets, [&](int i) { sink = read_all(xs[i].data, count); });
-    double t_two = median_ms(sets, [&](int i) { two_pass<Store::regular>(xs[i].data, ys[i].data, n, c, s, per_block); });
+    double t_two =
+        median_ms(sets, [&](int i) { two_pass<Store::regular>(xs[i].data, ys[i].data, n, c, s, per_block); });
     double t_two_nt =
         median_ms(sets, [&](int i) { two_pass<Store::streaming>(xs[i].data, ys[i].data, n, c, s, per_block); });
     // In place: the output of one run is the next run's input (x - mean has mean 0: the values stay finite).
