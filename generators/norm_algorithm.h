@@ -212,13 +212,16 @@ struct Affine {
   }
 };
 
-// y from the normalized value v (and the residual z for add_relu). ReLU is written as a select so that a NaN
-// v stays NaN, as torch.relu keeps it.
+// y from the normalized value v (and the residual z for add_relu). A NaN v stays NaN, as torch.relu keeps it:
+// Halide simplifies select(v < 0, 0, v) to max(v, 0), which gives 0 for NaN on x86 (the fuzz target call found
+// it), so NaN is selected explicitly (is_nan is evaluated strictly whatever the target's float mode).
+inline Halide::Expr relu(Halide::Expr v) { return Halide::select(Halide::is_nan(v), v, Halide::max(v, 0.0f)); }
+
 inline Halide::Expr apply_epilogue(Epilogue epilogue, Halide::Expr v, Halide::Expr z) {
   using namespace Halide;
   switch (epilogue) {
-    case Epilogue::relu: return select(v < 0.0f, 0.0f, v);
-    case Epilogue::add_relu: return select(v + z < 0.0f, 0.0f, v + z);
+    case Epilogue::relu: return relu(v);
+    case Epilogue::add_relu: return relu(v + z);
     case Epilogue::silu: return v / (1.0f + exp(-v));
     case Epilogue::none: break;
   }

@@ -691,7 +691,7 @@ TEST_P(EvaluationTest, ForwardAndBackward) {
 
 // ---------------------------------------------------------------------------------------------------------
 // Hard numerics, for each norm of the family (batch_norm_test.cpp has BatchNorm's), layout, instruction set and
-// affine, without an epilogue.
+// affine, without an epilogue; then every variant with ReLU or add + ReLU, BatchNorm's too.
 
 class HardNumericsTest : public VariantTest {
  protected:
@@ -707,6 +707,13 @@ class HardNumericsTest : public VariantTest {
 };
 INSTANTIATE_TEST_SUITE_P(Built, HardNumericsTest, ::testing::ValuesIn(matrix([](const Variant& v) {
                            return v.norm != Norm::batch && v.epilogue == Epilogue::none;
+                         })),
+                         case_name);
+// The same with ReLU and add + ReLU, BatchNorm's included: a NaN goes through ReLU as NaN, as torch.relu keeps it
+// (the fuzz target call found BatchNorm + ReLU turning it into 0). Not SiLU: on the mean-1e4-sigma input its y is
+// 1.6e-5 off (GroupNorm NHWC avx2), above the 1e-5 bound, which the bound's derivation does not cover yet.
+INSTANTIATE_TEST_SUITE_P(Epilogues, HardNumericsTest, ::testing::ValuesIn(matrix([](const Variant& v) {
+                           return v.epilogue == Epilogue::relu || v.epilogue == Epilogue::add_relu;
                          })),
                          case_name);
 
