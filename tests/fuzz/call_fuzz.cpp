@@ -71,6 +71,10 @@ struct Call {
   std::optional<TensorView> sized(std::vector<float>& storage, int64_t expected, const char* name) {
     const int kind = static_cast<int>(in.below(6));
     if (kind < 2) return std::nullopt;
+    if (expected < 0) {  // from a negative num_groups, which the call must refuse anyway
+      refuse_if(true, name);
+      expected = 0;
+    }
     const int64_t n = kind == 5 ? expected + 1 : kind == 4 ? std::max<int64_t>(expected - 1, 0) : expected;
     refuse_if(n != expected, name);
     return TensorView(storage.data(), {n});

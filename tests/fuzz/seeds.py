@@ -108,5 +108,5 @@ for op, name in enumerate(["batch_norm", "group_norm", "layer_norm"]):
     for k in range(4):
         write("call", "row1_row3_wrapping_shape_%s_%d" % (name, k), bytes([op, 15, k]) + bytes(48))
 write("call", "row11_one_value_per_channel", bytes([0, 1, 1, 2, 1]) + bytes(64))
-# batch_norm_add_relu_keeps_nan is libFuzzer's own input (BatchNorm + add + ReLU in evaluation gave 0 for a NaN x,
-# where torch.relu keeps NaN), kept as it found it rather than written here.
+# Kept as libFuzzer found them rather than written here: batch_norm_add_relu_keeps_nan (BatchNorm + add + ReLU in
+# evaluation gave 0 for a NaN x, where torch.relu keeps NaN) and group_norm_negative_groups (num_groups -1).
