@@ -214,8 +214,12 @@ struct Affine {
 
 // y from the normalized value v (and the residual z for add_relu). A NaN v stays NaN, as torch.relu keeps it:
 // Halide simplifies select(v < 0, 0, v) to max(v, 0), which gives 0 for NaN on x86 (the fuzz target call found
-// it), so NaN is selected explicitly (is_nan is evaluated strictly whatever the target's float mode).
-inline Halide::Expr relu(Halide::Expr v) { return Halide::select(Halide::is_nan(v), v, Halide::max(v, 0.0f)); }
+// it), so NaN is selected explicitly. is_nan evaluates its argument strictly; v is made strict for both uses so
+// that it is computed once.
+inline Halide::Expr relu(const Halide::Expr& v) {
+  const Halide::Expr strict = Halide::strict_float(v);
+  return Halide::select(Halide::is_nan(strict), strict, Halide::max(strict, 0.0f));
+}
 
 inline Halide::Expr apply_epilogue(Epilogue epilogue, Halide::Expr v, Halide::Expr z) {
   using namespace Halide;
