@@ -11,5 +11,3 @@ set(CMAKE_LIBRARY_ARCHITECTURE aarch64-linux-gnu)
 # Test discovery (gtest_discover_tests) and ctest run the aarch64 binaries through user-mode emulation; their
 # loader and shared libraries are Debian's arm64 ones, in the multiarch paths the binaries name.
 set(CMAKE_CROSSCOMPILING_EMULATOR qemu-aarch64)
-# Halide loads its Python bindings with its package; they are the host's, and a cross build needs none.
-set(CMAKE_DISABLE_FIND_PACKAGE_Halide_Python TRUE)
