@@ -119,6 +119,13 @@ std::vector<BenchShape> shape_list(const std::string& name) {
   throw Error(fmt::format("fusednorm_bench: no shape list '{}'", name));
 }
 
+std::optional<int64_t> positive_integer(std::string_view text) {
+  int64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < 1) return std::nullopt;
+  return value;
+}
+
 namespace {
 
 std::vector<std::string_view> split(std::string_view text, char separator) {
@@ -129,14 +136,6 @@ std::vector<std::string_view> split(std::string_view text, char separator) {
     if (at == std::string_view::npos) return fields;
     text = text.substr(at + 1);
   }
-}
-
-// A positive decimal integer, the whole field.
-std::optional<int64_t> positive(std::string_view text) {
-  int64_t value = 0;
-  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < 1) return std::nullopt;
-  return value;
 }
 
 template <typename T, typename Name>
@@ -186,7 +185,7 @@ BenchShape parse_problem(std::string_view spec) {
       .name = std::string(fields[3]), .shape = {}, .ops = {*op}, .direction = direction, .layout = layout};
   int64_t numel = 1;
   for (std::string_view extent : split(fields[3], 'x')) {
-    const std::optional<int64_t> value = positive(extent);
+    const std::optional<int64_t> value = positive_integer(extent);
     if (!value) throw fail(fmt::format("SHAPE has the extent '{}', expected a positive integer", extent));
     if (__builtin_mul_overflow(numel, *value, &numel)) throw fail("SHAPE has more elements than int64 holds");
     problem.shape.push_back(*value);
@@ -197,7 +196,7 @@ BenchShape parse_problem(std::string_view spec) {
 
   const std::string_view extra = fields.size() == 5 ? fields[4] : std::string_view();
   if (*op == Op::group_norm) {
-    const std::optional<int64_t> groups = extra.starts_with('g') ? positive(extra.substr(1)) : std::nullopt;
+    const std::optional<int64_t> groups = extra.starts_with('g') ? positive_integer(extra.substr(1)) : std::nullopt;
     if (!groups) throw fail(fmt::format("group_norm needs :gGROUPS (for example :g32), got '{}'", extra));
     if (problem.shape[1] % *groups != 0) {
       throw fail(fmt::format("{} groups do not divide C = {}", *groups, problem.shape[1]));
@@ -206,7 +205,7 @@ BenchShape parse_problem(std::string_view spec) {
     problem.name += fmt::format(".g{}", *groups);
   } else if (*op == Op::layer_norm) {
     const std::optional<int64_t> dims = extra.empty()            ? 1
-                                        : extra.starts_with('d') ? positive(extra.substr(1))
+                                        : extra.starts_with('d') ? positive_integer(extra.substr(1))
                                                                  : std::nullopt;
     if (!dims || *dims >= rank) {
       throw fail(fmt::format("layer_norm takes :dDIMS, the trailing dimensions normalized (1 to {}), got '{}'",

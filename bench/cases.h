@@ -61,6 +61,9 @@ std::vector<std::string> default_shape_lists(bool quick);
 // A list by name (one of shape_list_names()); throws fusednorm::Error for another.
 std::vector<BenchShape> shape_list(const std::string& name);
 
+// A positive decimal integer that is the whole of text (the command line's counts and extents), or nullopt.
+std::optional<int64_t> positive_integer(std::string_view text);
+
 // A problem given on the command line, benchdnn-style: "OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS]", for example
 // "batch_norm:forward_training:nhwc:32x64x112x112", "group_norm:backward:nchw:8x320x64x64:g32",
 // "layer_norm:forward_training:rows:8192x1024" (the last dimension normalized; ":d2" the last two). SHAPE is

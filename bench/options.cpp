@@ -4,8 +4,9 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cstdlib>
+#include <limits>
+#include <optional>
 #include <string_view>
 
 #include "bench/cases.h"
@@ -63,12 +64,11 @@ each by the hand schedule and every autoscheduler built; the forwards also in pl
 }
 
 int positive_int(std::string_view flag, std::string_view text) {
-  int value = 0;
-  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (error != std::errc() || end != text.data() + text.size() || value < 1) {
+  const std::optional<int64_t> value = positive_integer(text);
+  if (!value || *value > std::numeric_limits<int>::max()) {
     usage_error(fmt::format("{} is '{}', expected a positive integer", flag, text));
   }
-  return value;
+  return static_cast<int>(*value);
 }
 
 std::vector<std::string> shape_lists(std::string_view flag, std::string_view text) {
