@@ -21,15 +21,6 @@ const char* to_string(Op op) {
   return "?";
 }
 
-const char* to_string(Direction direction) {
-  switch (direction) {
-    case Direction::forward_training: return "forward_training";
-    case Direction::forward_inference: return "forward_inference";
-    case Direction::backward: return "backward";
-  }
-  return "?";
-}
-
 const char* norm_name(Op op) {
   switch (op) {
     case Op::batch_norm:
@@ -166,11 +157,11 @@ BenchShape parse_problem(std::string_view spec) {
   }
   const std::vector<Direction> op_directions = directions(*op);
   const std::optional<Direction> direction =
-      by_name(fields[1], op_directions, [](Direction d) { return std::string(to_string(d)); });
+      by_name(fields[1], op_directions, [](Direction d) { return std::string(name(d)); });
   if (!direction) {
     throw fail(
         fmt::format("DIRECTION is '{}', expected one of {} for {}", fields[1],
-                    fmt::join(op_directions | std::views::transform([](Direction d) { return to_string(d); }), ", "),
+                    fmt::join(op_directions | std::views::transform([](Direction d) { return name(d); }), ", "),
                     to_string(*op)));
   }
   const std::vector<Layout> op_layouts = layouts(*op);

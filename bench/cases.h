@@ -14,10 +14,9 @@
 namespace fusednorm::bench {
 
 enum class Op { batch_norm, batch_norm_relu, layer_norm, group_norm };
-enum class Direction { forward_training, forward_inference, backward };
+using fusednorm::Direction;
 
 const char* to_string(Op op);
-const char* to_string(Direction direction);
 
 // The norm of dispatch's variant names ("batch_norm" for both BatchNorm ops) and the epilogue fused after it.
 const char* norm_name(Op op);

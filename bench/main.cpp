@@ -59,7 +59,7 @@ std::vector<BenchShape> benchmark_shapes(const Options& options) {
 bool selected(const Options& options, const BenchShape& shape, Op op, Layout layout, Direction direction) {
   if (shape.direction.value_or(direction) != direction || shape.layout.value_or(layout) != layout) return false;
   const std::string key =
-      fmt::format("{}/{}/{}/{}", to_string(op), to_string(direction), layout_name(op, layout), shape.name);
+      fmt::format("{}/{}/{}/{}", to_string(op), name(direction), layout_name(op, layout), shape.name);
   return key.find(options.filter) != std::string::npos;
 }
 
@@ -228,7 +228,7 @@ class Benchmark {
                     const CacheRegime& in_place) {
     const Op op = problem.op;
     const std::string what =
-        fmt::format("{} {} {} {}", problem.shape.name, to_string(op), problem.layout_name(), to_string(direction));
+        fmt::format("{} {} {} {}", problem.shape.name, to_string(op), problem.layout_name(), name(direction));
     progress_.status(what + ": computing the float64 reference");
     verifier.prepare(direction);
     std::vector<Implementation> implementations = {fusednorm_implementation(op, direction, problem.layout)};
@@ -266,7 +266,7 @@ class Benchmark {
       if (impl.in_place) problem.refill_in_place(row_regime.buffer_sets);
       row.op = to_string(op);
       row.epilogue = fusednorm::to_string(epilogue(op));
-      row.direction = to_string(direction);
+      row.direction = name(direction);
       // A blocked oneDNN row is reported under its own layout ("nChw16c"), not the case's.
       row.layout = impl.name.starts_with("onednn/") ? impl.name.substr(7) : problem.layout_name();
       row.impl = impl.name;

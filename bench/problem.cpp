@@ -324,7 +324,7 @@ namespace {
 const VariantInfo* variant_for(const std::vector<VariantInfo>& all, Op op, Direction direction, Layout layout,
                                const std::string& schedule) {
   for (const VariantInfo& v : all) {
-    if (v.schedule == schedule && v.norm == norm_name(op) && v.direction == to_string(direction) &&
+    if (v.schedule == schedule && v.norm == norm_name(op) && v.direction == name(direction) &&
         v.layout == fusednorm::to_string(layout) && v.epilogue == fusednorm::to_string(epilogue(op)) && v.affine &&
         v.runs_here) {
       return &v;
@@ -338,7 +338,7 @@ const VariantInfo* variant_for(const std::vector<VariantInfo>& all, Op op, Direc
 Implementation fusednorm_implementation(Op op, Direction direction, Layout layout, bool in_place,
                                         const std::string& schedule) {
   if (in_place && !has_in_place_row(direction)) {
-    throw Error(fmt::format("fusednorm_bench: {} {} has no in-place form", to_string(op), to_string(direction)));
+    throw Error(fmt::format("fusednorm_bench: {} {} has no in-place form", to_string(op), name(direction)));
   }
   const std::vector<VariantInfo> all = variants();
   if (const VariantInfo* v = variant_for(all, op, direction, layout, schedule)) {
@@ -353,7 +353,7 @@ Implementation fusednorm_implementation(Op op, Direction direction, Layout layou
   throw Error(
       fmt::format("fusednorm_bench: no affine {} {} {} kernel of schedule {} was built that runs on this "
                   "CPU (max_isa '{}')",
-                  to_string(op), to_string(direction), layout_name(op, layout), schedule, max_isa()));
+                  to_string(op), name(direction), layout_name(op, layout), schedule, max_isa()));
 }
 
 std::vector<std::string> autoscheduled_schedules(Op op, Direction direction, Layout layout) {

@@ -75,9 +75,9 @@ Epilogue epilogue_named(const std::string& name) {
   throw Error(fmt::format("fusednorm_bench --tune: unknown epilogue '{}'", name));
 }
 
-detail::Direction direction_named(const std::string& name) {
-  for (detail::Direction d :
-       {detail::Direction::forward_training, detail::Direction::forward_inference, detail::Direction::backward}) {
+Direction direction_named(const std::string& name) {
+  for (Direction d :
+       {Direction::forward_training, Direction::forward_inference, Direction::backward}) {
     if (name == detail::to_string(d)) return d;
   }
   throw Error(fmt::format("fusednorm_bench --tune: unknown direction '{}'", name));

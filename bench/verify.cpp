@@ -129,7 +129,7 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
       throw VerificationError(fmt::format(
           "verification failed: {} {} {} {} {} {}: {} differs from the float64 reference by {:.3g} "
           "(max |{} - reference| / max |reference|), expected < {:g}",
-          to_string(problem_.op), to_string(direction), problem_.layout_name(), problem_.shape.name,
+          to_string(problem_.op), name(direction), problem_.layout_name(), problem_.shape.name,
           shape_string(problem_.shape.shape), implementation.name, c.output, c.error, c.output, kTolerance));
     }
   }

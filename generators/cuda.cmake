@@ -49,8 +49,8 @@ foreach (kernel IN LISTS fusednorm_cuda_kernels)
         list(APPEND cuda_kernel_targets ${name})
         string(APPEND cuda_includes "#include \"${name}.h\"\n")
         string(APPEND cuda_rows
-          "    {Norm::${norm}, Direction::${direction}, Layout::${layout}, Epilogue::${epilogue}, true, "
-          "Isa::sse41, \"cuda\", \"${name}\", &${name}_argv, &${name}_metadata},\n")
+          "    {Norm::${norm}, Direction::${direction}, Layout::${layout}, Epilogue::${epilogue}, true, DType::float32, Backend::cuda, "
+          "Isa::cuda, \"hand\", \"${name}\", &${name}_argv, &${name}_metadata},\n")
       endforeach ()
     endforeach ()
   endforeach ()

@@ -17,7 +17,7 @@ namespace {
 constexpr const char* kFunction = "batch_norm";
 
 detail::KernelSettings settings(const BatchNormOptions& options) {
-  return {.norm = detail::Norm::batch, .epilogue = options.epilogue, .eps = options.eps, .training = options.training};
+  return {.norm = Norm::batch, .epilogue = options.epilogue, .eps = options.eps, .training = options.training};
 }
 
 void forward_training(const BatchNormForwardTensors& t, const detail::CallTensors& all, const BatchNormOptions& options,
@@ -53,8 +53,8 @@ void forward_training(const BatchNormForwardTensors& t, const detail::CallTensor
 
 void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& options) {
   const detail::CallTensors all = detail::tensors_of(t);
-  const detail::Geometry g = detail::check_channels_call(kFunction, all, detail::Direction::forward_training,
-                                                         detail::Norm::batch, options.epilogue);
+  const detail::Geometry g = detail::check_channels_call(kFunction, all, Direction::forward_training,
+                                                         Norm::batch, options.epilogue);
   detail::check_both_or_neither(kFunction, "running_mean", t.running_mean, "running_var", t.running_var);
   detail::check_eps(kFunction, options.eps);
   if (options.training) {
@@ -73,7 +73,7 @@ void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions
 void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& options) {
   const detail::CallTensors all = detail::tensors_of(t);
   const detail::Geometry g =
-      detail::check_channels_call(kFunction, all, detail::Direction::backward, detail::Norm::batch, options.epilogue);
+      detail::check_channels_call(kFunction, all, Direction::backward, Norm::batch, options.epilogue);
   // As the training forward refuses it: one value per channel has no batch statistics to differentiate.
   if (options.training) detail::check_more_than_one(kFunction, g.count(), "value per channel", g);
   detail::check_backward_statistics(kFunction, all, options.training, options.eps, "training");

@@ -61,6 +61,7 @@ const char* to_string(Isa isa) {
     case Isa::avx2: return "avx2";
     case Isa::sse41: return "sse41";
     case Isa::neon: return "neon";
+    case Isa::cuda: return "cuda";
   }
   return "?";
 }
@@ -98,7 +99,8 @@ bool cpu_supports(Isa isa) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && cpu_has_f16c() &&
              cpu_supports(Isa::sse41);
     case Isa::sse41: return __builtin_cpu_supports("sse4.1");
-    case Isa::neon: return false;
+    case Isa::neon:
+    case Isa::cuda: return false;
   }
   return false;
 #else

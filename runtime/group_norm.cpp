@@ -14,23 +14,23 @@ namespace {
 constexpr const char* kFunction = "group_norm";
 
 detail::KernelSettings settings(const GroupNormOptions& options) {
-  return {.norm = detail::Norm::group, .epilogue = options.epilogue, .eps = options.eps, .groups = options.num_groups};
+  return {.norm = Norm::group, .epilogue = options.epilogue, .eps = options.eps, .groups = options.num_groups};
 }
 
 }  // namespace
 
 void group_norm_forward(const GroupNormForwardTensors& t, const GroupNormOptions& options) {
   const detail::CallTensors all = detail::tensors_of(t);
-  const detail::Geometry g = detail::check_channels_call(kFunction, all, detail::Direction::forward_training,
-                                                         detail::Norm::group, options.epilogue, options.num_groups);
+  const detail::Geometry g = detail::check_channels_call(kFunction, all, Direction::forward_training,
+                                                         Norm::group, options.epilogue, options.num_groups);
   detail::check_eps(kFunction, options.eps);
   detail::run_forward_training(kFunction, all, settings(options), g);
 }
 
 void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptions& options) {
   const detail::CallTensors all = detail::tensors_of(t);
-  const detail::Geometry g = detail::check_channels_call(kFunction, all, detail::Direction::backward,
-                                                         detail::Norm::group, options.epilogue, options.num_groups);
+  const detail::Geometry g = detail::check_channels_call(kFunction, all, Direction::backward,
+                                                         Norm::group, options.epilogue, options.num_groups);
   // SiLU's derivative needs v = xhat * weight + bias, recomputed in the backward; no other epilogue reads bias.
   if (t.bias && options.epilogue != Epilogue::silu) {
     throw Error(

@@ -15,7 +15,7 @@ namespace {
 constexpr const char* kFunction = "instance_norm";
 
 detail::KernelSettings settings(const InstanceNormOptions& options) {
-  return {.norm = options.use_input_stats ? detail::Norm::instance : detail::Norm::batch,
+  return {.norm = options.use_input_stats ? Norm::instance : Norm::batch,
           .eps = options.eps,
           .momentum = static_cast<float>(options.momentum),
           .training = options.use_input_stats};
@@ -26,7 +26,7 @@ detail::KernelSettings settings(const InstanceNormOptions& options) {
 void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& options) {
   const detail::CallTensors all = detail::tensors_of(t);
   const detail::Geometry g =
-      detail::check_channels_call(kFunction, all, detail::Direction::forward_training, detail::Norm::instance);
+      detail::check_channels_call(kFunction, all, Direction::forward_training, Norm::instance);
   detail::check_both_or_neither(kFunction, "running_mean", t.running_mean, "running_var", t.running_var);
   detail::check_eps(kFunction, options.eps);
   if (options.use_input_stats) {
@@ -63,7 +63,7 @@ void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNo
 void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& options) {
   const detail::CallTensors all = detail::tensors_of(t);
   const detail::Geometry g =
-      detail::check_channels_call(kFunction, all, detail::Direction::backward, detail::Norm::instance);
+      detail::check_channels_call(kFunction, all, Direction::backward, Norm::instance);
   detail::check_backward_statistics(kFunction, all, options.use_input_stats, options.eps, "use_input_stats");
   detail::run_backward(kFunction, all, settings(options), g);
 }

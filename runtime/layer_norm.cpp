@@ -13,7 +13,7 @@ namespace fusednorm {
 namespace {
 
 template <typename Tensors>
-void forward(const char* function, detail::Norm norm, const Tensors& t, const std::vector<int64_t>& normalized_shape,
+void forward(const char* function, Norm norm, const Tensors& t, const std::vector<int64_t>& normalized_shape,
              double eps) {
   const detail::CallTensors all = detail::tensors_of(t);
   const detail::Geometry g = detail::check_rows_call(function, all, normalized_shape);
@@ -22,7 +22,7 @@ void forward(const char* function, detail::Norm norm, const Tensors& t, const st
 }
 
 template <typename Tensors>
-void backward(const char* function, detail::Norm norm, const Tensors& t, const std::vector<int64_t>& normalized_shape) {
+void backward(const char* function, Norm norm, const Tensors& t, const std::vector<int64_t>& normalized_shape) {
   const detail::CallTensors all = detail::tensors_of(t);
   const detail::Geometry g = detail::check_rows_call(function, all, normalized_shape);
   detail::run_backward(function, all, {.norm = norm}, g);
@@ -34,19 +34,19 @@ double rms_eps(const RMSNormOptions& options) { return options.eps ? *options.ep
 }  // namespace
 
 void layer_norm_forward(const LayerNormForwardTensors& t, const LayerNormOptions& options) {
-  forward("layer_norm", detail::Norm::layer, t, options.normalized_shape, options.eps);
+  forward("layer_norm", Norm::layer, t, options.normalized_shape, options.eps);
 }
 
 void layer_norm_backward(const LayerNormBackwardTensors& t, const LayerNormOptions& options) {
-  backward("layer_norm", detail::Norm::layer, t, options.normalized_shape);
+  backward("layer_norm", Norm::layer, t, options.normalized_shape);
 }
 
 void rms_norm_forward(const RMSNormForwardTensors& t, const RMSNormOptions& options) {
-  forward("rms_norm", detail::Norm::rms, t, options.normalized_shape, rms_eps(options));
+  forward("rms_norm", Norm::rms, t, options.normalized_shape, rms_eps(options));
 }
 
 void rms_norm_backward(const RMSNormBackwardTensors& t, const RMSNormOptions& options) {
-  backward("rms_norm", detail::Norm::rms, t, options.normalized_shape);
+  backward("rms_norm", Norm::rms, t, options.normalized_shape);
 }
 
 }  // namespace fusednorm

@@ -3,11 +3,13 @@
 // when the list is first read, so the KernelVariant references dispatch and tuning tables keep stay valid.
 #include <HalideRuntime.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 #include <deque>
 #include <iterator>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,28 +39,17 @@ Registry& registry() {
   return r;
 }
 
-template <typename Enum, size_t N>
-Enum parse(const char* field, const char* value, const std::pair<const char*, Enum> (&names)[N], const char* name) {
-  std::string expected;
-  for (const auto& [text, e] : names) {
-    if (value && std::string_view(value) == text) return e;
-    expected += (expected.empty() ? "" : ", ") + std::string(text);
+// A registration's field as the enum it names (fusednorm/kinds.h), or an Error listing the words it may be.
+template <typename Enum>
+Enum parse(const char* field, const char* value, const char* name) {
+  if (value) {
+    if (std::optional<Enum> e = parse_kind<Enum>(value)) return *e;
   }
+  std::vector<std::string_view> expected;
+  for (const auto& [word, e] : all_names<Enum>()) expected.push_back(word);
   throw Error(fmt::format("register_kernels: kernel {} has {} '{}', expected one of {}", name, field,
-                          value ? value : "(null)", expected));
+                          value ? value : "(null)", fmt::join(expected, ", ")));
 }
-
-constexpr std::pair<const char*, Norm> kNorms[] = {{"batch", Norm::batch},
-                                                   {"instance", Norm::instance},
-                                                   {"group", Norm::group},
-                                                   {"layer", Norm::layer},
-                                                   {"rms", Norm::rms}};
-constexpr std::pair<const char*, Direction> kDirections[] = {{"forward_training", Direction::forward_training},
-                                                             {"forward_inference", Direction::forward_inference},
-                                                             {"backward", Direction::backward}};
-constexpr std::pair<const char*, Layout> kLayouts[] = {{"nchw", Layout::nchw}, {"nhwc", Layout::nhwc}};
-constexpr std::pair<const char*, Epilogue> kEpilogues[] = {
-    {"none", Epilogue::none}, {"relu", Epilogue::relu}, {"add_relu", Epilogue::add_relu}, {"silu", Epilogue::silu}};
 
 // The instruction set a Halide target string asks of the CPU, in this runtime's terms: x86-64 targets with any
 // AVX-512 feature need avx512, with AVX2 avx2, the others sse41 (the x86-64 baseline this runtime assumes).
@@ -90,11 +81,13 @@ KernelVariant checked(const KernelRegistration& k) {
   if (!k.call_argv || !k.metadata) {
     throw Error(fmt::format("register_kernels: kernel {} has no {}", name, k.call_argv ? "metadata" : "call_argv"));
   }
-  KernelVariant v{parse("norm", k.norm, kNorms, name),
-                  parse("direction", k.direction, kDirections, name),
-                  parse("layout", k.layout, kLayouts, name),
-                  parse("epilogue", k.epilogue, kEpilogues, name),
+  KernelVariant v{parse<Norm>("norm", k.norm, name),
+                  parse<Direction>("direction", k.direction, name),
+                  parse<Layout>("layout", k.layout, name),
+                  parse<Epilogue>("epilogue", k.epilogue, name),
                   k.affine,
+                  DType::float32,
+                  Backend::cpu,
                   Isa::sse41,
                   k.schedule,
                   name,

@@ -2134,7 +2134,7 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
     for (Layout layout : {Layout::nchw, Layout::nhwc}) {
       for (bool affine : {false, true}) {
         const detail::KernelVariant& variant =
-            detail::select_variant({"layers_test", detail::Direction::forward_training, layout, affine});
+            detail::select_variant({"layers_test", Direction::forward_training, layout, affine});
         SCOPED_TRACE(variant.name);
         // (extent, stride) innermost first, as the kernels index x: (S, C, N) or (C, S, N).
         auto view = [&](float* data, int64_t batches) {

@@ -143,11 +143,13 @@ TEST(TuningTableTest, RanksTheTimedVariantsOfAKernelAndClass) {
   const detail::TuningTable t =
       parse(header() + row(vs[0].name, "cache", "2", "ok") + row(vs[1].name, "cache", "1", "fastest") +
             row(vs[0].name, "llc", "-", "wrong some.shape: y has error 1"));
-  const detail::KernelVariant like{detail::Norm::batch,
-                                   detail::Direction::forward_training,
+  const detail::KernelVariant like{Norm::batch,
+                                   Direction::forward_training,
                                    Layout::nchw,
                                    Epilogue::none,
                                    true,
+                                   DType::float32,
+                                   Backend::cpu,
                                    detail::Isa::sse41,
                                    "hand",
                                    "",
@@ -245,7 +247,6 @@ TEST(TuningTableTest, AMalformedFileFromTheEnvironmentIsAnError) {
 }
 
 TEST(ShapeClassTest, WorkingSetCountsTheTensorsShapedLikeX) {
-  using detail::Direction;
   EXPECT_EQ(detail::working_set_bytes(Direction::forward_training, Epilogue::none, 1000), 8000);
   EXPECT_EQ(detail::working_set_bytes(Direction::forward_inference, Epilogue::relu, 1000), 8000);
   EXPECT_EQ(detail::working_set_bytes(Direction::forward_training, Epilogue::add_relu, 1000), 12000);  // + z

@@ -6,15 +6,11 @@
 #include <string>
 #include <vector>
 
+#include "fusednorm/kinds.h"
+
 namespace fusednorm {
 
-enum class DType { float32 };
 enum class Device { cpu };
-
-// How the channel axis (dimension 1 of (N, C, *spatial)) is laid out in memory.
-//   nchw: contiguous, spatial innermost (PyTorch's contiguous_format).
-//   nhwc: channels innermost (PyTorch's channels_last / channels_last_3d).
-enum class Layout { nchw, nhwc };
 
 const char* to_string(Layout layout);
 
