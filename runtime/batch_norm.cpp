@@ -7,10 +7,13 @@
 
 #include <limits>
 
+#include "runtime/functional.h"
 #include "runtime/norm_common.h"
 #include "runtime/norm_kernels.h"
 
 namespace fusednorm {
+
+namespace detail {
 
 namespace {
 
@@ -20,8 +23,8 @@ detail::KernelSettings settings(const BatchNormOptions& options) {
   return {.norm = Norm::batch, .epilogue = options.epilogue, .eps = options.eps, .training = options.training};
 }
 
-void forward_training(const BatchNormForwardTensors& t, const detail::CallTensors& all, const BatchNormOptions& options,
-                      const detail::Geometry& g) {
+void forward_training(const BatchNormForwardTensors& t, const TensorRefs& all, const BatchNormOptions& options,
+                      const Geometry& g, BackendContext& backend) {
   detail::check_more_than_one(kFunction, g.count(), "value per channel", g);
   if (options.momentum) {
     detail::check_momentum(kFunction, *options.momentum, " (or std::nullopt for a cumulative moving average)");
@@ -45,20 +48,20 @@ void forward_training(const BatchNormForwardTensors& t, const detail::CallTensor
   if (options.running_variance_update == RunningVarianceUpdate::unbiased) {
     s.running_var_correction = static_cast<float>(count / (count - 1.0));
   }
-  detail::run_forward_training(kFunction, all, s, g);
+  detail::run_forward_training(kFunction, all, s, g, backend);
   if (t.running_mean && t.num_batches_tracked) *t.num_batches_tracked = batches;
 }
 
 }  // namespace
 
-void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& options) {
-  const detail::CallTensors all = detail::tensors_of(t);
+void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& options, BackendContext& backend) {
+  const TensorRefs all = refs_of(t);
   const detail::Geometry g = detail::check_channels_call(kFunction, all, Direction::forward_training,
                                                          Norm::batch, options.epilogue);
-  detail::check_both_or_neither(kFunction, "running_mean", t.running_mean, "running_var", t.running_var);
+  detail::check_both_or_neither(kFunction, "running_mean", all.running_mean, "running_var", all.running_var);
   detail::check_eps(kFunction, options.eps);
   if (options.training) {
-    forward_training(t, all, options, g);
+    forward_training(t, all, options, g, backend);
     return;
   }
   if (!t.running_mean) {
@@ -67,17 +70,30 @@ void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions
                     "false) normalizes with the running statistics",
                     kFunction));
   }
-  detail::run_forward_inference(kFunction, all, settings(options), g);
+  detail::run_forward_inference(kFunction, all, settings(options), g, backend);
 }
 
-void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& options) {
-  const detail::CallTensors all = detail::tensors_of(t);
+void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& options,
+                         BackendContext& backend) {
+  const TensorRefs all = refs_of(t);
   const detail::Geometry g =
       detail::check_channels_call(kFunction, all, Direction::backward, Norm::batch, options.epilogue);
   // As the training forward refuses it: one value per channel has no batch statistics to differentiate.
   if (options.training) detail::check_more_than_one(kFunction, g.count(), "value per channel", g);
   detail::check_backward_statistics(kFunction, all, options.training, options.eps, "training");
-  detail::run_backward(kFunction, all, settings(options), g);
+  detail::run_backward(kFunction, all, settings(options), g, backend);
+}
+
+}  // namespace detail
+
+void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& options) {
+  detail::CpuContext cpu;
+  detail::batch_norm_forward(t, options, cpu);
+}
+
+void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& options) {
+  detail::CpuContext cpu;
+  detail::batch_norm_backward(t, options, cpu);
 }
 
 }  // namespace fusednorm

@@ -1,7 +1,8 @@
 #pragma once
 // Every tensor a call of any norm may have, under the member names the public ...Tensors structs share (the names
-// messages use), and the conversions both ways: the runtime's checks and kernel calls read a call's tensors from
-// one CallTensors whatever its norm, and tests describe a call once and make it with any norm's function.
+// messages use). TensorRefs points at a call's tensors where they are (the runtime's checks and kernel calls read
+// them through it whatever the norm, copying nothing); CallTensors holds them, so that tests describe a call once
+// and make it with any norm's function (convert_tensors).
 #include <optional>
 
 #include "fusednorm/tensor.h"
@@ -48,9 +49,31 @@ To convert_tensors(const From& from) {
   return to;
 }
 
+// The same members as pointers, null where absent: a call's tensors without copying a view (a copy allocates its
+// shape and strides).
+struct TensorRefs {
+  const TensorView* input;
+  const TensorView *output = nullptr, *residual = nullptr;
+  const TensorView *weight = nullptr, *bias = nullptr, *running_mean = nullptr, *running_var = nullptr;
+  const TensorView *save_mean = nullptr, *save_invstd = nullptr;
+  const TensorView *grad_output = nullptr, *grad_input = nullptr, *grad_residual = nullptr;
+  const TensorView *grad_weight = nullptr, *grad_bias = nullptr;
+};
+
+inline const TensorView* pointer_to(const TensorView& t) { return &t; }
+inline const TensorView* pointer_to(const std::optional<TensorView>& t) { return t ? &*t : nullptr; }
+
+// The tensors of a public ...Tensors struct (or a CallTensors), where they are.
 template <typename Tensors>
-CallTensors tensors_of(const Tensors& t) {
-  return convert_tensors<CallTensors>(t);
+TensorRefs refs_of(const Tensors& from) {
+  TensorRefs to{&from.input};
+#define FUSEDNORM_POINT(member)                        \
+  if constexpr (requires { from.member; }) {           \
+    to.member = pointer_to(from.member);               \
+  }
+  FUSEDNORM_CALL_TENSORS(FUSEDNORM_POINT)
+#undef FUSEDNORM_POINT
+  return to;
 }
 
 }  // namespace fusednorm::detail

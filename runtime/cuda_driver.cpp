@@ -10,6 +10,8 @@
 #include <dlfcn.h>
 #include <fmt/format.h>
 
+#include <bit>
+
 #include <map>
 #include <mutex>
 #include <vector>
@@ -99,7 +101,7 @@ std::string describe(CUresult result) {
 }
 
 void check(const char* function, const char* call, CUresult result) {
-  if (result != kSuccess) throw Error(fmt::format("{}: {} failed: {}", function, call, describe(result)));
+  if (result != kSuccess) throw Error(fmt::format("{}: {} failed: {}", function, call, describe(result)), Error::Kind::device);
 }
 
 // What Halide's hooks hand out on this thread, set by CallScope.
@@ -191,7 +193,9 @@ bool driver_available(std::string* reason) {
 CallScope::CallScope(const char* function, void* stream)
     : function_(function), stream_(stream), previous_context_(current_context), previous_stream_(current_stream) {
   std::string reason;
-  if (!driver_available(&reason)) throw Error(fmt::format("{}: CUDA is not available: {}", function, reason));
+  if (!driver_available(&reason)) {
+    throw Error(fmt::format("{}: CUDA is not available: {}", function, reason), Error::Kind::device);
+  }
   install_halide_hooks();
   current_context = call_context(function);
   current_stream = stream;
@@ -225,11 +229,12 @@ DevicePtr DeviceScratch::take(int64_t floats) {
   return buffer.pointer;
 }
 
-DevicePtr DeviceScratch::zeros(int64_t floats) {
+DevicePtr DeviceScratch::filled(int64_t floats, float value) {
   DevicePtr pointer = take(floats);
   ContextGuard guard(scope_.function());
   check(scope_.function(), "cuMemsetD32Async",
-        driver().cuMemsetD32Async(pointer, 0u, static_cast<size_t>(floats), scope_.stream()));
+        driver().cuMemsetD32Async(pointer, std::bit_cast<unsigned>(value), static_cast<size_t>(floats),
+                                  scope_.stream()));
   return pointer;
 }
 

@@ -31,7 +31,7 @@ class CallScope {
   void* previous_stream_;
 };
 
-// The scope active on this thread, or null: the CPU entry points hand such calls to the CUDA kernels.
+// The scope active on this thread, or null.
 const CallScope* active_scope();
 
 // Device memory for arguments the caller did not give (scratch statistics, zeros), reused across calls of the
@@ -44,7 +44,7 @@ class DeviceScratch {
   DeviceScratch(const DeviceScratch&) = delete;
   DeviceScratch& operator=(const DeviceScratch&) = delete;
   DevicePtr take(int64_t floats);
-  DevicePtr zeros(int64_t floats);  // filled with 0.0f on the stream
+  DevicePtr filled(int64_t floats, float value);  // filled on the stream
 
  private:
   const CallScope& scope_;

@@ -9,7 +9,8 @@ namespace fusednorm::detail::cuda {
 
 namespace {
 [[noreturn]] void unavailable(const char* function) {
-  throw Error(fmt::format("{}: this build has no CUDA kernels (configure with -DFUSEDNORM_CUDA=ON)", function));
+  throw Error(fmt::format("{}: this build has no CUDA kernels (configure with -DFUSEDNORM_CUDA=ON)", function),
+              Error::Kind::device);
 }
 }  // namespace
 
@@ -26,7 +27,7 @@ const CallScope* active_scope() { return nullptr; }
 DeviceScratch::DeviceScratch(const CallScope& scope) : scope_(scope), first_(0) { unavailable(scope.function()); }
 DeviceScratch::~DeviceScratch() = default;
 DevicePtr DeviceScratch::take(int64_t) { unavailable(scope_.function()); }
-DevicePtr DeviceScratch::zeros(int64_t) { unavailable(scope_.function()); }
+DevicePtr DeviceScratch::filled(int64_t, float) { unavailable(scope_.function()); }
 void copy_floats(const CallScope& scope, DevicePtr, DevicePtr, int64_t) { unavailable(scope.function()); }
 void synchronize(const char* function, void*) { unavailable(function); }
 

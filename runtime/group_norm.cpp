@@ -4,10 +4,13 @@
 
 #include <fmt/format.h>
 
+#include "runtime/functional.h"
 #include "runtime/norm_common.h"
 #include "runtime/norm_kernels.h"
 
 namespace fusednorm {
+
+namespace detail {
 
 namespace {
 
@@ -19,16 +22,17 @@ detail::KernelSettings settings(const GroupNormOptions& options) {
 
 }  // namespace
 
-void group_norm_forward(const GroupNormForwardTensors& t, const GroupNormOptions& options) {
-  const detail::CallTensors all = detail::tensors_of(t);
+void group_norm_forward(const GroupNormForwardTensors& t, const GroupNormOptions& options, BackendContext& backend) {
+  const TensorRefs all = refs_of(t);
   const detail::Geometry g = detail::check_channels_call(kFunction, all, Direction::forward_training,
                                                          Norm::group, options.epilogue, options.num_groups);
   detail::check_eps(kFunction, options.eps);
-  detail::run_forward_training(kFunction, all, settings(options), g);
+  detail::run_forward_training(kFunction, all, settings(options), g, backend);
 }
 
-void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptions& options) {
-  const detail::CallTensors all = detail::tensors_of(t);
+void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptions& options,
+                         BackendContext& backend) {
+  const TensorRefs all = refs_of(t);
   const detail::Geometry g = detail::check_channels_call(kFunction, all, Direction::backward,
                                                          Norm::group, options.epilogue, options.num_groups);
   // SiLU's derivative needs v = xhat * weight + bias, recomputed in the backward; no other epilogue reads bias.
@@ -38,7 +42,19 @@ void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptio
                     "silu's recomputes its input from it)",
                     kFunction, to_string(options.epilogue)));
   }
-  detail::run_backward(kFunction, all, settings(options), g);
+  detail::run_backward(kFunction, all, settings(options), g, backend);
+}
+
+}  // namespace detail
+
+void group_norm_forward(const GroupNormForwardTensors& t, const GroupNormOptions& options) {
+  detail::CpuContext cpu;
+  detail::group_norm_forward(t, options, cpu);
+}
+
+void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptions& options) {
+  detail::CpuContext cpu;
+  detail::group_norm_backward(t, options, cpu);
 }
 
 }  // namespace fusednorm

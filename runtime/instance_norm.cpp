@@ -5,10 +5,13 @@
 
 #include <fmt/format.h>
 
+#include "runtime/functional.h"
 #include "runtime/norm_common.h"
 #include "runtime/norm_kernels.h"
 
 namespace fusednorm {
+
+namespace detail {
 
 namespace {
 
@@ -23,11 +26,12 @@ detail::KernelSettings settings(const InstanceNormOptions& options) {
 
 }  // namespace
 
-void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& options) {
-  const detail::CallTensors all = detail::tensors_of(t);
+void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& options,
+                           BackendContext& backend) {
+  const TensorRefs all = refs_of(t);
   const detail::Geometry g =
       detail::check_channels_call(kFunction, all, Direction::forward_training, Norm::instance);
-  detail::check_both_or_neither(kFunction, "running_mean", t.running_mean, "running_var", t.running_var);
+  detail::check_both_or_neither(kFunction, "running_mean", all.running_mean, "running_var", all.running_var);
   detail::check_eps(kFunction, options.eps);
   if (options.use_input_stats) {
     // PyTorch's _verify_spatial_size: one value per (sample, channel) has no variance to normalize by.
@@ -50,22 +54,35 @@ void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNo
 
   detail::KernelSettings s = settings(options);
   if (!options.use_input_stats) {
-    detail::run_forward_inference(kFunction, all, s, g);
+    detail::run_forward_inference(kFunction, all, s, g, backend);
     return;
   }
   // PyTorch's instance_norm runs batch_norm over the (1, N x C, *spatial) view: the running variance is updated
   // with each sample's unbiased variance, over the S values of one (sample, channel).
   const double count = static_cast<double>(g.spatial);
   s.running_var_correction = static_cast<float>(count / (count - 1.0));
-  detail::run_forward_training(kFunction, all, s, g);
+  detail::run_forward_training(kFunction, all, s, g, backend);
 }
 
-void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& options) {
-  const detail::CallTensors all = detail::tensors_of(t);
+void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& options,
+                            BackendContext& backend) {
+  const TensorRefs all = refs_of(t);
   const detail::Geometry g =
       detail::check_channels_call(kFunction, all, Direction::backward, Norm::instance);
   detail::check_backward_statistics(kFunction, all, options.use_input_stats, options.eps, "use_input_stats");
-  detail::run_backward(kFunction, all, settings(options), g);
+  detail::run_backward(kFunction, all, settings(options), g, backend);
+}
+
+}  // namespace detail
+
+void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& options) {
+  detail::CpuContext cpu;
+  detail::instance_norm_forward(t, options, cpu);
+}
+
+void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& options) {
+  detail::CpuContext cpu;
+  detail::instance_norm_backward(t, options, cpu);
 }
 
 }  // namespace fusednorm

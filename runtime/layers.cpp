@@ -28,12 +28,6 @@ void check_at_least_one(const std::string& layer, const char* argument, int64_t 
   if (value < 1) throw Error(fmt::format("{}: {} is {}, expected >= 1", layer, argument, value));
 }
 
-void check_eps(const std::string& layer, double eps) {
-  if (!(eps >= 0.0) || !std::isfinite(eps)) {
-    throw Error(fmt::format("{}: eps is {}, expected a finite number >= 0", layer, eps));
-  }
-}
-
 void check_rank(const std::string& layer, const TensorView& x, const char* what, const std::vector<int64_t>& ranks,
                 const std::string& expected) {
   if (std::find(ranks.begin(), ranks.end(), x.dim()) == ranks.end()) {
@@ -85,7 +79,7 @@ int64_t rows_of(const TensorView& x, const std::vector<int64_t>& normalized_shap
 detail::LayerContents batch_norm_contents(const std::string& name, int64_t num_features,
                                           const BatchNormLayerOptions& options) {
   check_at_least_one(name, "num_features", num_features);
-  check_eps(name, options.eps);
+  detail::check_eps(name.c_str(), options.eps);
   // Checked here, not first at a forward: a NaN momentum was accepted by the constructor.
   if (options.momentum) {
     detail::check_momentum(name.c_str(), *options.momentum, " (or std::nullopt for a cumulative moving average)");
@@ -103,7 +97,7 @@ detail::LayerContents batch_norm_contents(const std::string& name, int64_t num_f
 detail::LayerContents instance_norm_contents(const std::string& name, int64_t num_features,
                                              const InstanceNormLayerOptions& options) {
   check_at_least_one(name, "num_features", num_features);
-  check_eps(name, options.eps);
+  detail::check_eps(name.c_str(), options.eps);
   if (options.momentum) detail::check_momentum(name.c_str(), *options.momentum, " (or std::nullopt for 0)");
   return {.feature_shape = {num_features},
           .has_weight = options.affine,
@@ -120,7 +114,7 @@ detail::LayerContents group_norm_contents(int64_t num_groups, int64_t num_channe
     throw Error(
         fmt::format("GroupNorm: num_channels is {}, expected a multiple of num_groups ({})", num_channels, num_groups));
   }
-  check_eps("GroupNorm", options.eps);
+  detail::check_eps("GroupNorm", options.eps);
   return {.feature_shape = {num_channels},
           .has_weight = options.affine,
           .has_bias = options.affine,
@@ -129,7 +123,7 @@ detail::LayerContents group_norm_contents(int64_t num_groups, int64_t num_channe
 
 detail::LayerContents layer_norm_contents(std::vector<int64_t> normalized_shape, const LayerNormLayerOptions& options) {
   check_normalized_shape("LayerNorm", normalized_shape);
-  check_eps("LayerNorm", options.eps);
+  detail::check_eps("LayerNorm", options.eps);
   return {.feature_shape = std::move(normalized_shape),
           .has_weight = options.elementwise_affine,
           .has_bias = options.elementwise_affine && options.bias,
@@ -138,7 +132,7 @@ detail::LayerContents layer_norm_contents(std::vector<int64_t> normalized_shape,
 
 detail::LayerContents rms_norm_contents(std::vector<int64_t> normalized_shape, const RMSNormLayerOptions& options) {
   check_normalized_shape("RMSNorm", normalized_shape);
-  if (options.eps) check_eps("RMSNorm", *options.eps);
+  if (options.eps) detail::check_eps("RMSNorm", *options.eps);
   return {.feature_shape = std::move(normalized_shape),
           .has_weight = options.elementwise_affine,
           .options = fmt::format("elementwise_affine={}", options.elementwise_affine)};
@@ -371,7 +365,7 @@ RMSNorm::RMSNorm(std::vector<int64_t> normalized_shape, RMSNormLayerOptions opti
     : NormLayer("RMSNorm", rms_norm_contents(std::move(normalized_shape), options), Epilogue::none),
       options_(options) {}
 
-double RMSNorm::eps() const { return options_.eps.value_or(0x1p-23); }
+double RMSNorm::eps() const { return options_.eps.value_or(detail::kRmsNormDefaultEps); }
 
 void RMSNorm::check_input(const TensorView& x, const char* what) const {
   check_normalized_input(name(), x, what, normalized_shape());

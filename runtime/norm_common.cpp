@@ -4,6 +4,7 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <initializer_list>
 #include <limits>
@@ -50,14 +51,14 @@ Geometry check_channels_input(const char* function, const TensorView& x) {
                     function, x.dim(), shape_string(x.shape())));
   }
   check_not_empty(function, x);
-  Geometry g{x.size(0), x.size(1), 1, Layout::nchw, x.shape(), shape_string(x.shape())};
+  Geometry g{x.size(0), x.size(1), 1, Layout::nchw, &x.shape()};
   for (int64_t d = 2; d < x.dim(); d++) g.spatial *= x.size(d);
   const bool nchw = x.is_contiguous(), nhwc = x.is_channels_last();
   if (!nchw && !nhwc) {
     throw Error(
         fmt::format("{}: input has strides {} for shape {}, expected a dense NCHW layout (strides {}) or NHWC "
                     "(channels-last, strides {}); FusedNorm does not copy into another layout",
-                    function, strides_string(x), g.shape, contiguous_strides_string(x.shape()),
+                    function, strides_string(x), g.shape(), contiguous_strides_string(x.shape()),
                     strides_string(TensorView::channels_last(nullptr, x.shape()))));
   }
   // Both hold when the channel axis or the spatial extent is 1 (or N is 1): then the memory order is the same,
@@ -67,7 +68,7 @@ Geometry check_channels_input(const char* function, const TensorView& x) {
     throw Error(
         fmt::format("{}: input has shape {}: one sample (C x spatial = {}) or N exceeds 2^31 - 1 elements, "
                     "the most a kernel dimension can address",
-                    function, g.shape, g.channels * g.spatial));
+                    function, g.shape(), g.channels * g.spatial));
   }
   return g;
 }
@@ -89,19 +90,19 @@ Geometry check_rows_input(const char* function, const TensorView& x, const std::
                     function, shape_string(x.shape()), fmt::join(normalized_shape, ", "), normalized));
   }
   check_not_empty(function, x);
-  Geometry g{1, 1, 1, Layout::nchw, x.shape(), shape_string(x.shape()), true};
+  Geometry g{1, 1, 1, Layout::nchw, &x.shape(), true};
   for (size_t d = 0; d < x.shape().size(); d++) (d < x.shape().size() - k ? g.batch : g.spatial) *= x.shape()[d];
   if (!x.is_contiguous()) {
     throw Error(
         fmt::format("{}: input has strides {} for shape {}, expected contiguous (row-major, strides {}); "
                     "FusedNorm does not copy into another layout",
-                    function, strides_string(x), g.shape, contiguous_strides_string(x.shape())));
+                    function, strides_string(x), g.shape(), contiguous_strides_string(x.shape())));
   }
   if (g.spatial > kInt32Max || g.batch > kInt32Max) {
     throw Error(
         fmt::format("{}: input has shape {}: a row (the {} elements of normalized_shape {}) or the number "
                     "of rows ({}) exceeds 2^31 - 1, the most a kernel dimension can address",
-                    function, g.shape, g.spatial, normalized, g.batch));
+                    function, g.shape(), g.spatial, normalized, g.batch));
   }
   return g;
 }
@@ -109,17 +110,17 @@ Geometry check_rows_input(const char* function, const TensorView& x, const std::
 namespace {
 
 // The tensors shaped like x, where given: its shape, and dense in its layout.
-void check_like_input(const char* function, const CallTensors& t, const Geometry& g) {
-  for (auto [name, member] : {std::pair{"output", &CallTensors::output},
-                              {"residual", &CallTensors::residual},
-                              {"grad_output", &CallTensors::grad_output},
-                              {"grad_input", &CallTensors::grad_input},
-                              {"grad_residual", &CallTensors::grad_residual}}) {
-    const std::optional<TensorView>& view = t.*member;
+void check_like_input(const char* function, const TensorRefs& t, const Geometry& g) {
+  for (auto [name, member] : {std::pair{"output", &TensorRefs::output},
+                              {"residual", &TensorRefs::residual},
+                              {"grad_output", &TensorRefs::grad_output},
+                              {"grad_input", &TensorRefs::grad_input},
+                              {"grad_residual", &TensorRefs::grad_residual}}) {
+    const TensorView* view = t.*member;
     if (!view) continue;
-    if (view->shape() != g.sizes) {
+    if (view->shape() != *g.sizes) {
       throw Error(fmt::format("{}: {} has shape {}, expected {} (the shape of input)", function, name,
-                              shape_string(view->shape()), g.shape));
+                              shape_string(view->shape()), g.shape()));
     }
     check_data(function, name, *view);
     if (!dense_in(*view, g.layout)) {
@@ -132,20 +133,27 @@ void check_like_input(const char* function, const CallTensors& t, const Geometry
 }
 
 // The per-channel (or, for rows, per-element) tensors where given.
-constexpr std::pair<const char*, std::optional<TensorView> CallTensors::*> kParameters[] = {
-    {"weight", &CallTensors::weight},
-    {"bias", &CallTensors::bias},
-    {"running_mean", &CallTensors::running_mean},
-    {"running_var", &CallTensors::running_var},
-    {"grad_weight", &CallTensors::grad_weight},
-    {"grad_bias", &CallTensors::grad_bias}};
+constexpr std::pair<const char*, const TensorView* TensorRefs::*> kParameters[] = {
+    {"weight", &TensorRefs::weight},
+    {"bias", &TensorRefs::bias},
+    {"running_mean", &TensorRefs::running_mean},
+    {"running_var", &TensorRefs::running_var},
+    {"grad_weight", &TensorRefs::grad_weight},
+    {"grad_bias", &TensorRefs::grad_bias}};
 
-void check_statistics(const char* function, const char* name, const std::optional<TensorView>& t, int64_t count,
-                      const std::string& what, const Geometry& g) {
+// What one statistic covers, for messages: "N x C = {} x {}" with a and b (formatted only on an error).
+struct StatisticsWhat {
+  const char* format;
+  int64_t a = 0, b = 0;
+};
+
+void check_statistics(const char* function, const char* name, const TensorView* t, int64_t count,
+                      const StatisticsWhat& what, const Geometry& g) {
   if (!t) return;
   if (t->numel() != count) {
     throw Error(fmt::format("{}: {} has {} elements (shape {}), expected {} ({}, for input {})", function, name,
-                            t->numel(), shape_string(t->shape()), count, what, g.shape));
+                            t->numel(), shape_string(t->shape()), count,
+                            fmt::format(fmt::runtime(what.format), what.a, what.b), g.shape()));
   }
   if (!t->is_contiguous()) {
     throw Error(fmt::format("{}: {} has strides {} for shape {}, expected {} (dense)", function, name,
@@ -154,15 +162,15 @@ void check_statistics(const char* function, const char* name, const std::optiona
   check_data(function, name, *t);
 }
 
-void check_per_channel(const char* function, const char* name, const std::optional<TensorView>& t, const Geometry& g) {
+void check_per_channel(const char* function, const char* name, const TensorView* t, const Geometry& g) {
   if (!t) return;
   if (t->dim() != 1) {
     throw Error(fmt::format("{}: {} has shape {}, expected [{}] (one per channel of input {})", function, name,
-                            shape_string(t->shape()), g.channels, g.shape));
+                            shape_string(t->shape()), g.channels, g.shape()));
   }
   if (t->size(0) != g.channels) {
     throw Error(fmt::format("{}: {} has {} elements, expected {} (one per channel of input {})", function, name,
-                            t->size(0), g.channels, g.shape));
+                            t->size(0), g.channels, g.shape()));
   }
   if (t->stride(0) != 1 && g.channels > 1) {
     throw Error(fmt::format("{}: {} has stride {}, expected 1 (dense)", function, name, t->stride(0)));
@@ -170,7 +178,7 @@ void check_per_channel(const char* function, const char* name, const std::option
   check_data(function, name, *t);
 }
 
-void check_saved_statistics(const char* function, const CallTensors& t, int64_t count, const std::string& what,
+void check_saved_statistics(const char* function, const TensorRefs& t, int64_t count, const StatisticsWhat& what,
                             const Geometry& g) {
   check_statistics(function, "save_mean", t.save_mean, count, what, g);
   check_statistics(function, "save_invstd", t.save_invstd, count, what, g);
@@ -178,11 +186,11 @@ void check_saved_statistics(const char* function, const CallTensors& t, int64_t 
 
 // One tensor an epilogue uses: required when `used`, refused otherwise. `users` says which epilogues use it.
 void check_epilogue_tensor(const char* function, Epilogue epilogue, const char* name,
-                           const std::optional<TensorView>& t, bool used, const char* what, const char* users,
+                           const TensorView* t, bool used, const char* what, const char* users,
                            const Geometry& g) {
   if (used && !t) {
     throw Error(fmt::format("{}: {} is absent, expected {} (the shape and layout of input {}): epilogue {} needs it",
-                            function, name, what, g.shape, to_string(epilogue)));
+                            function, name, what, g.shape(), to_string(epilogue)));
   }
   if (!used && t) {
     throw Error(fmt::format("{}: {} is given, expected none: epilogue {} does not use it ({})", function, name,
@@ -192,9 +200,8 @@ void check_epilogue_tensor(const char* function, Epilogue epilogue, const char* 
 
 // A tensor of a call under the name messages use; absent (view null) when the caller did not give it.
 struct Named {
-  Named(const char* name_, const TensorView& view_, const TensorView* in_place_of_ = nullptr)
-      : name(name_), view(&view_), in_place_of(in_place_of_) {}
-  Named(const char* name_, const std::optional<TensorView>& view_) : name(name_), view(view_ ? &*view_ : nullptr) {}
+  Named(const char* name_, const TensorView* view_, const TensorView* in_place_of_ = nullptr)
+      : name(name_), view(view_), in_place_of(in_place_of_) {}
   const char* name;
   const TensorView* view;
   // An elementwise output may be exactly this input (in place): it reads each element before writing it.
@@ -232,16 +239,14 @@ void check_disjoint(const char* function, std::initializer_list<Named> outputs, 
 
 }  // namespace
 
-HalideTensor Geometry::view(const float* data) const {
-  if (layout == Layout::nchw) {
-    return HalideTensor(data, {{spatial, 1}, {channels, spatial}, {batch, channels * spatial}});
-  }
-  return HalideTensor(data, {{channels, 1}, {spatial, channels}, {batch, channels * spatial}});
+std::array<Dim, 3> Geometry::dims() const {
+  if (layout == Layout::nchw) return {{{spatial, 1}, {channels, spatial}, {batch, channels * spatial}}};
+  return {{{channels, 1}, {spatial, channels}, {batch, channels * spatial}}};
 }
 
-Geometry check_channels_call(const char* function, const CallTensors& t, Direction direction, Norm norm,
+Geometry check_channels_call(const char* function, const TensorRefs& t, Direction direction, Norm norm,
                              Epilogue epilogue, int64_t num_groups) {
-  const Geometry g = check_channels_input(function, t.input);
+  const Geometry g = check_channels_input(function, *t.input);
   const bool relu = epilogue == Epilogue::relu || epilogue == Epilogue::add_relu;
   const bool add = epilogue == Epilogue::add_relu;
   if (direction == Direction::backward) {
@@ -260,24 +265,24 @@ Geometry check_channels_call(const char* function, const CallTensors& t, Directi
       check_per_channel(function, "save_invstd", t.save_invstd, g);
       break;
     case Norm::instance:
-      check_saved_statistics(function, t, g.batch * g.channels, fmt::format("N x C = {} x {}", g.batch, g.channels), g);
+      check_saved_statistics(function, t, g.batch * g.channels, {"N x C = {} x {}", g.batch, g.channels}, g);
       break;
     default:  // group: runs of C / num_groups consecutive channels (PyTorch's and ONNX's)
       if (num_groups < 1 || g.channels % num_groups != 0) {
         throw Error(fmt::format("{}: num_groups is {}, expected a divisor of C = {} (input {})", function, num_groups,
-                                g.channels, g.shape));
+                                g.channels, g.shape()));
       }
       check_saved_statistics(function, t, g.batch * num_groups,
-                             fmt::format("N x num_groups = {} x {}", g.batch, num_groups), g);
+                             {"N x num_groups = {} x {}", g.batch, num_groups}, g);
   }
   return g;
 }
 
-Geometry check_rows_call(const char* function, const CallTensors& t, const std::vector<int64_t>& normalized_shape) {
-  const Geometry g = check_rows_input(function, t.input, normalized_shape);
+Geometry check_rows_call(const char* function, const TensorRefs& t, const std::vector<int64_t>& normalized_shape) {
+  const Geometry g = check_rows_input(function, *t.input, normalized_shape);
   check_like_input(function, t, g);
   for (auto [name, member] : kParameters) {
-    const std::optional<TensorView>& view = t.*member;
+    const TensorView* view = t.*member;
     if (!view) continue;
     if (view->shape() != normalized_shape) {
       throw Error(fmt::format("{}: {} has shape {}, expected {} (normalized_shape)", function, name,
@@ -289,11 +294,12 @@ Geometry check_rows_call(const char* function, const CallTensors& t, const std::
     }
     check_data(function, name, *view);
   }
-  check_saved_statistics(function, t, g.batch, "one per row, the product of the dimensions before normalized_shape", g);
+  check_saved_statistics(function, t, g.batch, {"one per row, the product of the dimensions before normalized_shape"},
+                         g);
   return g;
 }
 
-void check_backward_statistics(const char* function, const CallTensors& t, bool batch_statistics, double eps,
+void check_backward_statistics(const char* function, const TensorRefs& t, bool batch_statistics, double eps,
                                const char* option) {
   if (batch_statistics && !(t.save_mean && t.save_invstd)) {
     throw Error(fmt::format("{}: {} is absent, expected save_mean and save_invstd from the forward ({} = true)",
@@ -324,9 +330,9 @@ void check_momentum(const char* function, double momentum, const char* otherwise
   }
 }
 
-void check_both_or_neither(const char* function, const char* name_a, const std::optional<TensorView>& a,
-                           const char* name_b, const std::optional<TensorView>& b) {
-  if (a.has_value() != b.has_value()) {
+void check_both_or_neither(const char* function, const char* name_a, const TensorView* a, const char* name_b,
+                           const TensorView* b) {
+  if ((a != nullptr) != (b != nullptr)) {
     throw Error(fmt::format("{}: {} is given but {} is not, expected both or neither", function, a ? name_a : name_b,
                             a ? name_b : name_a));
   }
@@ -334,13 +340,13 @@ void check_both_or_neither(const char* function, const char* name_a, const std::
 
 void check_more_than_one(const char* function, int64_t values, const char* what, const Geometry& g) {
   if (values <= 1) {
-    throw Error(fmt::format("{}: Expected more than 1 {} when training, got input size {}", function, what, g.shape));
+    throw Error(fmt::format("{}: Expected more than 1 {} when training, got input size {}", function, what, g.shape()));
   }
 }
 
-void check_forward_disjoint(const char* function, const CallTensors& t, bool commits_running) {
+void check_forward_disjoint(const char* function, const TensorRefs& t, bool commits_running) {
   check_disjoint(function,
-                 {{"output", *t.output, &t.input}, {"save_mean", t.save_mean}, {"save_invstd", t.save_invstd}},
+                 {{"output", t.output, t.input}, {"save_mean", t.save_mean}, {"save_invstd", t.save_invstd}},
                  {{"input", t.input},
                   {"residual", t.residual},
                   {"weight", t.weight},
@@ -355,7 +361,7 @@ void check_forward_disjoint(const char* function, const CallTensors& t, bool com
   }
 }
 
-void check_backward_disjoint(const char* function, const CallTensors& t) {
+void check_backward_disjoint(const char* function, const TensorRefs& t) {
   check_disjoint(function,
                  {{"grad_input", t.grad_input},
                   {"grad_residual", t.grad_residual},

@@ -1,191 +1,133 @@
 #include "runtime/norm_kernels.h"
 
-#include <algorithm>
 #include <cmath>
-#include <optional>
-#include <vector>
 
-#include "runtime/dispatch.h"
-#include "runtime/halide_call.h"
+#include "runtime/bind.h"
+#include "runtime/plan.h"
 
 namespace fusednorm::detail {
 
 namespace {
 
-// Memory the kernels need where the caller gave none. Taken from a per-thread pool and given back when the
-// Scratch ends (scopes nest): no allocation once the pool has grown to a call's needs.
-class Scratch {
- public:
-  Scratch() : first_(pool().used) {}
-  ~Scratch() { pool().used = first_; }
-  Scratch(const Scratch&) = delete;
-  Scratch& operator=(const Scratch&) = delete;
+PlanRequest request(const char* function, Direction direction, const KernelSettings& s, const Geometry& g,
+                    bool affine) {
+  return {function, s.norm, direction, g.layout, s.epilogue, affine, DType::float32, g.elements()};
+}
 
-  float* take(int64_t size) {
-    Pool& p = pool();
-    if (p.used == p.buffers.size()) p.buffers.emplace_back();
-    std::vector<float>& buffer = p.buffers[p.used++];
-    if (buffer.size() < static_cast<size_t>(size)) buffer.resize(static_cast<size_t>(size));
-    return buffer.data();
-  }
-  float* filled(int64_t size, float value) {
-    float* data = take(size);
-    std::fill_n(data, size, value);
-    return data;
-  }
-  // The caller's memory, or scratch where the argument is absent.
-  float* data_or_take(const std::optional<TensorView>& t, int64_t size) { return t ? t->data() : take(size); }
-  const float* data_or_fill(const std::optional<TensorView>& t, int64_t size, float value) {
-    return t ? t->data() : filled(size, value);
-  }
-
- private:
-  // Buffers [0, used) are in use; moving a vector keeps its data where it is.
-  struct Pool {
-    std::vector<std::vector<float>> buffers;
-    size_t used = 0;
-  };
-  static Pool& pool() {
-    thread_local Pool p;
-    return p;
-  }
-  size_t first_;
-};
-
-int64_t elements(const Geometry& g) { return g.batch * g.channels * g.spatial; }
-
-HalideTensor vector_view(const float* data, int64_t size) { return HalideTensor(data, {{size, 1}}); }
-
-// (G, B), G innermost: a dense (B, G) array in row-major terms.
-HalideTensor statistics_view(const float* data, int64_t groups, int64_t blocks) {
-  return HalideTensor(data, {{groups, 1}, {blocks, groups}});
+// The caller's memory, or scratch where the argument is absent.
+float* data_or_scratch(const TensorView* t, BackendContext& backend, int64_t size) {
+  return t ? t->data() : backend.scratch(size);
 }
 
 // What every kernel of the norm takes besides its direction's tensors: the epilogue's tensors where given, and
-// the norm's scalars (bound by name: a kernel without them ignores them).
-void bind_common(KernelArgs& args, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
-  args.bind("x", g.view(t.input.data()));
-  for (auto [name, view] : {std::pair{"z", &t.residual}, {"dz", &t.grad_residual}}) {
-    if (*view) args.bind(name, g.view((*view)->data()));
-  }
-  args.bind_scalar("eps", static_cast<float>(s.eps));
-  args.bind_scalar("groups", static_cast<int32_t>(s.groups));
+// the norm's scalars (bound by slot: a kernel without them ignores them).
+void bind_common(Binder& args, const TensorRefs& t, const KernelSettings& s, const Geometry& g) {
+  args.tensor(Arg::x, t.input->data(), g.dims());
+  if (t.residual) args.tensor(Arg::z, t.residual->data(), g.dims());
+  if (t.grad_residual) args.tensor(Arg::dz, t.grad_residual->data(), g.dims());
+  args.scalar(Arg::eps, static_cast<float>(s.eps));
+  args.scalar(Arg::groups, static_cast<int32_t>(s.groups));
 }
 
 // weight, and bias (except RMSNorm's): the caller's, or the identity (1, 0) for the one absent.
-void bind_affine(KernelArgs& args, Scratch& scratch, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
+void bind_affine(Binder& args, BackendContext& backend, const TensorRefs& t, const KernelSettings& s,
+                 const Geometry& g) {
   const int64_t size = g.parameters();
-  args.bind("weight", vector_view(scratch.data_or_fill(t.weight, size, 1.0f), size));
-  if (s.norm != Norm::rms) args.bind("bias", vector_view(scratch.data_or_fill(t.bias, size, 0.0f), size));
+  args.vector(Arg::weight, t.weight ? t.weight->data() : backend.filled(size, 1.0f), size);
+  if (s.norm != Norm::rms) args.vector(Arg::bias, t.bias ? t.bias->data() : backend.filled(size, 0.0f), size);
 }
 
 }  // namespace
 
-namespace {
-thread_local const DeviceRunner* device_runner = nullptr;
-}  // namespace
-
-DeviceRunnerScope::DeviceRunnerScope(const DeviceRunner& runner) : previous_(device_runner) { device_runner = &runner; }
-DeviceRunnerScope::~DeviceRunnerScope() { device_runner = previous_; }
-
-void run_forward_training(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
+void run_forward_training(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                          BackendContext& backend) {
   check_forward_disjoint(function, t, /*commits_running=*/true);
-  if (device_runner) return device_runner->forward_training(function, t, s, g);  // fusednorm::cuda (cuda.h)
+  backend.check(function, Direction::forward_training, t, s, g);
   const bool affine = t.weight || t.bias;
-  const KernelVariant& variant =
-      select_variant({function, Direction::forward_training, g.layout, affine, s.norm, s.epilogue, elements(g)});
+  const Plan& plan = plan_call(request(function, Direction::forward_training, s, g, affine), backend);
   const StatisticsShape stats = statistics_shape(s, g);
   const int64_t channels = g.channels;
 
-  Scratch scratch;
-  KernelArgs args;
+  Binder args(backend);
   bind_common(args, t, s, g);
-  args.bind("y", g.view(t.output->data()));
-  if (affine) bind_affine(args, scratch, t, s, g);
-  float* invstd = scratch.data_or_take(t.save_invstd, stats.count());
-  if (s.norm == Norm::rms) {
-    args.bind("saved_statistics", statistics_view(invstd, stats.groups, stats.blocks));
-  } else {
-    args.bind("saved_statistics.0",
-              statistics_view(scratch.data_or_take(t.save_mean, stats.count()), stats.groups, stats.blocks));
-    args.bind("saved_statistics.1", statistics_view(invstd, stats.groups, stats.blocks));
+  args.tensor(Arg::y, t.output->data(), g.dims());
+  if (affine) bind_affine(args, backend, t, s, g);
+  const float* invstd = data_or_scratch(t.save_invstd, backend, stats.count());
+  args.statistics(Arg::saved_invstd, invstd, stats.groups, stats.blocks);
+  if (s.norm != Norm::rms) {
+    args.statistics(Arg::saved_mean, data_or_scratch(t.save_mean, backend, stats.count()), stats.groups,
+                    stats.blocks);
   }
   // The running statistics, where the norm has them: the kernel writes the new ones apart (Halide cannot alias an
   // input as an output); they replace the caller's below.
-  float* new_running_mean = scratch.take(channels);
-  float* new_running_var = scratch.take(channels);
-  const float* no_running = t.running_mean ? nullptr : scratch.filled(channels, 0.0f);
-  args.bind("running_mean", vector_view(t.running_mean ? t.running_mean->data() : no_running, channels));
-  args.bind("running_var", vector_view(t.running_var ? t.running_var->data() : no_running, channels));
-  args.bind_scalar("momentum", s.momentum);
-  args.bind_scalar("running_var_correction", s.running_var_correction);
-  args.bind("running_statistics.0", vector_view(new_running_mean, channels));
-  args.bind("running_statistics.1", vector_view(new_running_var, channels));
-  call_selected(args, variant, function);
+  float* new_running_mean = backend.scratch(channels);
+  float* new_running_var = backend.scratch(channels);
+  const float* no_running = t.running_mean ? nullptr : backend.filled(channels, 0.0f);
+  args.vector(Arg::running_mean, t.running_mean ? t.running_mean->data() : no_running, channels);
+  args.vector(Arg::running_var, t.running_var ? t.running_var->data() : no_running, channels);
+  args.scalar(Arg::momentum, s.momentum);
+  args.scalar(Arg::running_var_correction, s.running_var_correction);
+  args.vector(Arg::new_running_mean, new_running_mean, channels);
+  args.vector(Arg::new_running_var, new_running_var, channels);
+  run_plan(plan, args, *g.sizes);
 
   // The kernel succeeded: only now is the caller's state changed.
   if (t.running_mean) {
-    std::copy_n(new_running_mean, channels, t.running_mean->data());
-    std::copy_n(new_running_var, channels, t.running_var->data());
+    backend.commit(t.running_mean->data(), new_running_mean, channels);
+    backend.commit(t.running_var->data(), new_running_var, channels);
   }
 }
 
-void run_forward_inference(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
+void run_forward_inference(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                           BackendContext& backend) {
   check_forward_disjoint(function, t, /*commits_running=*/false);
-  if (device_runner) return device_runner->forward_inference(function, t, s, g);
+  backend.check(function, Direction::forward_inference, t, s, g);
   const bool affine = t.weight || t.bias;
-  const KernelVariant& variant =
-      select_variant({function, Direction::forward_inference, g.layout, affine, s.norm, s.epilogue, elements(g)});
-  Scratch scratch;
-  KernelArgs args;
+  const Plan& plan = plan_call(request(function, Direction::forward_inference, s, g, affine), backend);
+  Binder args(backend);
   bind_common(args, t, s, g);
-  args.bind("y", g.view(t.output->data()));
-  if (affine) bind_affine(args, scratch, t, s, g);
-  args.bind("running_mean", vector_view(t.running_mean->data(), g.channels));
-  args.bind("running_var", vector_view(t.running_var->data(), g.channels));
-  call_selected(args, variant, function);
+  args.tensor(Arg::y, t.output->data(), g.dims());
+  if (affine) bind_affine(args, backend, t, s, g);
+  args.vector(Arg::running_mean, t.running_mean->data(), g.channels);
+  args.vector(Arg::running_var, t.running_var->data(), g.channels);
+  run_plan(plan, args, *g.sizes);
 }
 
-void run_backward(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g) {
+void run_backward(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                  BackendContext& backend) {
   check_backward_disjoint(function, t);
-  if (device_runner) return device_runner->backward(function, t, s, g);
+  backend.check(function, Direction::backward, t, s, g);
   // bias is given only where the backward reads it (SiLU recomputes v = xhat * weight + bias).
   const bool affine = t.weight || t.bias || t.grad_weight || t.grad_bias;
-  const KernelVariant& variant =
-      select_variant({function, Direction::backward, g.layout, affine, s.norm, s.epilogue, elements(g)});
+  const Plan& plan = plan_call(request(function, Direction::backward, s, g, affine), backend);
   const StatisticsShape stats = statistics_shape(s, g);
 
-  Scratch scratch;
-  KernelArgs args;
+  Binder args(backend);
   bind_common(args, t, s, g);
-  args.bind("dy", g.view(t.grad_output->data()));
-  args.bind("dx", g.view(t.grad_input->data()));
-  if (t.output) args.bind("y", g.view(t.output->data()));
-  args.bind_scalar("training", s.training);
+  args.tensor(Arg::dy, t.grad_output->data(), g.dims());
+  args.tensor(Arg::dx, t.grad_input->data(), g.dims());
+  if (t.output) args.tensor(Arg::y, t.output->data(), g.dims());
+  args.scalar(Arg::training, s.training);
   if (s.training) {
-    if (t.save_mean) args.bind("mean", statistics_view(t.save_mean->data(), stats.groups, stats.blocks));
-    args.bind("invstd", statistics_view(t.save_invstd->data(), stats.groups, stats.blocks));
+    if (t.save_mean) args.statistics(Arg::mean, t.save_mean->data(), stats.groups, stats.blocks);
+    args.statistics(Arg::invstd, t.save_invstd->data(), stats.groups, stats.blocks);
   } else {
-    // Evaluation (the batch kernels): the running statistics are the constants the forward normalized with.
-    float* invstd = scratch.take(g.channels);
+    // Evaluation (the batch kernels, on the CPU: the backends' check refuses it elsewhere): the running
+    // statistics are the constants the forward normalized with.
+    float* invstd = backend.scratch(g.channels);
     for (int64_t c = 0; c < g.channels; c++) {
       invstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(t.running_var->data()[c]) + s.eps));
     }
-    args.bind("mean", statistics_view(t.running_mean->data(), g.channels, 1));
-    args.bind("invstd", statistics_view(invstd, g.channels, 1));
+    args.statistics(Arg::mean, t.running_mean->data(), g.channels, 1);
+    args.statistics(Arg::invstd, invstd, g.channels, 1);
   }
   if (affine) {
-    bind_affine(args, scratch, t, s, g);
+    bind_affine(args, backend, t, s, g);
     const int64_t size = g.parameters();
-    float* grad_weight = scratch.data_or_take(t.grad_weight, size);
-    if (s.norm == Norm::rms) {
-      args.bind("param_grads", vector_view(grad_weight, size));
-    } else {
-      args.bind("param_grads.0", vector_view(grad_weight, size));
-      args.bind("param_grads.1", vector_view(scratch.data_or_take(t.grad_bias, size), size));
-    }
+    args.vector(Arg::grad_weight, data_or_scratch(t.grad_weight, backend, size), size);
+    if (s.norm != Norm::rms) args.vector(Arg::grad_bias, data_or_scratch(t.grad_bias, backend, size), size);
   }
-  call_selected(args, variant, function);
+  run_plan(plan, args, *g.sizes);
 }
 
 }  // namespace fusednorm::detail

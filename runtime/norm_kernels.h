@@ -1,13 +1,14 @@
 #pragma once
-// Calling the generated kernels of every norm, after the norm's own validation (docs/KERNELS.md): what the call
-// writes is checked not to overlap what it reads, the variant is chosen, each argument is bound by name to the
-// caller's memory (or to scratch where the caller gave none: weight 1, bias 0, statistics and gradients not
-// wanted), and the running statistics are committed only after the kernel succeeded.
+// Calling the generated kernels of every norm, on every backend, after the norm's own validation
+// (docs/KERNELS.md): what the call writes is checked not to overlap what it reads, the backend's limits are
+// checked, the plan is found (runtime/plan.h), each argument is bound to the caller's memory (or to scratch where
+// the caller gave none: weight 1, bias 0, statistics and gradients not wanted), and the running statistics are
+// committed only after the kernel succeeded.
 #include <cstdint>
 
-#include "fusednorm/epilogue.h"
+#include "fusednorm/kinds.h"
+#include "runtime/backend.h"
 #include "runtime/norm_common.h"
-#include "runtime/variant.h"
 
 namespace fusednorm::detail {
 
@@ -33,27 +34,13 @@ inline StatisticsShape statistics_shape(const KernelSettings& s, const Geometry&
 }
 
 // Affine kernels run when the call has weight or bias (or, in a backward, a parameter gradient).
-void run_forward_training(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
-void run_forward_inference(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
+void run_forward_training(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                          BackendContext& backend);
+void run_forward_inference(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                           BackendContext& backend);
 // training: the saved statistics, and the gradient through them; otherwise (norm batch) the running statistics,
 // held fixed.
-void run_backward(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
-
-// A device backend (fusednorm::cuda, in the library's component cuda): while one of its entry points runs on a
-// thread, inside a DeviceRunnerScope, the CPU entry points' checks run unchanged and their run_* calls go to it.
-struct DeviceRunner {
-  using Run = void (*)(const char* function, const CallTensors& t, const KernelSettings& s, const Geometry& g);
-  Run forward_training, forward_inference, backward;
-};
-class DeviceRunnerScope {
- public:
-  explicit DeviceRunnerScope(const DeviceRunner& runner);
-  ~DeviceRunnerScope();
-  DeviceRunnerScope(const DeviceRunnerScope&) = delete;
-  DeviceRunnerScope& operator=(const DeviceRunnerScope&) = delete;
-
- private:
-  const DeviceRunner* previous_;
-};
+void run_backward(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                  BackendContext& backend);
 
 }  // namespace fusednorm::detail

@@ -18,6 +18,7 @@
 #include "fusednorm/error.h"
 #include "fusednorm/kernel_registry.h"
 #include "fusednorm_variant_table.h"
+#include "runtime/backend.h"
 #include "runtime/variant.h"
 
 namespace fusednorm {
@@ -127,6 +128,8 @@ std::span<const KernelVariant> all_variants() {
   }
   return r.all;
 }
+
+std::span<const KernelVariant> CpuContext::variants() const { return all_variants(); }
 
 }  // namespace detail
 

@@ -39,14 +39,6 @@ std::vector<int64_t> channels_last_strides(const std::vector<int64_t>& shape) {
   return strides;
 }
 
-// PyTorch's rule: a stride of a dimension of size 1 does not matter.
-bool strides_match(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
-                   const std::vector<int64_t>& expected) {
-  for (size_t i = 0; i < shape.size(); i++) {
-    if (shape[i] != 1 && strides[i] != expected[i]) return false;
-  }
-  return true;
-}
 }  // namespace
 
 TensorView::TensorView(float* data, std::vector<int64_t> shape, std::vector<int64_t> strides)
@@ -91,10 +83,31 @@ int64_t TensorView::numel() const {
   return n;
 }
 
-bool TensorView::is_contiguous() const { return strides_match(shape_, strides_, contiguous_strides(shape_)); }
+// PyTorch's rule: a stride of a dimension of size 1 does not matter. Compared dimension by dimension against the
+// dense strides, without building them (a call checks its views this way, and a call allocates nothing).
+bool TensorView::is_contiguous() const {
+  int64_t expected = 1;
+  for (size_t i = shape_.size(); i-- > 0;) {
+    if (shape_[i] != 1 && strides_[i] != expected) return false;
+    expected *= shape_[i];
+  }
+  return true;
+}
 
+// Memory order N, *spatial, C.
 bool TensorView::is_channels_last() const {
-  return shape_.size() >= 2 && strides_match(shape_, strides_, channels_last_strides(shape_));
+  if (shape_.size() < 2) return false;
+  int64_t expected = 1;
+  auto matches = [&](size_t i) {
+    const bool ok = shape_[i] == 1 || strides_[i] == expected;
+    expected *= shape_[i];
+    return ok;
+  };
+  if (!matches(1)) return false;
+  for (size_t i = shape_.size(); i-- > 2;) {
+    if (!matches(i)) return false;
+  }
+  return matches(0);
 }
 
 std::string shape_string(const std::vector<int64_t>& shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }

@@ -18,6 +18,7 @@
 
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
+#include "runtime/plan.h"
 
 namespace fusednorm::detail {
 
@@ -370,6 +371,7 @@ void load_tuning(const std::string& path) {
   s.environment_read = true;  // FUSEDNORM_TUNING cannot replace it later
   s.environment_error.clear();
   s.table = std::move(table);
+  detail::settings_changed();
 }
 
 void clear_tuning() {
@@ -378,6 +380,7 @@ void clear_tuning() {
   s.environment_read = true;
   s.environment_error.clear();
   s.table.reset();
+  detail::settings_changed();
 }
 
 std::string tuning_table() {

@@ -54,6 +54,13 @@ std::string variant_run_by(const Call& call, bool kernel_may_refuse = false) {
   return report.substr(begin, report.find_first_of(" \n", begin) - begin);
 }
 
+// "2x3x4x5", as verbose lines write x's shape.
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string text;
+  for (int64_t extent : shape) text += (text.empty() ? "" : "x") + std::to_string(extent);
+  return text;
+}
+
 bool is_rows(const std::string& norm) { return norm == "layer_norm" || norm == "rms_norm"; }
 
 Epilogue epilogue_named(const std::string& name) {
@@ -267,7 +274,7 @@ TEST(DispatchTest, InstanceNormWithRunningStatisticsRunsTheBatchKernels) {
 }
 
 // The report names the variant that ran and every other candidate of the same direction with its reason;
-// verbose mode prints exactly that report on stderr, and nothing when off.
+// verbose level 1 prints one line per call, level 2 a line per candidate before it, and nothing when off.
 TEST(DispatchTest, VerboseReportExplainsEveryCandidate) {
   // The instruction sets this CPU runs that the build has kernels for (the sanitizer presets build sse41 only).
   std::vector<std::string> isas;
@@ -286,14 +293,34 @@ TEST(DispatchTest, VerboseReportExplainsEveryCandidate) {
                           .isa = isas.back(),
                           .schedule = "hand",
                           .runs_here = true};
-  set_verbose(true);
+  set_verbose_level(2);
   ::testing::internal::CaptureStderr();
   const std::string ran = run_like(asked);
   const std::string printed = ::testing::internal::GetCapturedStderr();
   set_verbose(false);
   const std::string report = last_dispatch_report();
-  EXPECT_EQ(printed, report + "\n");
   EXPECT_EQ(ran, "batch_norm_forward_training_nhwc_affine_" + isas.back());
+  const DispatchInfo info = last_dispatch();
+  std::string expected;
+  for (const DispatchCandidate& c : info.passed_over) {
+    expected += "fusednorm,candidate,batch_norm," + c.variant + "," + c.reason + "\n";
+    EXPECT_NE((report + "\n").find("passed over " + c.variant + ": " + c.reason + "\n"), std::string::npos) << c.variant;
+  }
+  const std::string exec = "fusednorm,exec,cpu,batch_norm,forward_training,nhwc,float32,none," + ran +
+                           ",hand,default," + shape_text(info.shape) + ",";
+  EXPECT_EQ(printed.substr(0, expected.size() + exec.size()), expected + exec) << printed;
+  EXPECT_EQ(std::count(printed.begin(), printed.end(), '\n'), info.passed_over.size() + 1) << printed;
+  EXPECT_EQ(info.variant, ran);
+  EXPECT_EQ(info.layout, "nhwc");
+  EXPECT_EQ(info.choice, "default");
+  // Level 1: the call's line alone.
+  set_verbose_level(1);
+  ::testing::internal::CaptureStderr();
+  run_like(asked);
+  const std::string one_line = ::testing::internal::GetCapturedStderr();
+  set_verbose(false);
+  EXPECT_TRUE(one_line.starts_with(exec)) << one_line;
+  EXPECT_EQ(std::count(one_line.begin(), one_line.end(), '\n'), 1) << one_line;
   EXPECT_NE(report.find("passed over batch_norm_forward_training_nchw_affine_" + isas.back() +
                         ": layout nchw, the tensors are nhwc"),
             std::string::npos)

@@ -44,8 +44,9 @@
 #include "fusednorm/error.h"
 #include "fusednorm/state_dict.h"
 #include "fusednorm/threads.h"
-#include "runtime/dispatch.h"
-#include "runtime/halide_call.h"
+#include "runtime/backend.h"
+#include "runtime/bind.h"
+#include "runtime/plan.h"
 #include "support/batch_norm_reference.h"
 #include "support/norm_reference.h"
 #include "support/test_data.h"
@@ -2122,8 +2123,7 @@ TEST(ThreadsTest, SetNumThreadsReturnsThePreviousSizeAndRefusesNegatives) {
 // name and Halide's text. (An output smaller than x is not an error to Halide: it computes that region.) The
 // runtime's error handler keeps Halide from printing.
 TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
-  using detail::HalideTensor;
-  using Dims = std::initializer_list<std::pair<int64_t, int64_t>>;
+  using detail::Arg;
   const int64_t n = 2, c = 3, s = 20;
   std::vector<float> x(static_cast<size_t>(n * c * s), 1.0f), y(static_cast<size_t>((n + 1) * c * s));
   std::vector<float> channels(static_cast<size_t>(8 * c), 0.5f);
@@ -2133,42 +2133,36 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
     test::ScopedMaxIsa limit(isa);
     for (Layout layout : {Layout::nchw, Layout::nhwc}) {
       for (bool affine : {false, true}) {
-        const detail::KernelVariant& variant =
-            detail::select_variant({"layers_test", Direction::forward_training, layout, affine});
-        SCOPED_TRACE(variant.name);
+        detail::CpuContext cpu;
+        const detail::Plan& plan = detail::plan_call(
+            {"layers_test", Norm::batch, Direction::forward_training, layout, Epilogue::none, affine}, cpu);
+        SCOPED_TRACE(plan.untuned->name);
         // (extent, stride) innermost first, as the kernels index x: (S, C, N) or (C, S, N).
-        auto view = [&](float* data, int64_t batches) {
-          return layout == Layout::nchw ? std::make_unique<HalideTensor>(data, Dims{{s, 1}, {c, s}, {batches, c * s}})
-                                        : std::make_unique<HalideTensor>(data, Dims{{c, 1}, {s, c}, {batches, c * s}});
+        auto view = [&](detail::Binder& args, Arg arg, float* data, int64_t batches) {
+          if (layout == Layout::nchw) return args.tensor(arg, data, {{s, 1}, {c, s}, {batches, c * s}});
+          args.tensor(arg, data, {{c, 1}, {s, c}, {batches, c * s}});
         };
-        std::unique_ptr<HalideTensor> x_view = view(x.data(), n), y_view = view(y.data(), n + 1);
-        std::vector<std::unique_ptr<HalideTensor>> per_channel;
-        for (int64_t k = 0; k < 8; k++) {
-          // 2 and 3 are the saved statistics, (G, B) = (C, 1) for BatchNorm; the rest are per channel.
-          float* data = channels.data() + k * c;
-          per_channel.push_back(k == 2 || k == 3 ? std::make_unique<HalideTensor>(data, Dims{{c, 1}, {1, c}})
-                                                 : std::make_unique<HalideTensor>(data, Dims{{c, 1}}));
+        detail::Binder args(cpu);
+        view(args, Arg::x, x.data(), n);
+        view(args, Arg::y, y.data(), n + 1);
+        // 2 and 3 are the saved statistics, (G, B) = (C, 1) for BatchNorm; the rest are per channel.
+        const Arg per_channel[] = {Arg::running_mean,     Arg::running_var,     Arg::saved_mean, Arg::saved_invstd,
+                                   Arg::new_running_mean, Arg::new_running_var, Arg::weight,     Arg::bias};
+        for (size_t k = 0; k < (affine ? 8u : 6u); k++) {
+          float* data = channels.data() + static_cast<int64_t>(k) * c;
+          if (k == 2 || k == 3) {
+            args.statistics(per_channel[k], data, c, 1);
+          } else {
+            args.vector(per_channel[k], data, c);
+          }
         }
-        float momentum = 0.1f, eps = 1e-5f, correction = 1.0f;
-        detail::KernelArgs args;
-        args.bind("x", *x_view);
-        args.bind("y", *y_view);
-        args.bind("running_mean", *per_channel[0]);
-        args.bind("running_var", *per_channel[1]);
-        args.bind("momentum", &momentum);
-        args.bind("eps", &eps);
-        args.bind("running_var_correction", &correction);
-        // docs/KERNELS.md: the batch statistics (for the backward) and the new running statistics.
-        const char* outputs[] = {"saved_statistics.0", "saved_statistics.1", "running_statistics.0",
-                                 "running_statistics.1"};
-        for (size_t k = 0; k < 4; k++) args.bind(outputs[k], *per_channel[2 + k]);
-        if (affine) {
-          args.bind("weight", *per_channel[6]);
-          args.bind("bias", *per_channel[7]);
-        }
+        args.scalar(Arg::momentum, 0.1f);
+        args.scalar(Arg::eps, 1e-5f);
+        args.scalar(Arg::running_var_correction, 1.0f);
+        args.scalar(Arg::groups, int32_t{1});
         ::testing::internal::CaptureStderr();
-        expect_error([&] { args.call(variant, "layers_test"); },
-                     {"layers_test: kernel " + std::string(variant.name) + " failed (Halide error",
+        expect_error([&] { detail::run_plan(plan, args, {n, c, s}); },
+                     {"layers_test: kernel " + std::string(plan.untuned->name) + " failed (Halide error",
                       "Input buffer x is accessed at 2, which is beyond the max (1) in dimension 2"});
         EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
         calls++;

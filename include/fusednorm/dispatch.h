@@ -2,6 +2,7 @@
 // Which kernel variant runs, and why. Every variant the build produced is listed; the runtime picks the first
 // that fits the call (norm, direction, layout, epilogue, affine) and the machine (instruction set), best
 // instruction set first.
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -59,20 +60,50 @@ void clear_tuning();
 // The file of the table dispatch consults; "" when none.
 std::string tuning_table();
 
-// Dispatch reports in the manner of oneDNN's verbose mode: the variant that ran and, for each candidate (the
-// variants of the same norm and direction) passed over, why ("layout nchw, the tensors are nhwc", "epilogue relu,
-// the call asks for none", "avx512 is not supported by this CPU", ...). With a tuning table it says whether the
-// choice was tuned: "ran <variant> (schedule Adams2019; tuned: class llc (working set up to 260 MiB), working set
-// 12.3 MiB, table /path/tuning.tsv)", why each other variant of the kernel was not ("tuned slower in class llc:
-// 1.9 ms against 1.2 ms"), or why the table did not decide this call ("tuning: table ... has no timed variant of
-// <kernel> in class dram ...", "... not consulted: schedule Adams2019 is set ...", "the tuned <variant> refused
-// the call").
-// set_verbose(true) prints one on stderr at every call, as FUSEDNORM_VERBOSE=1 does; set_verbose(false) stops
-// it whatever the environment says.
+// What dispatch decided for the last call on this thread, as a struct (empty function before the first call):
+// the call (function, backend, norm, direction, layout, epilogue, affine, dtype, x's shape), the variant that ran
+// ("" when none fits: the call threw), its schedule and instruction set, how it was chosen ("default", "tuned" by
+// the loaded tuning table, or "tuned_refused": the tuned variant refused the call's extents, which `refusal`
+// quotes, and the default ran), the table and shape class where one is loaded, and each candidate passed over
+// (the variants of the same norm and direction) with the reason: "layout nchw, the tensors are nhwc", "epilogue
+// relu, the call asks for none", "avx512 is not supported by this CPU", "tuned slower in class llc: 1.9 ms
+// against 1.2 ms", ... tuning_note says why a loaded table did not decide the call.
+struct DispatchCandidate {
+  std::string variant;
+  std::string reason;
+};
+struct DispatchInfo {
+  std::string function;  // "batch_norm", "instance_norm" (which may run batch_norm kernels), ...
+  std::string backend;   // "cpu" or "cuda"
+  std::string norm;      // of the kernels
+  std::string direction, layout, epilogue;
+  bool affine = false;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string variant, schedule, isa;
+  std::string choice;  // "default", "tuned" or "tuned_refused"
+  std::string refusal;
+  std::string tuning_table, shape_class;
+  std::vector<DispatchCandidate> passed_over;
+  std::string tuning_note;
+};
+DispatchInfo last_dispatch();
+// The same as text: "fusednorm: batch_norm forward_training: ran <variant> (schedule hand)" and a line per
+// candidate passed over ("  passed over <variant>: <reason>"); "" before the first call.
+std::string last_dispatch_report();
+
+// Verbose mode, in the manner of ONEDNN_VERBOSE (docs/VERBOSE.md): FUSEDNORM_VERBOSE=1 prints, on stderr, one
+// line per call after it ran:
+//   fusednorm,exec,<backend>,<function>,<direction>,<layout>,<dtype>,<epilogue>,<variant>,<schedule>,<choice>,
+//   <shape NxCxHxW>,<kernel time in ms>
+// FUSEDNORM_VERBOSE=2 adds, before it, a line per candidate passed over and where a tuning table did not decide:
+//   fusednorm,candidate,<function>,<variant>,<reason, free text to the end of the line>
+//   fusednorm,tuning,<function>,<note, free text>
+// set_verbose_level(0, 1 or 2) and set_verbose(bool) (level 1 or 0) override the environment.
+void set_verbose_level(int level);
+int verbose_level();
 void set_verbose(bool on);
 bool verbose();
-// The report of the last call on this thread ("" before the first), whether or not verbose is on.
-std::string last_dispatch_report();
 
 // The instruction sets whose kernels can run on this CPU, best first (max_isa not applied).
 std::vector<std::string> supported_isas();

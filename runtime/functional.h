@@ -1,0 +1,26 @@
+#pragma once
+// The functional entry points on a given backend: the public CPU functions (batch_norm.h, group_norm.h, ...) and
+// the CUDA ones (cuda.h) are these, with a CpuContext or a CUDA context. One home for each norm's checks and
+// settings (momentum, the running variance's correction, num_batches_tracked), whatever runs the kernels.
+#include "fusednorm/batch_norm.h"
+#include "fusednorm/group_norm.h"
+#include "fusednorm/instance_norm.h"
+#include "fusednorm/layer_norm.h"
+#include "runtime/backend.h"
+
+namespace fusednorm::detail {
+
+void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& o, BackendContext& backend);
+void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& o, BackendContext& backend);
+void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& o,
+                           BackendContext& backend);
+void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& o,
+                            BackendContext& backend);
+void group_norm_forward(const GroupNormForwardTensors& t, const GroupNormOptions& o, BackendContext& backend);
+void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptions& o, BackendContext& backend);
+void layer_norm_forward(const LayerNormForwardTensors& t, const LayerNormOptions& o, BackendContext& backend);
+void layer_norm_backward(const LayerNormBackwardTensors& t, const LayerNormOptions& o, BackendContext& backend);
+void rms_norm_forward(const RMSNormForwardTensors& t, const RMSNormOptions& o, BackendContext& backend);
+void rms_norm_backward(const RMSNormBackwardTensors& t, const RMSNormOptions& o, BackendContext& backend);
+
+}  // namespace fusednorm::detail
