@@ -1,3 +1,6 @@
+# The registration rows are written by the helper the main build's autoscheduled variants use too.
+include("${CMAKE_CURRENT_LIST_DIR}/FusedNormRegistration.cmake")
+
 # fusednorm_add_kernel(<name>
 #   NORM batch|instance|group|layer|rms
 #   DIRECTIONS <forward_training|forward_inference|backward>...   forward_inference: NORM batch only
@@ -126,9 +129,8 @@ function(fusednorm_add_kernel name)
       target_link_libraries(${function} INTERFACE FusedNorm::fusednorm)
     endif ()
     target_link_libraries(${name} INTERFACE ${function})
-    string(APPEND registration_rows "    {\"${function}\", \"${norm}\", \"${direction}\", \"${layout}\", "
-                                    "\"${epilogue}\", ${affine}, \"${schedule}\", &${function}_argv, "
-                                    "&${function}_metadata},\n")
+    _fusednorm_registration_row(row ${function} ${norm} ${direction} ${layout} ${epilogue} ${affine} ${schedule})
+    string(APPEND registration_rows "${row}")
     string(APPEND registration_declarations "extern \"C\" int ${function}_argv(void** args);\n"
                                             "extern \"C\" const halide_filter_metadata_t* ${function}_metadata();\n")
   endforeach ()

@@ -58,7 +58,7 @@ configure_package_config_file(cmake/FusedNormConfig.cmake.in "${PROJECT_BINARY_D
 write_basic_package_version_file("${PROJECT_BINARY_DIR}/FusedNormConfigVersion.cmake"
                                  COMPATIBILITY SameMinorVersion)
 install(FILES "${PROJECT_BINARY_DIR}/FusedNormConfig.cmake" "${PROJECT_BINARY_DIR}/FusedNormConfigVersion.cmake"
-              cmake/FusedNormAddKernel.cmake
+              cmake/FusedNormAddKernel.cmake cmake/FusedNormRegistration.cmake
         DESTINATION "${FUSEDNORM_INSTALL_CMAKEDIR}")
 
 # pkg-config, for builds without CMake: prefix relative to the .pc file, so the prefix can move.

@@ -7,35 +7,31 @@
 #include <string>
 
 #include "Halide.h"
+#include "fusednorm/kinds.h"
 
 namespace fusednorm {
 
-// The kernels see a tensor as three axes, storage order innermost first:
+// Norm, Layout, Epilogue and DType are the runtime's (fusednorm/kinds.h), so that a generator parameter's word is
+// the word of the variant's name and table row. In either Layout the kernels see a tensor as three axes, storage
+// order innermost first:
 //   nchw: (s, c, n), s all spatial dimensions flattened (dense, so they collapse into one);
 //   nhwc: (c, s, n).
 // LayerNorm and RMSNorm see their rows as nchw (s = the normalized elements, c = 1, n = the rows).
-enum class Layout { nchw, nhwc };
-enum class Norm { batch, instance, group, layer, rms };
-enum class Epilogue { none, relu, add_relu, silu };
-enum class StorageType { float32, float16, bfloat16 };
 
-inline const std::map<std::string, Layout> layout_names = {{"nchw", Layout::nchw}, {"nhwc", Layout::nhwc}};
-inline const std::map<std::string, Norm> norm_names = {{"batch", Norm::batch},
-                                                       {"instance", Norm::instance},
-                                                       {"group", Norm::group},
-                                                       {"layer", Norm::layer},
-                                                       {"rms", Norm::rms}};
-inline const std::map<std::string, Epilogue> epilogue_names = {
-    {"none", Epilogue::none}, {"relu", Epilogue::relu}, {"add_relu", Epilogue::add_relu}, {"silu", Epilogue::silu}};
-inline const std::map<std::string, StorageType> storage_type_names = {
-    {"float32", StorageType::float32}, {"float16", StorageType::float16}, {"bfloat16", StorageType::bfloat16}};
+// The word-to-value map Halide's enum GeneratorParam takes, from the kind's one table of words.
+template <typename Enum>
+std::map<std::string, Enum> generator_param_words() {
+  std::map<std::string, Enum> words;
+  for (const auto& [word, value] : all_names<Enum>()) words.emplace(word, value);
+  return words;
+}
 
 struct NormSpec {
   Norm norm = Norm::batch;
   Layout layout = Layout::nchw;
   bool affine = true;  // weight (gamma), and bias (beta) except for RMSNorm
   Epilogue epilogue = Epilogue::none;
-  StorageType storage = StorageType::float32;  // of x, z, y, dy, dx, dz; statistics and sums are float32/float64
+  DType dtype = DType::float32;  // of x, z, y, dy, dx, dz; statistics and sums are float32/float64
 
   // The statistics of an element (s, c, n) are those of (group(c), n), or of group(c) alone when they reduce the
   // batch too. Groups are runs of consecutive channels: one channel each (batch, instance), `groups` of them
@@ -58,10 +54,10 @@ struct NormSpec {
   }
 
   Halide::Type storage_type() const {
-    switch (storage) {
-      case StorageType::float16: return Halide::Float(16);
-      case StorageType::bfloat16: return Halide::BFloat(16);
-      case StorageType::float32: break;
+    switch (dtype) {
+      case DType::float16: return Halide::Float(16);
+      case DType::bfloat16: return Halide::BFloat(16);
+      case DType::float32: break;
     }
     return Halide::Float(32);
   }

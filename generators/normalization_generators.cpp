@@ -15,8 +15,6 @@ namespace {
 
 using namespace Halide;
 
-enum class Direction { forward_training, forward_inference, backward };
-
 // The sizes the autoschedulers plan for: ResNet-50 at batch 32 (256 x 56 x 56) for the channel norms, and
 // transformer rows (8192 x 1024) for LayerNorm and RMSNorm.
 struct Estimates {
@@ -46,11 +44,11 @@ int autoscheduled_chunk_length(int hand_length, int spatial) {
 template <typename T>
 class NormalizationGenerator : public Generator<T> {
  public:
-  GeneratorParam<Norm> norm{"norm", Norm::batch, norm_names};
-  GeneratorParam<Layout> layout{"layout", Layout::nchw, layout_names};
+  GeneratorParam<Norm> norm{"norm", Norm::batch, generator_param_words<Norm>()};
+  GeneratorParam<Layout> layout{"layout", Layout::nchw, generator_param_words<Layout>()};
   GeneratorParam<bool> affine{"affine", true};
-  GeneratorParam<Epilogue> epilogue{"epilogue", Epilogue::none, epilogue_names};
-  GeneratorParam<StorageType> dtype{"dtype", StorageType::float32, storage_type_names};
+  GeneratorParam<Epilogue> epilogue{"epilogue", Epilogue::none, generator_param_words<Epilogue>()};
+  GeneratorParam<DType> dtype{"dtype", DType::float32, generator_param_words<DType>()};
   // CUDA schedules: lanes per row of the along-s reductions (a divisor of 32; 256 / lanes rows per block).
   GeneratorParam<int> gpu_row_lanes{"gpu_row_lanes", kGpuLanes, 1, 32};
   // CUDA schedules: rows of the elementwise tiles each thread computes (unrolled: loads in flight per thread); 0: the
