@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 
 #include "fusednorm/tensor.h"
@@ -74,43 +75,44 @@ std::string percent_text(const std::optional<double>& share, bool marked) {
   return share ? fmt::format("{}{:.0f}%", marked ? "! " : "", 100 * *share) : "-";
 }
 
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
+// The JSON keeps the order keys are written in (ordered_json), so that a row reads as the README lists it.
+using Json = nlohmann::ordered_json;
+
+Json json_value(const std::optional<std::string>& text) { return text ? Json(*text) : Json(nullptr); }
+
+// NaN and infinities have no JSON form: null, as for a value that was not measured.
+Json json_value(const std::optional<double>& number) {
+  return number && std::isfinite(*number) ? Json(*number) : Json(nullptr);
 }
 
-std::string json_value(const std::optional<std::string>& text) { return text ? json_string(*text) : "null"; }
-
-std::string json_value(const std::optional<double>& number) {
-  return number && std::isfinite(*number) ? fmt::format("{:.6g}", *number) : "null";
-}
-
-std::string json_row(const Row& r) {
+Json json_row(const Row& r) {
   // A row that was not timed has no time, GB/s or ratios (null), and its error.
   auto timed = [&](double value) { return r.error.empty() ? std::optional<double>(value) : std::nullopt; };
-  return fmt::format(
-      "{{\"op\": {}, \"direction\": {}, \"epilogue\": {}, \"layout\": {}, \"dtype\": \"float32\", "
-      "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"schedule\": {}, \"inplace\": {}, "
-      "\"ms\": {}, \"ms_min\": {}, \"reps\": {}, \"gbps\": {}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, "
-      "\"ratio_to_ceiling\": {}, "
-      "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"ratio_to_library\": {}, \"others_cpu_share\": {}, "
-      "\"attempts\": {}, \"error\": {}}}",
-      json_string(r.op), json_value(r.direction), json_string(r.epilogue), json_value(r.layout),
-      fmt::join(r.shape, ", "), json_string(r.shape_name), json_string(r.impl), json_string(r.kind),
-      json_value(r.schedule.empty() ? std::nullopt : std::optional<std::string>(r.schedule)), r.in_place,
-      json_value(timed(r.timing.median_ms)), json_value(timed(r.timing.min_ms)), r.timing.reps,
-      json_value(timed(r.gbps())), r.bytes, r.threads, json_string(r.cache), json_value(r.ratio_to_ceiling),
-      json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline), json_value(r.ratio_to_library),
-      json_value(r.timing.others_cpu_share), r.timing.attempts,
-      json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error)));
+  return {{"op", r.op},
+          {"direction", json_value(r.direction)},
+          {"epilogue", r.epilogue},
+          {"layout", json_value(r.layout)},
+          {"dtype", "float32"},
+          {"shape", r.shape},
+          {"shape_name", r.shape_name},
+          {"impl", r.impl},
+          {"kind", r.kind},
+          {"schedule", json_value(r.schedule.empty() ? std::nullopt : std::optional<std::string>(r.schedule))},
+          {"inplace", r.in_place},
+          {"ms", json_value(timed(r.timing.median_ms))},
+          {"ms_min", json_value(timed(r.timing.min_ms))},
+          {"reps", r.timing.reps},
+          {"gbps", json_value(timed(r.gbps()))},
+          {"bytes", r.bytes},
+          {"threads", r.threads},
+          {"cache", r.cache},
+          {"ratio_to_ceiling", json_value(r.ratio_to_ceiling)},
+          {"ratio_to_copy_nt", json_value(r.ratio_to_copy_nt)},
+          {"ratio_to_baseline", json_value(r.ratio_to_baseline)},
+          {"ratio_to_library", json_value(r.ratio_to_library)},
+          {"others_cpu_share", json_value(r.timing.others_cpu_share)},
+          {"attempts", r.timing.attempts},
+          {"error", json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error))}};
 }
 
 // The table's columns, the same in the text and the markdown.
@@ -393,23 +395,28 @@ void write_markdown(const std::string& path, const std::string& title, const std
 
 void write_json(const std::string& path, const std::vector<Row>& rows, const MachineInfo& machine,
                 const RunSettings& settings) {
+  Json json = {{"machine",
+                {{"cpu", machine.cpu_model},
+                 {"cores", machine.cores},
+                 {"llc_bytes", machine.llc_bytes},
+                 {"llc_source", machine.llc_source},
+                 {"memory_bytes", machine.memory_bytes},
+                 {"date", machine.date},
+                 {"load_average", machine.load_average}}},
+               {"settings",
+                {{"threads", settings.threads},
+                 {"quick", settings.quick},
+                 {"filter", settings.filter},
+                 {"reps", settings.reps > 0 ? Json(settings.reps) : Json(nullptr)},
+                 {"max_isa", settings.max_isa},
+                 {"copy_isa", settings.copy_isa}}},
+               {"rows", Json::array()}};
+  for (const Row& row : rows) json["rows"].push_back(json_row(row));
   std::ofstream out(path);
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the JSON results to {}", path));
-  out << "{\n";
-  out << fmt::format(
-      "  \"machine\": {{\"cpu\": {}, \"cores\": {}, \"llc_bytes\": {}, \"llc_source\": {}, \"memory_bytes\": {}, "
-      "\"date\": {}, \"load_average\": {:.2f}}},\n",
-      json_string(machine.cpu_model), machine.cores, machine.llc_bytes, json_string(machine.llc_source),
-      machine.memory_bytes, json_string(machine.date), machine.load_average);
-  out << fmt::format(
-      "  \"settings\": {{\"threads\": {}, \"quick\": {}, \"filter\": {}, \"reps\": {}, \"max_isa\": {}, "
-      "\"copy_isa\": {}}},\n",
-      settings.threads, settings.quick, json_string(settings.filter),
-      settings.reps > 0 ? fmt::format("{}", settings.reps) : "null", json_string(settings.max_isa),
-      json_string(settings.copy_isa));
-  out << "  \"rows\": [\n";
-  for (size_t i = 0; i < rows.size(); i++) out << "    " << json_row(rows[i]) << (i + 1 < rows.size() ? ",\n" : "\n");
-  out << "  ]\n}\n";
+  // Text from the machine (the CPU's name) or from an error message is not checked to be UTF-8: a bad byte is
+  // written as U+FFFD rather than ending the run after all its timing.
+  out << json.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: writing the JSON results to {} failed", path));
 }
 
