@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <ranges>
 #include <stdexcept>
 
 #include "fusednorm/tensor.h"
@@ -249,12 +250,11 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
     for (const Line& line : lines) width[c] = std::max(width[c], line[c].size());
   }
   auto print_line = [&](const Line& line) {
-    std::string text;
+    Line cells;
     for (size_t c = 0; c < kColumns; c++) {
-      text += kRightAligned[c] ? fmt::format("{:>{}}", line[c], width[c]) : fmt::format("{:<{}}", line[c], width[c]);
-      text += c + 1 < kColumns ? "  " : "";
+      cells[c] = kRightAligned[c] ? fmt::format("{:>{}}", line[c], width[c]) : fmt::format("{:<{}}", line[c], width[c]);
     }
-    fmt::print("{}\n", text);
+    fmt::print("{}\n", fmt::join(cells, "  "));
   };
 
   print_line(kHeader);
@@ -358,12 +358,11 @@ void write_markdown(const std::string& path, const std::string& title, const std
   std::ofstream out(path);
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the markdown table to {}", path));
   auto table_row = [](const auto& cells) {
-    std::string text = "|";
-    for (const std::string& cell : cells) text += fmt::format(" {} |", markdown_text(cell));
-    return text + "\n";
+    return fmt::format("| {} |\n", fmt::join(cells | std::views::transform(markdown_text), " | "));
   };
-  std::string separator = "|";
-  for (bool right : kRightAligned) separator += right ? " ---: |" : " --- |";
+  const std::string separator = fmt::format(
+      "| {} |",
+      fmt::join(kRightAligned | std::views::transform([](bool right) { return right ? "---:" : "---"; }), " | "));
 
   out << markdown_text(title) << "\n\n";
   for (const HeaderLine& line : header) {
