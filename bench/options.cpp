@@ -26,10 +26,14 @@ baseline, oneDNN and the copy bandwidth measured in the same run:
   layer_norm       forward training, backward; rows (transformer)
   group_norm       forward training, backward; NCHW and NHWC (U-Net); oneDNN 2.6 has none
 each by the hand schedule and every autoscheduler built; the forwards also in place (".../inplace").
+Then the small calls: the seed's BatchNorm1d(64) layer on a [32, 64] batch, training forward + backward and
+evaluation forward, in microseconds beside a copy of the same bytes (not with --problem alone).
 
   --quick          smaller shapes of the same kinds (ResNet-50 at batch 2, ...) and short timing
   --filter TEXT    only rows whose "<op>/<direction>/<layout>/<shape name>" contains TEXT (layout: nchw,
-                   nhwc, rows), e.g. backward, layer_norm, batch_norm/, batch_norm_relu/backward/nhwc, stage4
+                   nhwc, rows), e.g. backward, layer_norm, batch_norm/, batch_norm_relu/backward/nhwc, stage4;
+                   the small calls' is "small_call/batch_norm/<forward_training+backward or
+                   forward_inference>/32x64" (--filter small_call: only them)
   --shapes LISTS   comma-separated shape lists of tests/support/shapes.h, each with its ops:
                    resnet50 (batch 32: batch_norm, batch_norm_relu), resnet50_batch2, mlp_bn1d (8192 x 1024:
                    batch_norm), mlp_bn1d_small, transformer (8192 x 1024, 4096 x 4096: layer_norm),

@@ -217,6 +217,53 @@ std::string markdown_text(const std::string& text) {
   return out;
 }
 
+std::string small_calls_title(const std::vector<SmallCallRow>& rows) {
+  int64_t bytes = sizeof(float);
+  for (int64_t extent : rows.front().shape) bytes *= extent;
+  return fmt::format(
+      "Small calls: the seed's BatchNorm1d(64) on {} float32 through the layer API, hot; copy: memcpy of x into y "
+      "({} bytes), timed the same way; ratio: median over copy",
+      shape_string(rows.front().shape), bytes);
+}
+
+// The small-call table's cells: a time timed beside other processes is marked !, as in the main table.
+std::array<std::string, 4> small_call_cells(const SmallCallRow& r) {
+  auto us = [](const Timing& t) { return fmt::format("{}{:.2f}", t.disturbed() ? "! " : "", 1e3 * t.median_ms); };
+  return {r.name, us(r.timing), us(r.copy), fmt::format("{:.1f}", r.ratio())};
+}
+
+// "training forward + backward <= 5 us: above it", one per row.
+std::string small_call_targets(const std::vector<SmallCallRow>& rows) {
+  std::vector<std::string> parts;
+  for (const SmallCallRow& r : rows) {
+    parts.push_back(fmt::format("{} <= {:g} us: {}", r.name, r.target_us,
+                                1e3 * r.timing.median_ms <= r.target_us ? "meets it" : "above it"));
+  }
+  std::string text = fmt::format("Target (issue 14): {}", fmt::join(parts, "; "));
+  if (std::any_of(rows.begin(), rows.end(), [](const SmallCallRow& r) { return r.timing.disturbed(); })) {
+    text += fmt::format(
+        ". A time marked ! was measured while other processes used more than {:.0f}% of the CPUs, even when timed "
+        "again: not to be trusted",
+        100 * kDisturbedShare);
+  }
+  return text;
+}
+
+Json small_call_json(const SmallCallRow& r) {
+  return {{"case", r.name},
+          {"key", r.key},
+          {"shape", r.shape},
+          {"dtype", "float32"},
+          {"median_us", json_value(1e3 * r.timing.median_ms)},
+          {"min_us", json_value(1e3 * r.timing.min_ms)},
+          {"reps", r.timing.reps},
+          {"copy_us", json_value(1e3 * r.copy.median_ms)},
+          {"ratio", json_value(r.ratio())},
+          {"target_us", r.target_us},
+          {"others_cpu_share", json_value(r.timing.others_cpu_share)},
+          {"attempts", r.timing.attempts}};
+}
+
 }  // namespace
 
 void complete_ratios(std::vector<Row>& rows) {
@@ -353,8 +400,22 @@ void print_library_summary(const std::vector<Row>& rows) {
           : "a shared machine still shifts ratios by a few percent");
 }
 
+void print_small_calls(const std::vector<SmallCallRow>& rows) {
+  if (rows.empty()) return;
+  fmt::print("\n{}\n", small_calls_title(rows));
+  size_t width = std::string_view("case").size();
+  for (const SmallCallRow& r : rows) width = std::max(width, r.name.size());
+  fmt::print("  {:<{}}  {:>9}  {:>7}  {:>5}\n", "case", width, "median us", "copy us", "ratio");
+  for (const SmallCallRow& r : rows) {
+    const auto cells = small_call_cells(r);
+    fmt::print("  {:<{}}  {:>9}  {:>7}  {:>5}\n", cells[0], width, cells[1], cells[2], cells[3]);
+  }
+  fmt::print("  {}\n", small_call_targets(rows));
+}
+
 void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,
-                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes) {
+                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes,
+                    const std::vector<SmallCallRow>& small_calls) {
   std::ofstream out(path);
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the markdown table to {}", path));
   auto table_row = [](const auto& cells) {
@@ -389,11 +450,18 @@ void write_markdown(const std::string& path, const std::string& title, const std
                                                 t.verdict});
   }
   if (targets.empty()) out << "(no such row in this run)\n";
+  if (!small_calls.empty()) {
+    out << "\n" << markdown_text(small_calls_title(small_calls)) << "\n\n";
+    out << table_row(std::array<std::string, 4>{"case", "median us", "copy us", "ratio"})
+        << "| --- | ---: | ---: | ---: |\n";
+    for (const SmallCallRow& r : small_calls) out << table_row(small_call_cells(r));
+    out << "\n" << markdown_text(small_call_targets(small_calls)) << "\n";
+  }
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: writing the markdown table to {} failed", path));
 }
 
-void write_json(const std::string& path, const std::vector<Row>& rows, const MachineInfo& machine,
-                const RunSettings& settings) {
+void write_json(const std::string& path, const std::vector<Row>& rows, const std::vector<SmallCallRow>& small_calls,
+                const MachineInfo& machine, const RunSettings& settings) {
   Json json = {{"machine",
                 {{"cpu", machine.cpu_model},
                  {"cores", machine.cores},
@@ -409,8 +477,10 @@ void write_json(const std::string& path, const std::vector<Row>& rows, const Mac
                  {"reps", settings.reps > 0 ? Json(settings.reps) : Json(nullptr)},
                  {"max_isa", settings.max_isa},
                  {"copy_isa", settings.copy_isa}}},
-               {"rows", Json::array()}};
+               {"rows", Json::array()},
+               {"small_calls", Json::array()}};
   for (const Row& row : rows) json["rows"].push_back(json_row(row));
+  for (const SmallCallRow& row : small_calls) json["small_calls"].push_back(small_call_json(row));
   std::ofstream out(path);
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the JSON results to {}", path));
   // Text from the machine (the CPU's name) or from an error message is not checked to be UTF-8: a bad byte is
