@@ -20,6 +20,7 @@
 #include "bench/options.h"
 #include "bench/problem.h"
 #include "bench/report.h"
+#include "bench/small_calls.h"
 #include "bench/timing.h"
 #include "bench/tune.h"
 #include "bench/verify.h"
@@ -144,21 +145,32 @@ class Benchmark {
 
   std::vector<Row> run() {
     for (const BenchShape& shape : shapes_) run_shape(shape);
+    if (runs_small_calls()) {
+      small_calls_ = time_small_calls(options_.filter, plan_, machine_.cores,
+                                      [&](const std::string& what) { progress_.step(what); });
+    }
     progress_.done();
     complete_ratios(rows_);
     return rows_;
   }
   const std::vector<ShapeNote>& notes() const { return notes_; }
+  const std::vector<SmallCallRow>& small_calls() const { return small_calls_; }
 
  private:
-  // Two copy ceilings per shape with any selected row, then the rows of each selected case.
+  // The small calls come with the shape lists (the default ones or --shapes), not with --problem cases alone,
+  // which replace the lists.
+  bool runs_small_calls() const { return options_.problems.empty() || !options_.shape_lists.empty(); }
+
+  // Two copy ceilings per shape with any selected row, then the rows of each selected case; the small calls' copy
+  // and cases.
   int count_steps() const {
     int steps = 0;
     for (const BenchShape& shape : shapes_) {
       const int rows = selected_rows(options_, shape);
       steps += rows > 0 ? 2 + rows : 0;
     }
-    return steps;
+    const int small_calls = runs_small_calls() ? selected_small_calls(options_.filter) : 0;
+    return steps + (small_calls > 0 ? 1 + small_calls : 0);
   }
 
   void run_shape(const BenchShape& shape) {
@@ -288,6 +300,7 @@ class Benchmark {
   Progress progress_;
   std::vector<Row> rows_;
   std::vector<ShapeNote> notes_;
+  std::vector<SmallCallRow> small_calls_;
 };
 
 std::string describe_plan(const TimingPlan& plan) {
@@ -381,22 +394,27 @@ int run(int argc, char** argv) {
   }
   print_header(title(settings), header);
   std::vector<Row> rows = benchmark.run();
-  if (rows.empty()) {
+  const std::vector<SmallCallRow>& small_calls = benchmark.small_calls();
+  if (rows.empty() && small_calls.empty()) {
     fmt::print(stderr, "fusednorm_bench: --filter '{}' selects no row\n", options.filter);
     return 2;
   }
-  print_table(rows, benchmark.notes());
-  print_target_summary(rows);
-  print_schedule_summary(rows);
-  print_library_summary(rows);
+  // --filter small_call selects the small calls alone: no kernel table, nor its summaries.
+  if (!rows.empty()) {
+    print_table(rows, benchmark.notes());
+    print_target_summary(rows);
+    print_schedule_summary(rows);
+    print_library_summary(rows);
+  }
+  print_small_calls(small_calls);
 
   const std::string json_path =
       std::filesystem::absolute(options.json_path.empty() ? "results.json" : options.json_path).string();
-  write_json(json_path, rows, machine, settings);
+  write_json(json_path, rows, small_calls, machine, settings);
   fmt::print("\nJSON rows: {}\n", json_path);
   if (!options.markdown_path.empty()) {
     const std::string markdown_path = std::filesystem::absolute(options.markdown_path).string();
-    write_markdown(markdown_path, title(settings), header, rows, benchmark.notes());
+    write_markdown(markdown_path, title(settings), header, rows, benchmark.notes(), small_calls);
     fmt::print("Markdown table: {}\n", markdown_path);
   }
   fmt::print("Took {:.0f} s\n", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

@@ -3,11 +3,13 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "bench/cases.h"
 #include "fusednorm/error.h"
@@ -24,10 +26,14 @@ baseline, oneDNN and the copy bandwidth measured in the same run:
   layer_norm       forward training, backward; rows (transformer)
   group_norm       forward training, backward; NCHW and NHWC (U-Net); oneDNN 2.6 has none
 each by the hand schedule and every autoscheduler built; the forwards also in place (".../inplace").
+Then the small calls: the seed's BatchNorm1d(64) layer on a [32, 64] batch, training forward + backward and
+evaluation forward, in microseconds beside a copy of the same bytes (not with --problem alone).
 
   --quick          smaller shapes of the same kinds (ResNet-50 at batch 2, ...) and short timing
   --filter TEXT    only rows whose "<op>/<direction>/<layout>/<shape name>" contains TEXT (layout: nchw,
-                   nhwc, rows), e.g. backward, layer_norm, batch_norm/, batch_norm_relu/backward/nhwc, stage4
+                   nhwc, rows), e.g. backward, layer_norm, batch_norm/, batch_norm_relu/backward/nhwc, stage4;
+                   the small calls' is "small_call/batch_norm/<forward_training+backward or
+                   forward_inference>/32x64" (--filter small_call: only them)
   --shapes LISTS   comma-separated shape lists of tests/support/shapes.h, each with its ops:
                    resnet50 (batch 32: batch_norm, batch_norm_relu), resnet50_batch2, mlp_bn1d (8192 x 1024:
                    batch_norm), mlp_bn1d_small, transformer (8192 x 1024, 4096 x 4096: layer_norm),
@@ -63,10 +69,12 @@ each by the hand schedule and every autoscheduler built; the forwards also in pl
   std::exit(2);
 }
 
-int positive_int(std::string_view flag, std::string_view text) {
+// The checks below run as CLI11 parses a value and throw CLI::ValidationError with the whole message (naming the
+// option, the value and what was expected), which parse_options prints above the usage.
+int positive_int(std::string_view flag, const std::string& text) {
   const std::optional<int64_t> value = positive_integer(text);
   if (!value || *value > std::numeric_limits<int>::max()) {
-    usage_error(fmt::format("{} is '{}', expected a positive integer", flag, text));
+    throw CLI::ValidationError(fmt::format("{} is '{}', expected a positive integer", flag, text));
   }
   return static_cast<int>(*value);
 }
@@ -78,66 +86,69 @@ std::vector<std::string> shape_lists(std::string_view flag, std::string_view tex
     const std::string_view name = text.substr(0, comma);
     const std::vector<std::string>& known = shape_list_names();
     if (std::find(known.begin(), known.end(), name) == known.end()) {
-      usage_error(fmt::format("{} names '{}', expected one or more of {}", flag, name, fmt::join(known, ", ")));
+      throw CLI::ValidationError(
+          fmt::format("{} names '{}', expected one or more of {}", flag, name, fmt::join(known, ", ")));
     }
     names.emplace_back(name);
     text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
   }
-  if (names.empty()) usage_error(fmt::format("{} needs at least one shape list", flag));
+  if (names.empty()) throw CLI::ValidationError(fmt::format("{} needs at least one shape list", flag));
   return names;
+}
+
+// CLI11 lets a flag take a value ("--quick=false", "--quick=x" read as a conversion failure); ours take none, so
+// that "--quick=x" is refused saying so. A bare flag reaches the check as "true".
+CLI::Validator no_value() {
+  return CLI::Validator(
+      [](std::string& value) {
+        return value == "true" ? std::string() : fmt::format("takes no value, got '{}'", value);
+      },
+      "");
+}
+
+// A valued option that keeps its last value when given twice, as the parser before CLI11 did.
+template <typename F>
+CLI::Option* add_valued(CLI::App& app, const char* name, F&& store) {
+  return app.add_option_function<std::string>(name, std::forward<F>(store))
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 }
 
 }  // namespace
 
 Options parse_options(int argc, char** argv) {
   Options options;
-  for (int i = 1; i < argc; i++) {
-    std::string_view arg = argv[i];
-    std::string_view value;
-    // Both "--flag value" and "--flag=value".
-    if (auto equals = arg.find('='); arg.starts_with("--") && equals != std::string_view::npos) {
-      value = arg.substr(equals + 1);
-      arg = arg.substr(0, equals);
-    }
-    auto next_value = [&]() -> std::string_view {
-      if (!value.empty()) return value;
-      if (i + 1 >= argc) usage_error(fmt::format("{} needs a value", arg));
-      return argv[++i];
-    };
-    if (arg == "--help" || arg == "-h") {
-      fmt::print("{}", kUsage);
-      std::exit(0);
-    } else if (arg == "--quick") {
-      options.quick = true;
-    } else if (arg == "--filter") {
-      options.filter = next_value();
-    } else if (arg == "--shapes") {
-      options.shape_lists = shape_lists(arg, next_value());
-    } else if (arg == "--problem") {
-      const std::string_view spec = next_value();
+  CLI::App app("", "fusednorm_bench");
+  // --help prints kUsage (below), written for this tool, rather than CLI11's generated text.
+  app.set_help_flag("-h,--help");
+  app.add_flag("--quick", options.quick)->check(no_value());
+  app.add_flag("--tune", options.tune)->check(no_value());
+  app.add_flag("--dram", options.tune_dram)->check(no_value());
+  add_valued(app, "--filter", [&](const std::string& text) { options.filter = text; });
+  add_valued(app, "--shapes", [&](const std::string& text) { options.shape_lists = shape_lists("--shapes", text); });
+  add_valued(app, "--threads", [&](const std::string& text) { options.threads = positive_int("--threads", text); });
+  add_valued(app, "--reps", [&](const std::string& text) { options.reps = positive_int("--reps", text); });
+  add_valued(app, "--json", [&](const std::string& text) { options.json_path = text; });
+  add_valued(app, "--markdown", [&](const std::string& text) { options.markdown_path = text; });
+  add_valued(app, "--tuning-table", [&](const std::string& text) { options.tuning_path = text; });
+  auto store_problems = [&](const std::vector<std::string>& specs) {
+    for (const std::string& spec : specs) {
       try {
         parse_problem(spec);
       } catch (const Error& e) {
-        usage_error(e.what());
+        throw CLI::ValidationError(e.what());
       }
-      options.problems.emplace_back(spec);
-    } else if (arg == "--threads") {
-      options.threads = positive_int(arg, next_value());
-    } else if (arg == "--reps") {
-      options.reps = positive_int(arg, next_value());
-    } else if (arg == "--json") {
-      options.json_path = next_value();
-    } else if (arg == "--markdown") {
-      options.markdown_path = next_value();
-    } else if (arg == "--tune") {
-      options.tune = true;
-    } else if (arg == "--dram") {
-      options.tune_dram = true;
-    } else if (arg == "--tuning-table") {
-      options.tuning_path = next_value();
-    } else {
-      usage_error(fmt::format("unknown argument '{}'", argv[i]));
     }
+    options.problems = specs;
+  };
+  // Repeatable, one case per --problem: "--problem A B" refuses B rather than reading two cases.
+  app.add_option_function<std::vector<std::string>>("--problem", store_problems)->allow_extra_args(false);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    fmt::print("{}", kUsage);
+    std::exit(0);
+  } catch (const CLI::ParseError& e) {
+    usage_error(e.what());
   }
   if (options.tune && !options.problems.empty()) {
     usage_error("--problem does not apply to --tune, which times the shapes of each shape class");

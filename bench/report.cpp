@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
+#include <ranges>
 #include <stdexcept>
 
 #include "fusednorm/tensor.h"
@@ -74,43 +76,44 @@ std::string percent_text(const std::optional<double>& share, bool marked) {
   return share ? fmt::format("{}{:.0f}%", marked ? "! " : "", 100 * *share) : "-";
 }
 
-std::string json_string(const std::string& text) {
-  std::string out = "\"";
-  for (char c : text) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
+// The JSON keeps the order keys are written in (ordered_json), so that a row reads as the README lists it.
+using Json = nlohmann::ordered_json;
+
+Json json_value(const std::optional<std::string>& text) { return text ? Json(*text) : Json(nullptr); }
+
+// NaN and infinities have no JSON form: null, as for a value that was not measured.
+Json json_value(const std::optional<double>& number) {
+  return number && std::isfinite(*number) ? Json(*number) : Json(nullptr);
 }
 
-std::string json_value(const std::optional<std::string>& text) { return text ? json_string(*text) : "null"; }
-
-std::string json_value(const std::optional<double>& number) {
-  return number && std::isfinite(*number) ? fmt::format("{:.6g}", *number) : "null";
-}
-
-std::string json_row(const Row& r) {
+Json json_row(const Row& r) {
   // A row that was not timed has no time, GB/s or ratios (null), and its error.
   auto timed = [&](double value) { return r.error.empty() ? std::optional<double>(value) : std::nullopt; };
-  return fmt::format(
-      "{{\"op\": {}, \"direction\": {}, \"epilogue\": {}, \"layout\": {}, \"dtype\": \"float32\", "
-      "\"shape\": [{}], \"shape_name\": {}, \"impl\": {}, \"kind\": {}, \"schedule\": {}, \"inplace\": {}, "
-      "\"ms\": {}, \"ms_min\": {}, \"reps\": {}, \"gbps\": {}, \"bytes\": {}, \"threads\": {}, \"cache\": {}, "
-      "\"ratio_to_ceiling\": {}, "
-      "\"ratio_to_copy_nt\": {}, \"ratio_to_baseline\": {}, \"ratio_to_library\": {}, \"others_cpu_share\": {}, "
-      "\"attempts\": {}, \"error\": {}}}",
-      json_string(r.op), json_value(r.direction), json_string(r.epilogue), json_value(r.layout),
-      fmt::join(r.shape, ", "), json_string(r.shape_name), json_string(r.impl), json_string(r.kind),
-      json_value(r.schedule.empty() ? std::nullopt : std::optional<std::string>(r.schedule)), r.in_place,
-      json_value(timed(r.timing.median_ms)), json_value(timed(r.timing.min_ms)), r.timing.reps,
-      json_value(timed(r.gbps())), r.bytes, r.threads, json_string(r.cache), json_value(r.ratio_to_ceiling),
-      json_value(r.ratio_to_copy_nt), json_value(r.ratio_to_baseline), json_value(r.ratio_to_library),
-      json_value(r.timing.others_cpu_share), r.timing.attempts,
-      json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error)));
+  return {{"op", r.op},
+          {"direction", json_value(r.direction)},
+          {"epilogue", r.epilogue},
+          {"layout", json_value(r.layout)},
+          {"dtype", "float32"},
+          {"shape", r.shape},
+          {"shape_name", r.shape_name},
+          {"impl", r.impl},
+          {"kind", r.kind},
+          {"schedule", json_value(r.schedule.empty() ? std::nullopt : std::optional<std::string>(r.schedule))},
+          {"inplace", r.in_place},
+          {"ms", json_value(timed(r.timing.median_ms))},
+          {"ms_min", json_value(timed(r.timing.min_ms))},
+          {"reps", r.timing.reps},
+          {"gbps", json_value(timed(r.gbps()))},
+          {"bytes", r.bytes},
+          {"threads", r.threads},
+          {"cache", r.cache},
+          {"ratio_to_ceiling", json_value(r.ratio_to_ceiling)},
+          {"ratio_to_copy_nt", json_value(r.ratio_to_copy_nt)},
+          {"ratio_to_baseline", json_value(r.ratio_to_baseline)},
+          {"ratio_to_library", json_value(r.ratio_to_library)},
+          {"others_cpu_share", json_value(r.timing.others_cpu_share)},
+          {"attempts", r.timing.attempts},
+          {"error", json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error))}};
 }
 
 // The table's columns, the same in the text and the markdown.
@@ -214,6 +217,53 @@ std::string markdown_text(const std::string& text) {
   return out;
 }
 
+std::string small_calls_title(const std::vector<SmallCallRow>& rows) {
+  int64_t bytes = sizeof(float);
+  for (int64_t extent : rows.front().shape) bytes *= extent;
+  return fmt::format(
+      "Small calls: the seed's BatchNorm1d(64) on {} float32 through the layer API, hot; copy: memcpy of x into y "
+      "({} bytes), timed the same way; ratio: median over copy",
+      shape_string(rows.front().shape), bytes);
+}
+
+// The small-call table's cells: a time timed beside other processes is marked !, as in the main table.
+std::array<std::string, 4> small_call_cells(const SmallCallRow& r) {
+  auto us = [](const Timing& t) { return fmt::format("{}{:.2f}", t.disturbed() ? "! " : "", 1e3 * t.median_ms); };
+  return {r.name, us(r.timing), us(r.copy), fmt::format("{:.1f}", r.ratio())};
+}
+
+// "training forward + backward <= 5 us: above it", one per row.
+std::string small_call_targets(const std::vector<SmallCallRow>& rows) {
+  std::vector<std::string> parts;
+  for (const SmallCallRow& r : rows) {
+    parts.push_back(fmt::format("{} <= {:g} us: {}", r.name, r.target_us,
+                                1e3 * r.timing.median_ms <= r.target_us ? "meets it" : "above it"));
+  }
+  std::string text = fmt::format("Target (issue 14): {}", fmt::join(parts, "; "));
+  if (std::any_of(rows.begin(), rows.end(), [](const SmallCallRow& r) { return r.timing.disturbed(); })) {
+    text += fmt::format(
+        ". A time marked ! was measured while other processes used more than {:.0f}% of the CPUs, even when timed "
+        "again: not to be trusted",
+        100 * kDisturbedShare);
+  }
+  return text;
+}
+
+Json small_call_json(const SmallCallRow& r) {
+  return {{"case", r.name},
+          {"key", r.key},
+          {"shape", r.shape},
+          {"dtype", "float32"},
+          {"median_us", json_value(1e3 * r.timing.median_ms)},
+          {"min_us", json_value(1e3 * r.timing.min_ms)},
+          {"reps", r.timing.reps},
+          {"copy_us", json_value(1e3 * r.copy.median_ms)},
+          {"ratio", json_value(r.ratio())},
+          {"target_us", r.target_us},
+          {"others_cpu_share", json_value(r.timing.others_cpu_share)},
+          {"attempts", r.timing.attempts}};
+}
+
 }  // namespace
 
 void complete_ratios(std::vector<Row>& rows) {
@@ -247,12 +297,11 @@ void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& not
     for (const Line& line : lines) width[c] = std::max(width[c], line[c].size());
   }
   auto print_line = [&](const Line& line) {
-    std::string text;
+    Line cells;
     for (size_t c = 0; c < kColumns; c++) {
-      text += kRightAligned[c] ? fmt::format("{:>{}}", line[c], width[c]) : fmt::format("{:<{}}", line[c], width[c]);
-      text += c + 1 < kColumns ? "  " : "";
+      cells[c] = kRightAligned[c] ? fmt::format("{:>{}}", line[c], width[c]) : fmt::format("{:<{}}", line[c], width[c]);
     }
-    fmt::print("{}\n", text);
+    fmt::print("{}\n", fmt::join(cells, "  "));
   };
 
   print_line(kHeader);
@@ -351,17 +400,30 @@ void print_library_summary(const std::vector<Row>& rows) {
           : "a shared machine still shifts ratios by a few percent");
 }
 
+void print_small_calls(const std::vector<SmallCallRow>& rows) {
+  if (rows.empty()) return;
+  fmt::print("\n{}\n", small_calls_title(rows));
+  size_t width = std::string_view("case").size();
+  for (const SmallCallRow& r : rows) width = std::max(width, r.name.size());
+  fmt::print("  {:<{}}  {:>9}  {:>7}  {:>5}\n", "case", width, "median us", "copy us", "ratio");
+  for (const SmallCallRow& r : rows) {
+    const auto cells = small_call_cells(r);
+    fmt::print("  {:<{}}  {:>9}  {:>7}  {:>5}\n", cells[0], width, cells[1], cells[2], cells[3]);
+  }
+  fmt::print("  {}\n", small_call_targets(rows));
+}
+
 void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,
-                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes) {
+                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes,
+                    const std::vector<SmallCallRow>& small_calls) {
   std::ofstream out(path);
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the markdown table to {}", path));
   auto table_row = [](const auto& cells) {
-    std::string text = "|";
-    for (const std::string& cell : cells) text += fmt::format(" {} |", markdown_text(cell));
-    return text + "\n";
+    return fmt::format("| {} |\n", fmt::join(cells | std::views::transform(markdown_text), " | "));
   };
-  std::string separator = "|";
-  for (bool right : kRightAligned) separator += right ? " ---: |" : " --- |";
+  const std::string separator = fmt::format(
+      "| {} |",
+      fmt::join(kRightAligned | std::views::transform([](bool right) { return right ? "---:" : "---"; }), " | "));
 
   out << markdown_text(title) << "\n\n";
   for (const HeaderLine& line : header) {
@@ -388,28 +450,42 @@ void write_markdown(const std::string& path, const std::string& title, const std
                                                 t.verdict});
   }
   if (targets.empty()) out << "(no such row in this run)\n";
+  if (!small_calls.empty()) {
+    out << "\n" << markdown_text(small_calls_title(small_calls)) << "\n\n";
+    out << table_row(std::array<std::string, 4>{"case", "median us", "copy us", "ratio"})
+        << "| --- | ---: | ---: | ---: |\n";
+    for (const SmallCallRow& r : small_calls) out << table_row(small_call_cells(r));
+    out << "\n" << markdown_text(small_call_targets(small_calls)) << "\n";
+  }
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: writing the markdown table to {} failed", path));
 }
 
-void write_json(const std::string& path, const std::vector<Row>& rows, const MachineInfo& machine,
-                const RunSettings& settings) {
+void write_json(const std::string& path, const std::vector<Row>& rows, const std::vector<SmallCallRow>& small_calls,
+                const MachineInfo& machine, const RunSettings& settings) {
+  Json json = {{"machine",
+                {{"cpu", machine.cpu_model},
+                 {"cores", machine.cores},
+                 {"llc_bytes", machine.llc_bytes},
+                 {"llc_source", machine.llc_source},
+                 {"memory_bytes", machine.memory_bytes},
+                 {"date", machine.date},
+                 {"load_average", machine.load_average}}},
+               {"settings",
+                {{"threads", settings.threads},
+                 {"quick", settings.quick},
+                 {"filter", settings.filter},
+                 {"reps", settings.reps > 0 ? Json(settings.reps) : Json(nullptr)},
+                 {"max_isa", settings.max_isa},
+                 {"copy_isa", settings.copy_isa}}},
+               {"rows", Json::array()},
+               {"small_calls", Json::array()}};
+  for (const Row& row : rows) json["rows"].push_back(json_row(row));
+  for (const SmallCallRow& row : small_calls) json["small_calls"].push_back(small_call_json(row));
   std::ofstream out(path);
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: cannot write the JSON results to {}", path));
-  out << "{\n";
-  out << fmt::format(
-      "  \"machine\": {{\"cpu\": {}, \"cores\": {}, \"llc_bytes\": {}, \"llc_source\": {}, \"memory_bytes\": {}, "
-      "\"date\": {}, \"load_average\": {:.2f}}},\n",
-      json_string(machine.cpu_model), machine.cores, machine.llc_bytes, json_string(machine.llc_source),
-      machine.memory_bytes, json_string(machine.date), machine.load_average);
-  out << fmt::format(
-      "  \"settings\": {{\"threads\": {}, \"quick\": {}, \"filter\": {}, \"reps\": {}, \"max_isa\": {}, "
-      "\"copy_isa\": {}}},\n",
-      settings.threads, settings.quick, json_string(settings.filter),
-      settings.reps > 0 ? fmt::format("{}", settings.reps) : "null", json_string(settings.max_isa),
-      json_string(settings.copy_isa));
-  out << "  \"rows\": [\n";
-  for (size_t i = 0; i < rows.size(); i++) out << "    " << json_row(rows[i]) << (i + 1 < rows.size() ? ",\n" : "\n");
-  out << "  ]\n}\n";
+  // Text from the machine (the CPU's name) or from an error message is not checked to be UTF-8: a bad byte is
+  // written as U+FFFD rather than ending the run after all its timing.
+  out << json.dump(2, ' ', false, Json::error_handler_t::replace) << "\n";
   if (!out) throw std::runtime_error(fmt::format("fusednorm_bench: writing the JSON results to {} failed", path));
 }
 

@@ -47,6 +47,21 @@ struct Row {
 
 void complete_ratios(std::vector<Row>& rows);
 
+// A call small enough that its fixed cost is most of its time (bench/small_calls.h), beside a copy of its x.
+struct SmallCallRow {
+  std::string name;            // "BatchNorm1d(64) training forward + backward"
+  std::string key;             // what --filter matches: "small_call/batch_norm/forward_inference/32x64"
+  std::vector<int64_t> shape;  // of x
+  Timing timing;               // one call (training: the forward and its backward)
+  Timing copy;                 // memcpy of x's bytes into y, timed the same way
+  double target_us = 0;        // issue 14's bound on the median
+
+  double ratio() const { return timing.median_ms / copy.median_ms; }
+};
+
+// Their own short table: case, median us, copy us, ratio; then the targets.
+void print_small_calls(const std::vector<SmallCallRow>& rows);
+
 // Hand against each autoscheduler: per shape, op, direction and layout, each schedule's ratio to copy_nt and
 // the hand schedule's speed-up over it.
 void print_schedule_summary(const std::vector<Row>& rows);
@@ -72,7 +87,8 @@ void print_library_summary(const std::vector<Row>& rows);
 // The same header, tables (one per shape, its note above it) and target summary as GitHub-flavoured markdown,
 // for docs/PERFORMANCE.md to include verbatim.
 void write_markdown(const std::string& path, const std::string& title, const std::vector<HeaderLine>& header,
-                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
+                    const std::vector<Row>& rows, const std::vector<ShapeNote>& notes,
+                    const std::vector<SmallCallRow>& small_calls);
 
 struct RunSettings {
   int threads = 0;
@@ -83,7 +99,7 @@ struct RunSettings {
   std::string copy_isa;
 };
 
-void write_json(const std::string& path, const std::vector<Row>& rows, const MachineInfo& machine,
-                const RunSettings& settings);
+void write_json(const std::string& path, const std::vector<Row>& rows, const std::vector<SmallCallRow>& small_calls,
+                const MachineInfo& machine, const RunSettings& settings);
 
 }  // namespace fusednorm::bench

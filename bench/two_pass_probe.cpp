@@ -12,6 +12,8 @@
 // Each is the median of at least 9 runs, in fusednorm_bench's cache regime for the shape (hot: one buffer set;
 // cold: rotating through enough sets that twice the last-level cache passes between two uses of one).
 // Usage: fusednorm_two_pass_probe [--threads N] [--block-kib K]
+#include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <unistd.h>
@@ -210,10 +212,8 @@ int main(int argc, char** argv) {
         median_ms(sets, [&](int i) { two_pass<Store::regular>(ys[i].data, ys[i].data, n, c, s, per_block); });
     auto ratio = [&](double ms) { return t_copy_nt / ms; };
     std::printf("%-16s %-20s %7.3fms %7.3fms %7.3fms %7.3fms %7.3fms %7.3fms\n", named.name.c_str(),
-                ("[" + std::to_string(n) + "," + std::to_string(c) + "," + std::to_string(named.shape[2]) + "," +
-                 std::to_string(named.shape[3]) + "]")
-                    .c_str(),
-                t_copy, t_copy_nt, t_read, t_two, t_two_nt, t_in_place);
+                fmt::format("[{}]", fmt::join(named.shape, ",")).c_str(), t_copy, t_copy_nt, t_read, t_two, t_two_nt,
+                t_in_place);
     std::printf("%-16s %-20s %9.2f %9.2f %9s %9.2f %9.2f %9.2f\n", "", "x copy_nt", ratio(t_copy), 1.0, "-",
                 ratio(t_two), ratio(t_two_nt), ratio(t_in_place));
     for (int i = 0; i < sets; i++) {

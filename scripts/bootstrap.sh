@@ -16,9 +16,10 @@ cd "$root"
 # out (configure failed on a bare Debian 12 at bench/CMakeLists.txt).
 # cmake, pkg-config: the package test (tests/cmake/package_test.sh) builds consumers as a user would, with Debian's
 # CMake 3.25 and with pkg-config, the source tree and its .venv hidden.
-# nlohmann-json3-dev: the safetensors header's JSON (runtime/state_dict.cpp), compiled into libfusednorm.
-debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libgtest-dev libgmock-dev libdnnl-dev ocl-icd-opencl-dev cmake
-                 pkg-config)
+# nlohmann-json3-dev: the safetensors header's JSON (runtime/state_dict.cpp), compiled into libfusednorm, and the
+# benchmark's JSON results. libcli11-dev: the benchmark's command line (bench/options.cpp).
+debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libdnnl-dev
+                 ocl-icd-opencl-dev cmake pkg-config)
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
 fi

@@ -23,6 +23,8 @@ done
 other=$(grep -E '^(batch_norm|batch_norm_relu|group_norm|layer_norm) ' "$work/out.txt" |
         grep -vE '^(batch_norm_relu +backward +nhwc|group_norm +forward_training +nchw|layer_norm +backward +rows) ')
 [[ -z $other ]] || fail "rows of cases not asked for: $other"
+# --problem alone replaces the shape lists, and the small calls that come with them.
+! grep -q '^Small calls: ' "$work/out.txt" || fail "small calls beside --problem alone"
 
 expect_refused() {
   local spec=$1 message=$2 out
