@@ -6,6 +6,7 @@
 
 #include <HalideRuntime.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -212,9 +213,7 @@ std::vector<TuneShape> representative_shapes(const Kernel& k, const std::vector<
   }
   // The lists share names across batches (resnet50.stage4 at batch 2 and 32): the extents say which.
   for (TuneShape& s : chosen) {
-    std::string extents;
-    for (int64_t e : s.shape) extents += fmt::format("{}{}", extents.empty() ? "" : "x", e);
-    s.name += fmt::format("[{}{}]", extents, s.groups > 1 ? fmt::format(" g{}", s.groups) : "");
+    s.name += fmt::format("[{}{}]", fmt::join(s.shape, "x"), s.groups > 1 ? fmt::format(" g{}", s.groups) : "");
   }
   return chosen;
 }
@@ -567,11 +566,12 @@ class Tuner {
   }
 
   void print_header(size_t kernels) const {
-    std::string classes;
+    std::vector<std::string> described;
     for (size_t i = 0; i < classes_.size(); i++) {
       if (!options_.tune_dram && classes_[i].max_bytes < 0) continue;
-      classes += fmt::format("{}{}", classes.empty() ? "" : ", ", table_describe(i));
+      described.push_back(table_describe(i));
     }
+    const std::string classes = fmt::format("{}", fmt::join(described, ", "));
     fmt::print("FusedNorm tuning{}{}\n", options_.quick ? " (--quick: one shape per class, short timing)" : "",
                options_.tune_dram ? "" : " (no dram class: --dram)");
     fmt::print("  machine  {}, {} cores, L2 {} in all, last-level cache {} ({})\n", machine_.cpu_model, machine_.cores,
@@ -647,7 +647,7 @@ class Tuner {
           result.out = fmt::format("refused {}: {}", s.name, one_line(e.what()));
           continue;
         }
-        if (const std::string ran = ran_variant(); ran != v.name) {
+        if (const std::string ran = last_dispatch().variant; ran != v.name) {
           throw Error(fmt::format("fusednorm_bench --tune: dispatch ran {}, expected {}: {}", ran, v.name,
                                   last_dispatch_report()));
         }
@@ -670,13 +670,6 @@ class Tuner {
     clear_status();
     record(k, i, shapes.size(), shape_names, results);
     return true;
-  }
-
-  static std::string ran_variant() {
-    const std::string report = last_dispatch_report();
-    const size_t ran = report.find(" ran ");
-    if (ran == std::string::npos) return "";
-    return report.substr(ran + 5, report.find_first_of(" \n", ran + 5) - ran - 5);
   }
 
   void record(const Kernel& k, size_t i, size_t shape_count, const std::string& shape_names,

@@ -224,6 +224,7 @@ struct LastCall {
 };
 
 struct ThreadPlans {
+  int64_t made = 0;
   uint64_t generation = 0;  // of `settings`; 0: not read yet
   Settings settings;
   std::unordered_map<PlanKey, std::shared_ptr<const Plan>, PlanKeyHash> plans;
@@ -554,6 +555,8 @@ const std::vector<std::string>& built_schedule_names() {
   return names;
 }
 
+int64_t plans_made() { return thread_plans().made; }
+
 void settings_changed() { settings_generation.fetch_add(1, std::memory_order_acq_rel); }
 
 const Plan& plan_call(const PlanRequest& request, const BackendContext& backend) {
@@ -567,6 +570,7 @@ const Plan& plan_call(const PlanRequest& request, const BackendContext& backend)
   auto found = t.plans.find(key);
   if (found == t.plans.end()) {
     std::shared_ptr<Plan> plan = decide(request, backend, settings, shape_class);
+    t.made++;
     if (!plan->untuned) {
       t.last.plan = plan;
       t.last.ran = nullptr;

@@ -79,6 +79,9 @@ const Plan& plan_call(const PlanRequest& request, const BackendContext& backend)
 // last_dispatch() and prints it in verbose mode; `shape` is x's, for those.
 void run_plan(const Plan& plan, Binder& arguments, const std::vector<int64_t>& shape);
 
+// The plans this thread has made since it started (for tests: a cached call makes none).
+int64_t plans_made();
+
 // The settings changed (a setter, load_tuning, clear_tuning): every thread remakes its plans at its next call.
 void settings_changed();
 
