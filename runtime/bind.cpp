@@ -122,7 +122,10 @@ Binder::Scalar& Binder::set_scalar(Arg arg) {
 std::optional<KernelFailure> Binder::try_call(const KernelVariant& variant, const ArgumentOrder& order,
                                               const char* function) {
   static std::once_flag handler_installed;
-  std::call_once(handler_installed, [] { halide_set_error_handler(capture_halide_error); });
+  std::call_once(handler_installed, [] {
+    halide_set_error_handler(capture_halide_error);
+    install_kernel_memory();
+  });
   std::array<void*, kArgCount> argv{};
   for (int i = 0; i < order.count; i++) {
     const Arg slot = order.slots[static_cast<size_t>(i)];

@@ -65,6 +65,10 @@ struct Dim {
 
 class BackendContext;
 
+// Makes the kernels' scratch memory (halide_malloc) come from a per-thread cache of blocks
+// (runtime/kernel_memory.cpp); Binder::try_call does it before the first kernel runs.
+void install_kernel_memory();
+
 // The arguments of one kernel call. Extents and strides are validated against int32 before they get here.
 class Binder {
  public:
