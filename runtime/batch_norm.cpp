@@ -87,13 +87,11 @@ void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptio
 }  // namespace detail
 
 void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::batch_norm_forward(t, options, cpu);
+  detail::on_cpu(&detail::batch_norm_forward, t, options);
 }
 
 void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::batch_norm_backward(t, options, cpu);
+  detail::on_cpu(&detail::batch_norm_backward, t, options);
 }
 
 }  // namespace fusednorm

@@ -23,4 +23,11 @@ void layer_norm_backward(const LayerNormBackwardTensors& t, const LayerNormOptio
 void rms_norm_forward(const RMSNormForwardTensors& t, const RMSNormOptions& o, BackendContext& backend);
 void rms_norm_backward(const RMSNormBackwardTensors& t, const RMSNormOptions& o, BackendContext& backend);
 
+// Runs an entry point on the CPU: the public functions of batch_norm.h, group_norm.h, ... are this.
+template <typename Tensors, typename Options>
+void on_cpu(void (*entry)(const Tensors&, const Options&, BackendContext&), const Tensors& t, const Options& o) {
+  CpuContext cpu;
+  entry(t, o, cpu);
+}
+
 }  // namespace fusednorm::detail

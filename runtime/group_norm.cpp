@@ -48,13 +48,11 @@ void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptio
 }  // namespace detail
 
 void group_norm_forward(const GroupNormForwardTensors& t, const GroupNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::group_norm_forward(t, options, cpu);
+  detail::on_cpu(&detail::group_norm_forward, t, options);
 }
 
 void group_norm_backward(const GroupNormBackwardTensors& t, const GroupNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::group_norm_backward(t, options, cpu);
+  detail::on_cpu(&detail::group_norm_backward, t, options);
 }
 
 }  // namespace fusednorm

@@ -76,13 +76,11 @@ void instance_norm_backward(const InstanceNormBackwardTensors& t, const Instance
 }  // namespace detail
 
 void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::instance_norm_forward(t, options, cpu);
+  detail::on_cpu(&detail::instance_norm_forward, t, options);
 }
 
 void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::instance_norm_backward(t, options, cpu);
+  detail::on_cpu(&detail::instance_norm_backward, t, options);
 }
 
 }  // namespace fusednorm

@@ -51,23 +51,19 @@ void rms_norm_backward(const RMSNormBackwardTensors& t, const RMSNormOptions& o,
 }  // namespace detail
 
 void layer_norm_forward(const LayerNormForwardTensors& t, const LayerNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::layer_norm_forward(t, options, cpu);
+  detail::on_cpu(&detail::layer_norm_forward, t, options);
 }
 
 void layer_norm_backward(const LayerNormBackwardTensors& t, const LayerNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::layer_norm_backward(t, options, cpu);
+  detail::on_cpu(&detail::layer_norm_backward, t, options);
 }
 
 void rms_norm_forward(const RMSNormForwardTensors& t, const RMSNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::rms_norm_forward(t, options, cpu);
+  detail::on_cpu(&detail::rms_norm_forward, t, options);
 }
 
 void rms_norm_backward(const RMSNormBackwardTensors& t, const RMSNormOptions& options) {
-  detail::CpuContext cpu;
-  detail::rms_norm_backward(t, options, cpu);
+  detail::on_cpu(&detail::rms_norm_backward, t, options);
 }
 
 }  // namespace fusednorm

@@ -222,7 +222,7 @@ void save_state_dict(const StateDict& state, const std::string& path) {
   out.write(reinterpret_cast<const char*>(&length), 8);
   out.write(text.data(), static_cast<std::streamsize>(text.size()));
   out.write(data.data(), static_cast<std::streamsize>(data.size()));
-  if (!out) throw Error(fmt::format("save_state_dict: cannot write '{}'", path));
+  if (!out) throw Error(fmt::format("save_state_dict: cannot write '{}'", path), Error::Kind::io);
 }
 
 StateDict load_state_dict(const std::string& path) {
@@ -231,9 +231,9 @@ StateDict load_state_dict(const std::string& path) {
     throw Error(fmt::format("load_state_dict: '{}' is a directory, expected a safetensors file", path));
   }
   std::ifstream in(path, std::ios::binary);
-  if (!in) throw Error(fmt::format("load_state_dict: cannot open '{}'", path));
+  if (!in) throw Error(fmt::format("load_state_dict: cannot open '{}'", path), Error::Kind::io);
   std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) throw Error(fmt::format("load_state_dict: cannot read '{}'", path));
+  if (in.bad()) throw Error(fmt::format("load_state_dict: cannot read '{}'", path), Error::Kind::io);
   uint64_t length = 0;
   if (file.size() < 8)
     throw Error(fmt::format("load_state_dict: '{}' has {} bytes, expected at least 8", path, file.size()));

@@ -272,7 +272,8 @@ TuningState& state() {
 std::shared_ptr<const TuningTable> load(const std::string& path, const char* what) {
   std::ifstream file(path);
   if (!file) {
-    throw Error(fmt::format("{}: cannot open tuning table '{}': {}", what, path, std::strerror(errno)));
+    throw Error(fmt::format("{}: cannot open tuning table '{}': {}", what, path, std::strerror(errno)),
+                Error::Kind::io);
   }
   return std::make_shared<const TuningTable>(parse_tuning_table(file, path));
 }

@@ -105,7 +105,7 @@ void expect_same_state(const LayerState& got, const LayerState& expected, const 
   EXPECT_EQ(got.training, expected.training) << context << ": training";
 }
 
-// `call` must throw fusednorm::Error itself (not another std::invalid_argument) whose message has every part.
+// `call` must throw fusednorm::Error itself (not another std::runtime_error) whose message has every part.
 void expect_error(const std::function<void()>& call, const std::vector<std::string>& parts) {
   try {
     call();
@@ -1232,6 +1232,19 @@ TEST(StateDictTest, MalformedFilesAreRefusedNamingThePath) {
                {"load_state_dict: cannot open '" + dir.file("absent.safetensors") + "'"});
   expect_error([&] { save_state_dict({}, dir.file("no/such/directory.safetensors")); },
                {"save_state_dict: cannot write '" + dir.file("no/such/directory.safetensors") + "'"});
+  // Errors of the file system say so in their kind; a malformed file is an invalid argument.
+  for (const auto& [call, kind] :
+       {std::pair<std::function<void()>, Error::Kind>{[&] { load_state_dict(dir.file("absent.safetensors")); },
+                                                      Error::Kind::io},
+        {[&] { save_state_dict({}, dir.file("no/such/directory.safetensors")); }, Error::Kind::io},
+        {[&] { load_state_dict(dir.file("")); }, Error::Kind::invalid_argument}}) {
+    try {
+      call();
+      ADD_FAILURE() << "no error";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), kind) << e.what();
+    }
+  }
 }
 
 // Names with characters JSON escapes survive our round trip, and another writer's escapes (\u, surrogate
@@ -2164,6 +2177,11 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
         expect_error([&] { detail::run_plan(plan, args, {n, c, s}); },
                      {"layers_test: kernel " + std::string(plan.untuned->name) + " failed (Halide error",
                       "Input buffer x is accessed at 2, which is beyond the max (1) in dimension 2"});
+        try {
+          detail::run_plan(plan, args, {n, c, s});
+        } catch (const Error& e) {
+          EXPECT_EQ(e.kind(), Error::Kind::kernel);
+        }
         EXPECT_EQ(::testing::internal::GetCapturedStderr(), "");
         calls++;
       }

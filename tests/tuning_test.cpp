@@ -229,6 +229,7 @@ TEST(TuningTableTest, LoadTuningThrowsForAMissingOrMalformedFileAndKeepsTheTable
     ADD_FAILURE() << "loaded " << missing;
   } catch (const Error& e) {
     EXPECT_TRUE(contains(e.what(), "load_tuning: cannot open tuning table '" + missing + "'")) << e.what();
+    EXPECT_EQ(e.kind(), Error::Kind::io);
   }
   EXPECT_EQ(tuning_table(), "");
   ScopedTuning good("good.tsv", header());

@@ -92,8 +92,8 @@ DispatchInfo last_dispatch();
 // candidate passed over ("  passed over <variant>: <reason>"); "" before the first call.
 std::string last_dispatch_report();
 
-// Verbose mode, in the manner of ONEDNN_VERBOSE (docs/VERBOSE.md): FUSEDNORM_VERBOSE=1 prints, on stderr, one
-// line per call after it ran:
+// Verbose mode, in the manner of ONEDNN_VERBOSE (docs/ARCHITECTURE.md): FUSEDNORM_VERBOSE=1 prints, on stderr,
+// one line per call after it ran:
 //   fusednorm,exec,<backend>,<function>,<direction>,<layout>,<dtype>,<epilogue>,<variant>,<schedule>,<choice>,
 //   <shape NxCxHxW>,<kernel time in ms>
 // FUSEDNORM_VERBOSE=2 adds, before it, a line per candidate passed over and where a tuning table did not decide:
