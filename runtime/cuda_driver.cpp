@@ -107,7 +107,6 @@ void check(const char* function, const char* call, CUresult result) {
 // What Halide's hooks hand out on this thread, set by CallScope.
 thread_local CUcontext current_context = nullptr;
 thread_local CUstream current_stream = nullptr;
-thread_local const CallScope* current_scope = nullptr;
 
 // Outside a call (Halide's exit-time cleanup asks with create = false) there is no context to give: none, and no
 // error, so the cleanup leaves the caller's context alone.
@@ -199,16 +198,12 @@ CallScope::CallScope(const char* function, void* stream)
   install_halide_hooks();
   current_context = call_context(function);
   current_stream = stream;
-  current_scope = this;
 }
 
 CallScope::~CallScope() {
   current_context = previous_context_;
   current_stream = previous_stream_;
-  current_scope = nullptr;  // calls do not nest
 }
-
-const CallScope* active_scope() { return current_scope; }
 
 DeviceScratch::DeviceScratch(const CallScope& scope) : scope_(scope), first_(pool_for(scope.stream()).used) {}
 DeviceScratch::~DeviceScratch() { pool_for(scope_.stream()).used = first_; }

@@ -31,9 +31,6 @@ class CallScope {
   void* previous_stream_;
 };
 
-// The scope active on this thread, or null.
-const CallScope* active_scope();
-
 // Device memory for arguments the caller did not give (scratch statistics, zeros), reused across calls of the
 // same thread and stream; the pool grows to the largest call and is kept. Each take() is valid until the
 // DeviceScratch that made it ends.

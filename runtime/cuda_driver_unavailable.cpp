@@ -23,7 +23,6 @@ CallScope::CallScope(const char* function, void* stream)
   unavailable(function);
 }
 CallScope::~CallScope() = default;
-const CallScope* active_scope() { return nullptr; }
 DeviceScratch::DeviceScratch(const CallScope& scope) : scope_(scope), first_(0) { unavailable(scope.function()); }
 DeviceScratch::~DeviceScratch() = default;
 DevicePtr DeviceScratch::take(int64_t) { unavailable(scope_.function()); }
