@@ -1,6 +1,8 @@
 #include "runtime/norm_kernels.h"
 
 #include <cmath>
+#include <limits>
+#include <string_view>
 
 #include "runtime/bind.h"
 #include "runtime/plan.h"
@@ -19,12 +21,26 @@ float* data_or_scratch(const TensorView* t, BackendContext& backend, int64_t siz
   return t ? t->data() : backend.scratch(size);
 }
 
+// x, y, dy, dx, z, dz as the kernel sees them. BatchNorm's statistics reduce N and S alike, and in NHWC each
+// sample's rows follow the previous sample's: the hand-scheduled CPU kernels take the batch as one sample of
+// N x S rows, so their float32 chunks of rows span samples and they keep no (channel, sample) sums
+// (BatchNorm1d [8192, 1024]: 16 bytes per element of x otherwise; docs/PERFORMANCE.md). Not for the
+// autoscheduled kernels, planned for a batch of samples, nor past 2^31 - 1 elements, what one sample may hold.
+std::array<Dim, 3> kernel_dims(const Plan& plan, const KernelSettings& s, const Geometry& g) {
+  const bool one_sample = s.norm == Norm::batch && g.layout == Layout::nhwc && !g.rows &&
+                          plan.backend == Backend::cpu && !plan.tuned &&
+                          std::string_view(plan.untuned->schedule) == "hand" &&
+                          g.elements() <= std::numeric_limits<int32_t>::max();
+  if (!one_sample) return g.dims();
+  return {{{g.channels, 1}, {g.count(), g.channels}, {1, g.channels * g.spatial}}};
+}
+
 // What every kernel of the norm takes besides its direction's tensors: the epilogue's tensors where given, and
 // the norm's scalars (bound by slot: a kernel without them ignores them).
-void bind_common(Binder& args, const TensorRefs& t, const KernelSettings& s, const Geometry& g) {
-  args.tensor(Arg::x, t.input->data(), g.dims());
-  if (t.residual) args.tensor(Arg::z, t.residual->data(), g.dims());
-  if (t.grad_residual) args.tensor(Arg::dz, t.grad_residual->data(), g.dims());
+void bind_common(Binder& args, const TensorRefs& t, const KernelSettings& s, std::span<const Dim> dims) {
+  args.tensor(Arg::x, t.input->data(), dims);
+  if (t.residual) args.tensor(Arg::z, t.residual->data(), dims);
+  if (t.grad_residual) args.tensor(Arg::dz, t.grad_residual->data(), dims);
   args.scalar(Arg::eps, static_cast<float>(s.eps));
   args.scalar(Arg::groups, static_cast<int32_t>(s.groups));
 }
@@ -48,9 +64,10 @@ void run_forward_training(const char* function, const TensorRefs& t, const Kerne
   const StatisticsShape stats = statistics_shape(s, g);
   const int64_t channels = g.channels;
 
+  const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
   Binder args(backend);
-  bind_common(args, t, s, g);
-  args.tensor(Arg::y, t.output->data(), g.dims());
+  bind_common(args, t, s, dims);
+  args.tensor(Arg::y, t.output->data(), dims);
   if (affine) bind_affine(args, backend, t, s, g);
   const float* invstd = data_or_scratch(t.save_invstd, backend, stats.count());
   args.statistics(Arg::saved_invstd, invstd, stats.groups, stats.blocks);
@@ -84,9 +101,10 @@ void run_forward_inference(const char* function, const TensorRefs& t, const Kern
   backend.check(function, Direction::forward_inference, t, s, g);
   const bool affine = t.weight || t.bias;
   const Plan& plan = plan_call(request(function, Direction::forward_inference, s, g, affine), backend);
+  const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
   Binder args(backend);
-  bind_common(args, t, s, g);
-  args.tensor(Arg::y, t.output->data(), g.dims());
+  bind_common(args, t, s, dims);
+  args.tensor(Arg::y, t.output->data(), dims);
   if (affine) bind_affine(args, backend, t, s, g);
   args.vector(Arg::running_mean, t.running_mean->data(), g.channels);
   args.vector(Arg::running_var, t.running_var->data(), g.channels);
@@ -102,11 +120,12 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
   const Plan& plan = plan_call(request(function, Direction::backward, s, g, affine), backend);
   const StatisticsShape stats = statistics_shape(s, g);
 
+  const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
   Binder args(backend);
-  bind_common(args, t, s, g);
-  args.tensor(Arg::dy, t.grad_output->data(), g.dims());
-  args.tensor(Arg::dx, t.grad_input->data(), g.dims());
-  if (t.output) args.tensor(Arg::y, t.output->data(), g.dims());
+  bind_common(args, t, s, dims);
+  args.tensor(Arg::dy, t.grad_output->data(), dims);
+  args.tensor(Arg::dx, t.grad_input->data(), dims);
+  if (t.output) args.tensor(Arg::y, t.output->data(), dims);
   args.scalar(Arg::training, s.training);
   if (s.training) {
     if (t.save_mean) args.statistics(Arg::mean, t.save_mean->data(), stats.groups, stats.blocks);
