@@ -49,7 +49,7 @@ bench: build
 	@$(BUILD)/bench/fusednorm_bench --json $(BENCH_JSON) $(BENCH_ARGS)
 	@$(VENV)/bin/python scripts/plot_bench.py $(BENCH_JSON) --out $(BUILD)/bench/plots
 
-# Tuned dispatch (README "Tuned dispatch"): times every variant of each kernel per shape class on this machine and
+# Tuned dispatch (docs/TUNING.md): times every variant of each kernel per shape class on this machine and
 # writes the table dispatch loads with FUSEDNORM_TUNING=<table> or fusednorm::load_tuning(): the cache and llc
 # classes, a few minutes. TUNE_ARGS=--quick: one shape per class, short timing; TUNE_ARGS=--dram: the dram class
 # too (seconds per kernel, more where the last-level cache is big).

@@ -55,7 +55,7 @@ evaluation forward, in microseconds beside a copy of the same bytes (not with --
   --tune           instead of the table: for each kernel and shape class (cache, llc, dram), time every
                    variant that runs here (hand schedule per instruction set, autoscheduled), each checked
                    against the float64 reference first, and write the tuning table dispatch loads
-                   (FUSEDNORM_TUNING, fusednorm::load_tuning; README "Tuned dispatch"): the cache and llc
+                   (FUSEDNORM_TUNING, fusednorm::load_tuning; docs/TUNING.md): the cache and llc
                    classes, two shapes each. With --quick: one shape per class, short timing. --filter
                    matches "<kernel>/<class>" then; --threads and --reps apply
   --dram           with --tune, also the dram class (one shape above the last-level cache per kernel, cold:

@@ -1,7 +1,7 @@
 // fusednorm_bench --tune: for each kernel (norm, direction, layout, epilogue, affine) with more than one variant
 // that runs here, and each shape class, every variant is run on representative shapes of the class, checked
 // against the float64 reference, and timed; the table of their times is what dispatch loads
-// (runtime/tuning.h has the format, README.md "Tuned dispatch" the rules).
+// (runtime/tuning.h has the format, docs/TUNING.md the rules).
 #include "bench/tune.h"
 
 #include <HalideRuntime.h>

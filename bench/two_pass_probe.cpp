@@ -11,20 +11,24 @@
 //   copy, copy_nt  the copy ceilings, as in fusednorm_bench
 // Each is the median of at least 9 runs, in fusednorm_bench's cache regime for the shape (hot: one buffer set;
 // cold: rotating through enough sets that twice the last-level cache passes between two uses of one).
-// Usage: fusednorm_two_pass_probe [--threads N] [--block-kib K]
+// Usage: fusednorm_two_pass_probe [--threads N] [--block-kib K] (--help says more)
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <immintrin.h>
 #include <omp.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "support/shapes.h"
@@ -155,21 +159,56 @@ int64_t last_level_cache_bytes() {
   return bytes > 0 ? bytes : 32 << 20;
 }
 
+constexpr const char* kUsage = R"(usage: fusednorm_two_pass_probe [options]
+
+Times a two-pass NCHW training forward written by hand (AVX-512, OpenMP) on the ResNet-50 batch-32 shapes,
+beside one read of x and the copies: what the memory system allows any kernel (docs/PERFORMANCE.md).
+
+  --threads N      OpenMP threads (default: the online cores)
+  --block-kib K    KiB of x per block of channels, all samples (default: 1024)
+  --help           this text
+)";
+
+[[noreturn]] void usage_error(const std::string& message) {
+  fmt::print(stderr, "fusednorm_two_pass_probe: {}\n\n{}", message, kUsage);
+  std::exit(2);
+}
+
+// A positive decimal integer no larger than `max`, or CLI::ValidationError naming the option, the value and what
+// was expected (as fusednorm_bench's options: no sign, no base prefix, nothing after the digits).
+int64_t positive_integer(std::string_view flag, const std::string& text, int64_t max) {
+  int64_t value = 0;
+  auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (text.empty() || error != std::errc() || end != text.data() + text.size() || value < 1 || value > max) {
+    throw CLI::ValidationError(fmt::format("{} is '{}', expected a positive integer up to {}", flag, text, max));
+  }
+  return value;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int threads = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
   int64_t block_bytes = 1 << 20;
-  for (int i = 1; i < argc; i++) {
-    std::string arg = argv[i];
-    if (arg == "--threads" && i + 1 < argc) {
-      threads = std::atoi(argv[++i]);
-    } else if (arg == "--block-kib" && i + 1 < argc) {
-      block_bytes = std::atoll(argv[++i]) * 1024;
-    } else {
-      std::fprintf(stderr, "usage: fusednorm_two_pass_probe [--threads N] [--block-kib K]\n");
-      return 2;
-    }
+  CLI::App app("", "fusednorm_two_pass_probe");
+  // --help prints kUsage rather than CLI11's generated text; an unknown option or argument is refused (CLI11's
+  // default). Given twice, an option keeps its last value.
+  app.set_help_flag("-h,--help");
+  const auto set_threads = [&](const std::string& text) {
+    threads = static_cast<int>(positive_integer("--threads", text, std::numeric_limits<int>::max()));
+  };
+  const auto set_block = [&](const std::string& text) {
+    block_bytes = positive_integer("--block-kib", text, std::numeric_limits<int64_t>::max() / 1024) * 1024;
+  };
+  app.add_option_function<std::string>("--threads", set_threads)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  app.add_option_function<std::string>("--block-kib", set_block)->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    fmt::print("{}", kUsage);
+    return 0;
+  } catch (const CLI::ParseError& e) {
+    usage_error(e.what());
   }
   if (!__builtin_cpu_supports("avx512f")) {
     std::fprintf(stderr, "two_pass_probe: needs AVX-512 (it is a measurement of one machine, not a portable tool)\n");

@@ -25,8 +25,8 @@ install(DIRECTORY include/fusednorm DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}" PA
 install(FILES "${PROJECT_BINARY_DIR}/include/fusednorm/version.h"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/fusednorm")
 install(EXPORT FusedNormTargets NAMESPACE FusedNorm:: DESTINATION "${FUSEDNORM_INSTALL_CMAKEDIR}")
-# The bench, to time the kernels and write tuning tables on the machine that deploys them (README "Tuned
-# dispatch"); it loads Debian's oneDNN (libdnnl2) and GCC's OpenMP runtime (libgomp1).
+# The bench, to time the kernels and write tuning tables on the machine that deploys them (docs/TUNING.md);
+# it loads Debian's oneDNN (libdnnl2) and GCC's OpenMP runtime (libgomp1).
 if (TARGET fusednorm_bench)
   install(TARGETS fusednorm_bench RUNTIME DESTINATION "${CMAKE_INSTALL_BINDIR}")
 endif ()

@@ -465,7 +465,7 @@ std::string report_text(const LastCall& call) {
 // "8x64x56x56".
 std::string shape_text(const std::vector<int64_t>& shape) { return fmt::format("{}", fmt::join(shape, "x")); }
 
-// The verbose line of a call (README "Verbose mode"), and at level 2 the candidates passed over before it.
+// The verbose line of a call (docs/ARCHITECTURE.md, "Verbose mode"), and at level 2 the candidates passed over before it.
 void print_verbose(int level, const LastCall& call, double ms) {
   const Plan& p = *call.plan;
   std::string text;

@@ -337,7 +337,7 @@ void write_tuning_table(std::ostream& out, const TuningTable& table) {
     return text;
   };
   out << kMagic << '\t' << kVersion << '\n';
-  out << "# FusedNorm tuning table, written by fusednorm_bench --tune; README.md \"Tuned dispatch\" describes it.\n";
+  out << "# FusedNorm tuning table, written by fusednorm_bench --tune; docs/TUNING.md describes it.\n";
   for (const auto& [key, value] : table.header) out << key << '\t' << clean(value) << '\n';
   out << "# class<TAB>name<TAB>max working set (bytes of the x-shaped tensors a call reads and writes)\n";
   for (const TuningClass& c : table.classes) {

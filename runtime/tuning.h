@@ -1,5 +1,5 @@
 #pragma once
-// The tuning table (README "Tuned dispatch"): for each kernel (norm, direction, layout, epilogue, affine) and
+// The tuning table (docs/TUNING.md): for each kernel (norm, direction, layout, epilogue, affine) and
 // shape class, the variants fusednorm_bench --tune timed on this machine, fastest first. Its text format is
 // defined here, reader and writer together; the plans (runtime/plan.cpp) consult the loaded table.
 #include <cstdint>

@@ -281,7 +281,7 @@ TEST_F(CudaTest, BatchNormEveryVariant) {
 }
 
 TEST_F(CudaTest, BatchNormHardNumerics) {
-  // A mean 1e4 times the standard deviation: the shifted sums keep float32 accuracy (README, Numerics).
+  // A mean 1e4 times the standard deviation: the shifted sums keep float32 accuracy (docs/USAGE.md, "Numerics").
   for (Layout layout : kLayouts) {
     Random rng(test::seed_for("hard" + std::string(to_string(layout))));
     check_batch_norm({4, 17, 13, 17}, layout, Epilogue::none, rng, "mean 1e4 sigma", 1e4 * 1.2);

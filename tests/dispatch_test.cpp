@@ -395,11 +395,11 @@ TEST(DispatchTest, SetScheduleRunsThatScheduleOrThrows) {
 }  // namespace fusednorm
 
 
-// The README's table of what is built and tested (norm x direction x epilogue -> layouts) lists exactly the
-// variants this build has: a kernel added or dropped without the table, or the other way round, fails here.
-// The table is of the hand schedule's variants, which dispatch runs; the README lists the autoscheduled ones
+// The variant table of docs/BUILD.md ("What gets built": norm x direction x epilogue -> layouts) lists exactly
+// the variants this build has: a kernel added or dropped without the table, or the other way round, fails here.
+// The table is of the hand schedule's variants, which dispatch runs; docs/BUILD.md lists the autoscheduled ones
 // apart (generators/CMakeLists.txt, FUSEDNORM_BUILD_AUTOSCHEDULED).
-TEST(DispatchTest, ReadmeTableListsExactlyTheBuiltVariants) {
+TEST(DispatchTest, VariantTableListsExactlyTheBuiltVariants) {
   using Cell = std::tuple<std::string, std::string, std::string>;  // norm, direction, epilogue
   std::map<Cell, std::set<std::string>> built, documented;
   for (const fusednorm::VariantInfo& v : fusednorm::variants()) {
@@ -407,15 +407,15 @@ TEST(DispatchTest, ReadmeTableListsExactlyTheBuiltVariants) {
     const bool rows = v.norm == "layer_norm" || v.norm == "rms_norm";
     built[{v.norm, v.direction, v.epilogue}].insert(rows ? "rows" : v.layout);
   }
-  std::ifstream readme(FUSEDNORM_README);
-  ASSERT_TRUE(readme) << "cannot open " << FUSEDNORM_README;
+  std::ifstream doc(FUSEDNORM_VARIANT_TABLE_DOC);
+  ASSERT_TRUE(doc) << "cannot open " << FUSEDNORM_VARIANT_TABLE_DOC;
   const std::string marker = "<!-- variant-table: checked by tests/dispatch_test against fusednorm::variants() -->";
   std::string line;
-  while (std::getline(readme, line) && line != marker) {
+  while (std::getline(doc, line) && line != marker) {
   }
-  ASSERT_EQ(line, marker) << "README.md has no line " << marker;
+  ASSERT_EQ(line, marker) << FUSEDNORM_VARIANT_TABLE_DOC << " has no line " << marker;
   std::vector<std::string> epilogues;
-  while (std::getline(readme, line) && line.starts_with("|")) {
+  while (std::getline(doc, line) && line.starts_with("|")) {
     std::vector<std::string> cells;
     std::stringstream row(line.substr(1));
     for (std::string cell; std::getline(row, cell, '|');) {

@@ -1,4 +1,4 @@
-// Layers used from several application threads at once, one layer per thread (README: "Layers may be used from
+// Layers used from several application threads at once, one layer per thread (docs/USAGE.md: "Layers may be used from
 // several threads at once (one layer per thread)"). Each thread trains its own BatchNorm2d for a number of steps
 // (forward, backward, zero_grad now and then), runs evaluation forwards and reloads its state through a state
 // dict; every output and the layer's state after every step must be bit for bit what the same sequence gives

@@ -1,4 +1,4 @@
-// Tuned dispatch (README "Tuned dispatch"): the table's parser (a good file, each kind of malformed line, a
+// Tuned dispatch (docs/TUNING.md): the table's parser (a good file, each kind of malformed line, a
 // variant this build does not have), the shape class of a call, and dispatch with a table loaded: the tuned
 // variant runs and the report names it, table and class, the result still matches the float64 reference; a
 // schedule set with set_schedule takes precedence; max_isa caps the choice; a tuned kernel that refuses a call

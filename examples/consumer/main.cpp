@@ -149,7 +149,7 @@ int main() {
   const double dbias_error = max_relative_error(dbias, want.dbias);
 
   // The raw escape hatch: float16 storage, x rounded to half, statistics in float32; the bound for 16-bit storage
-  // is 1e-2 (README.md). (c, s, n) innermost first in NHWC, statistics (group, sample) (docs/KERNELS.md).
+  // is 1e-2 (docs/USAGE.md, "Numerics"). (c, s, n) innermost first in NHWC, statistics (group, sample) (docs/KERNELS.md).
   halide_dimension_t dims[3] = {{0, C, 1, 0}, {0, S, C, 0}, {0, N, C * S, 0}};
   auto vector = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), int(v.size())); };
   auto statistic = [](std::vector<float>& v) { return Halide::Runtime::Buffer<float>(v.data(), G, N); };

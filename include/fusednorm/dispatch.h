@@ -43,7 +43,7 @@ std::string schedule();
 // The schedules this build has variants of, "hand" first.
 std::vector<std::string> built_schedules();
 
-// Tuned dispatch (README.md, "Tuned dispatch"): a table written by `fusednorm_bench --tune` (`make tune`) ranks,
+// Tuned dispatch (docs/TUNING.md): a table written by `fusednorm_bench --tune` (`make tune`) ranks,
 // for each kernel and shape class, the variants of that kernel timed on the machine it ran on. While a table is
 // loaded, a call whose kernel and class it has runs the fastest tabled variant that runs here (max_isa still
 // caps it); calls it has nothing for run what they would without it. Precedence: a schedule other than "hand"

@@ -6,8 +6,8 @@
 #     neither libfmt nor Halide;
 #   - examples/consumer, which generates kernels with fusednorm_add_kernel() (component generator) and calls
 #     them through the functional API;
-#   - the installed fusednorm_bench: one --problem, and a --quick tuning table for one kernel (README "Tuned
-#     dispatch"), both written to the current directory.
+#   - the installed fusednorm_bench: one --problem, and a --quick tuning table for one kernel (docs/TUNING.md),
+#     both written to the current directory.
 # Prints the stripped size of link_only. Needs root for `unshare -m`; exits 77 (skipped) without it.
 # Usage: package_test.sh <build dir> <source dir> <cmake that installs>
 set -euo pipefail

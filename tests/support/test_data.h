@@ -19,7 +19,7 @@
 
 namespace fusednorm::test {
 
-// Relative error allowed for float32 storage (README.md, "Numerics").
+// Relative error allowed for float32 storage (docs/USAGE.md, "Numerics").
 constexpr double kFloat32Tolerance = 1e-5;
 
 // A seed from a case's name (FNV-1a): every case gets its own data, and a failing case reproduces alone.
