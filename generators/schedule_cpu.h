@@ -121,6 +121,9 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   schedule_sums_over_contiguous_s(sums, elementwise, co, cx);
 }
 
+// Rows per block of schedule_row_blocked: about kElementsPerTask elements.
+inline Halide::Expr rows_per_row_block(const Problem& p) { return Halide::max(1, kElementsPerTask / Halide::max(p.spatial, 1)); }
+
 // LayerNorm and RMSNorm rows, (s, 1, n): a parallel loop over blocks of rows, each block's statistics and then
 // its elementwise output while it is in L2, and its per-row outputs in the same loop.
 inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, const BlockedFuncs& funcs,
@@ -129,7 +132,7 @@ inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, co
   const Axes& a = cx.axes;
   const Problem& p = cx.problem;
   Var no("no"), ni("ni");
-  Expr rows_per_block = max(1, kElementsPerTask / max(p.spatial, 1));
+  Expr rows_per_block = rows_per_row_block(p);
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {
     f.split(a.n, no, ni, rows_per_block, TailStrategy::GuardWithIf)
         .reorder(a.s, a.c, ni, no)
@@ -148,16 +151,34 @@ inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, co
   schedule_sums_over_contiguous_s(sums, elementwise, no, cx);
 }
 
-// Column sums over the rows (LayerNorm's and RMSNorm's parameter gradients): vectorised along s, parallel over
-// strips of s, each strip walking all rows.
-inline void schedule_column_sums(Halide::Func sums, Halide::RDom rows, const CpuScheduleContext& cx) {
+// Column sums over the rows (LayerNorm's and RMSNorm's parameter gradients), in two stages: each block of rows of
+// schedule_row_blocked sums its own rows inside the row pass, while the block is still in L2 (an rfactor over the
+// blocks, fused with the elementwise loop), then the blocks' sums are added in order, vectorised along s and
+// parallel over strips of s. Deterministic whatever the threads, and x and dy are read from memory once: as a
+// separate pass over all rows, LayerNorm backward [8192, 1024] took 7.3 ms against oneDNN's 4.2.
+inline void schedule_column_sums(Halide::Func sums, Halide::RDom rows, Halide::Func elementwise,
+                                 const CpuScheduleContext& cx) {
   using namespace Halide;
   const Axes& a = cx.axes;
+  const int vec = cx.vector_width;
+  RVar rblock("rblock"), rrow("rrow_of_block");
+  Var no("no"), ni("ni");
+  // The blocks' axis is n, as in the elementwise loop: compute_with fuses loops of the same names.
+  Func per_block = sums.update()
+                       .split(rows.x, rblock, rrow, rows_per_row_block(cx.problem), TailStrategy::GuardWithIf)
+                       .rfactor(rblock, a.n);
+  per_block.compute_root().vectorize(a.s, vec, TailStrategy::GuardWithIf);
+  per_block.update()
+      .split(a.n, no, ni, 1)
+      .reorder(a.s, rrow, ni, no)
+      .vectorize(a.s, vec, TailStrategy::GuardWithIf)
+      .parallel(no)
+      .compute_with(elementwise, no);
   Var so("so"), si("si");
-  sums.compute_root().vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf);
+  sums.compute_root().vectorize(a.s, vec, TailStrategy::GuardWithIf);
   sums.update()
-      .split(a.s, so, si, cx.vector_width, TailStrategy::GuardWithIf)
-      .reorder(si, rows.x, so)
+      .split(a.s, so, si, vec, TailStrategy::GuardWithIf)
+      .reorder(si, rblock, so)
       .vectorize(si)
       .parallel(so);
 }
