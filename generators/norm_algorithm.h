@@ -66,6 +66,16 @@ inline Halide::Expr element(const Halide::FuncRef& ref, int i) {
   return ref.size() == 1 ? Halide::Expr(ref) : Halide::Expr(ref[i]);
 }
 
+// f(g, b) as read per channel, f(group_of(c), b). For GroupNorm a Func of its own over (c, b), which the CPU
+// schedule computes per block: a vector across channels (NHWC) then loads it, where it gathered each lane at
+// c / group_size. Otherwise (one channel per group) f itself.
+inline Halide::Func per_channel(const Problem& p, const Axes& a, const Halide::Func& per_group, const char* name) {
+  if (p.spec.norm != Norm::group) return per_group;
+  Halide::Func f(name);
+  f(a.c, a.b) = per_group(p.group_of(a.c), a.b);
+  return f;
+}
+
 // Terms per element of a reduction, at spatial position s (of channel c and sample n of the Axes).
 using TermsAt = std::function<std::vector<Halide::Expr>(Halide::Expr s)>;
 
@@ -149,6 +159,7 @@ struct GroupSums {
 // RMSNorm has no mean: K = 0 and the one sum is of x^2.
 struct Statistics {
   Halide::Func shift{"shift"};  // (g, b)
+  Halide::Func channel_shift;   // (c, b): per_channel(shift)
   ChannelSums channel_sums;
   GroupSums group_sums;
   // (g, b): {mean - K as float32, invstd as float32, mean as float64, biased variance (RMS: mean square) as
@@ -182,10 +193,11 @@ struct Statistics {
     } else {
       shift(a.g, a.b) = 0.0f;
     }
+    channel_shift = per_channel(p, a, shift, "channel_shift");
     auto deviations = [&](Expr s) {
       Expr value = at(x, layout, s, a.c, a.n);
       if (!p.spec.centred()) return std::vector<Expr>{value * value};
-      Expr d = value - shift(p.group_of(a.c), p.sample_of(a.n));
+      Expr d = value - channel_shift(a.c, p.sample_of(a.n));
       return std::vector<Expr>{d, d * d};
     };
     return ChannelSums(a, deviations, p.spatial, sum_chunk_length(p));
@@ -320,6 +332,7 @@ struct BackwardAlgorithm {
   Halide::Func mean_in;  // the mean input (declared first: make_sums() uses it during construction)
   // (g, b): a float32 centre close to the mean, on the grid of the group's largest values (see below).
   Halide::Func centre{"centre"};
+  Halide::Func channel_centre;  // (c, b): per_channel(centre)
   ChannelSums channel_sums;
   GroupSums group_sums;
   // (c, b): {mean, invstd, weight(c), mean(h), mean(h * xhat)}.
@@ -465,9 +478,10 @@ struct BackwardAlgorithm {
     } else {
       centre(a.g, a.b) = 0.0f;
     }
+    channel_centre = per_channel(p, a, centre, "channel_centre");
     auto gradient_terms = [&, spec](Expr s) {
       Expr h = gradient_through_epilogue(a, p, x, dy, y, mean, invstd, affine, s) * affine.element_weight(spec, s);
-      Expr d = at(x, spec.layout, s, a.c, a.n) - centre(p.group_of(a.c), p.sample_of(a.n));
+      Expr d = at(x, spec.layout, s, a.c, a.n) - channel_centre(a.c, p.sample_of(a.n));
       if (!spec.centred()) return std::vector<Expr>{h * d};
       return std::vector<Expr>{h * d, h};
     };

@@ -226,7 +226,7 @@ class ForwardTraining : public NormalizationGenerator<ForwardTraining> {
     CpuScheduleContext cx = cpu_context(p);
     // The shift is read before its element of x is overwritten when y is x (in place).
     BlockedFuncs funcs;
-    funcs.per_block = {st.shift, st.group_sums.sums, st.stats, alg.coefficients};
+    funcs.per_block = {st.shift, st.channel_shift, st.group_sums.sums, st.stats, alg.coefficients};
     funcs.sample_sums = {st.group_sums.sums};
     funcs.group_outputs = {*saved};
     if (running) {
@@ -372,7 +372,7 @@ class Backward : public NormalizationGenerator<Backward> {
     CpuScheduleContext cx = cpu_context(p);
     cx.tensors_reread = y ? 3 : 2;  // x and dy, and y for the ReLU mask
     BlockedFuncs funcs;
-    funcs.per_block = {alg.centre, alg.group_sums.sums, alg.terms, alg.coefficients};
+    funcs.per_block = {alg.centre, alg.channel_centre, alg.group_sums.sums, alg.terms, alg.coefficients};
     funcs.sample_sums = {alg.group_sums.sums};
     if (dz) funcs.elementwise_outputs = {*dz};
     ChannelSums sums = alg.channel_sums;
