@@ -49,12 +49,12 @@ void complete_ratios(std::vector<Row>& rows);
 
 // A call small enough that its fixed cost is most of its time (bench/small_calls.h), beside a copy of its x.
 struct SmallCallRow {
-  std::string name;            // "BatchNorm1d(64) training forward + backward"
+  std::string name;            // "BatchNorm1d(64) [32, 64] training forward + backward"
   std::string key;             // what --filter matches: "small_call/batch_norm/forward_inference/32x64"
   std::vector<int64_t> shape;  // of x
   Timing timing;               // one call (training: the forward and its backward)
   Timing copy;                 // memcpy of x's bytes into y, timed the same way
-  double target_us = 0;        // issue 14's bound on the median
+  double target_us = 0;        // the bound on the median, 0 for none
 
   double ratio() const { return timing.median_ms / copy.median_ms; }
 };
