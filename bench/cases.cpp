@@ -88,7 +88,7 @@ const std::vector<std::string>& shape_list_names() {
   return names;
 }
 
-// Every op on its network's shapes: about 7 minutes on 2 cores; --quick the same kinds at a size the
+// Every op on its network's shapes: about 6.5 minutes on 2 cores; --quick the same kinds at a size the
 // float64 reference checks in a moment.
 std::vector<std::string> default_shape_lists(bool quick) {
   if (quick) {
