@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <algorithm>
 #include <charconv>
 #include <ranges>
 
@@ -17,19 +18,23 @@ const char* to_string(Op op) {
     case Op::batch_norm_relu: return "batch_norm_relu";
     case Op::layer_norm: return "layer_norm";
     case Op::group_norm: return "group_norm";
+    case Op::rms_norm: return "rms_norm";
+    case Op::instance_norm: return "instance_norm";
   }
   return "?";
 }
 
-const char* norm_name(Op op) {
-  switch (op) {
-    case Op::batch_norm:
-    case Op::batch_norm_relu: return "batch_norm";
-    case Op::layer_norm: return "layer_norm";
-    case Op::group_norm: return "group_norm";
-  }
-  return "?";
+const char* norm_name(Op op) { return op == Op::batch_norm_relu ? "batch_norm" : to_string(op); }
+
+const std::vector<Op>& all_ops() {
+  static const std::vector<Op> ops = {Op::batch_norm, Op::batch_norm_relu, Op::layer_norm,
+                                      Op::group_norm, Op::rms_norm,        Op::instance_norm};
+  return ops;
 }
+
+bool is_rows(Op op) { return op == Op::layer_norm || op == Op::rms_norm; }
+
+bool centred(Op op) { return op != Op::rms_norm; }
 
 Epilogue epilogue(Op op) { return op == Op::batch_norm_relu ? Epilogue::relu : Epilogue::none; }
 
@@ -39,11 +44,11 @@ std::vector<Direction> directions(Op op) {
 }
 
 std::vector<Layout> layouts(Op op) {
-  if (op == Op::layer_norm) return {Layout::nchw};
+  if (is_rows(op)) return {Layout::nchw};
   return {Layout::nchw, Layout::nhwc};
 }
 
-std::string layout_name(Op op, Layout layout) { return op == Op::layer_norm ? "rows" : fusednorm::to_string(layout); }
+std::string layout_name(Op op, Layout layout) { return is_rows(op) ? "rows" : fusednorm::to_string(layout); }
 
 int tensors_moved(Op op, Direction direction) {
   if (direction != Direction::backward) return 2;
@@ -68,46 +73,70 @@ std::vector<BenchShape> group_shapes(const std::vector<shapes::GroupNormShape>& 
   return result;
 }
 
-std::vector<BenchShape> rows_shapes(const std::vector<shapes::RowsShape>& list) {
+std::vector<BenchShape> rows_shapes(const std::vector<shapes::RowsShape>& list, std::vector<Op> ops) {
   std::vector<BenchShape> result;
-  for (const shapes::RowsShape& s : list) result.push_back({s.name, s.shape, {Op::layer_norm}, 0, s.normalized_dims});
+  for (const shapes::RowsShape& s : list) result.push_back({s.name, s.shape, ops, 0, s.normalized_dims});
   return result;
 }
 
 }  // namespace
 
 const std::vector<std::string>& shape_list_names() {
-  static const std::vector<std::string> names = {"resnet50",       "resnet50_batch2", "mlp_bn1d",
-                                                 "mlp_bn1d_small", "transformer",     "transformer_small",
-                                                 "unet",           "unet_small",      "cache"};
+  static const std::vector<std::string> names = {
+      "resnet50", "resnet50_batch2", "mlp_bn1d", "mlp_bn1d_small", "seed_bn1d", "transformer", "transformer_small",
+      "llm",      "llm_small",       "unet",     "unet_small",     "style",     "style_small", "cache"};
   return names;
 }
 
-// Every op on its network's shapes: about 6 minutes on 2 cores; --quick the same kinds at a size the
+// Every op on its network's shapes: about 6.5 minutes on 2 cores; --quick the same kinds at a size the
 // float64 reference checks in a moment.
 std::vector<std::string> default_shape_lists(bool quick) {
-  if (quick) return {"resnet50_batch2", "mlp_bn1d_small", "transformer_small", "unet_small", "cache"};
-  return {"resnet50", "mlp_bn1d", "transformer", "unet", "cache"};
+  if (quick) {
+    return {"resnet50_batch2", "mlp_bn1d_small", "seed_bn1d",   "transformer_small",
+            "llm_small",       "unet_small",     "style_small", "cache"};
+  }
+  return {"resnet50", "mlp_bn1d", "seed_bn1d", "transformer", "llm", "unet", "style", "cache"};
 }
 
 std::vector<BenchShape> shape_list(const std::string& name) {
   // A ResNet block's BatchNorm is followed by a ReLU (fused: batch_norm_relu) but for the last of each block.
   const std::vector<Op> resnet_ops = {Op::batch_norm, Op::batch_norm_relu};
+  const std::vector<Op> transformer_ops = {Op::layer_norm, Op::rms_norm};
   if (name == "resnet50") return channel_shapes(shapes::resnet50_batch32(), resnet_ops);
   if (name == "resnet50_batch2") return channel_shapes(shapes::resnet50_batch2(), resnet_ops);
   if (name == "mlp_bn1d") return channel_shapes(shapes::mlp_batch_norm_1d(), {Op::batch_norm});
   if (name == "mlp_bn1d_small") return channel_shapes(shapes::mlp_batch_norm_1d_small(), {Op::batch_norm});
-  if (name == "transformer") return rows_shapes(shapes::transformer_rows());
-  if (name == "transformer_small") return rows_shapes(shapes::transformer_rows_small());
+  if (name == "seed_bn1d") return channel_shapes(shapes::seed_batch_norm_1d(), {Op::batch_norm});
+  if (name == "transformer") return rows_shapes(shapes::transformer_rows(), transformer_ops);
+  if (name == "transformer_small") return rows_shapes(shapes::transformer_rows_small(), transformer_ops);
+  if (name == "llm") return rows_shapes(shapes::llm_rows(), {Op::rms_norm});
+  if (name == "llm_small") return rows_shapes(shapes::llm_rows_small(), {Op::rms_norm});
   if (name == "unet") return group_shapes(shapes::unet_group_norm());
   if (name == "unet_small") return group_shapes(shapes::unet_group_norm_small());
+  if (name == "style") return channel_shapes(shapes::style_instance_norm(), {Op::instance_norm});
+  if (name == "style_small") return channel_shapes(shapes::style_instance_norm_small(), {Op::instance_norm});
   if (name == "cache") {
-    std::vector<BenchShape> all = channel_shapes(shapes::cache_resident(), resnet_ops);
-    for (BenchShape& s : rows_shapes(shapes::cache_resident_rows())) all.push_back(std::move(s));
+    std::vector<BenchShape> all =
+        channel_shapes(shapes::cache_resident(), {Op::batch_norm, Op::batch_norm_relu, Op::instance_norm});
+    for (BenchShape& s : rows_shapes(shapes::cache_resident_rows(), transformer_ops)) all.push_back(std::move(s));
     for (BenchShape& s : group_shapes(shapes::cache_resident_group_norm())) all.push_back(std::move(s));
     return all;
   }
   throw Error(fmt::format("fusednorm_bench: no shape list '{}'", name));
+}
+
+std::vector<BenchShape> without_repeated_cases(std::vector<BenchShape> shapes) {
+  std::vector<BenchShape> kept;
+  for (BenchShape& shape : shapes) {
+    std::erase_if(shape.ops, [&](Op op) {
+      return std::ranges::any_of(kept, [&](const BenchShape& k) {
+        return k.shape == shape.shape && k.groups == shape.groups && k.normalized_dims == shape.normalized_dims &&
+               std::ranges::find(k.ops, op) != k.ops.end();
+      });
+    });
+    if (!shape.ops.empty()) kept.push_back(std::move(shape));
+  }
+  return kept;
 }
 
 std::optional<int64_t> positive_integer(std::string_view text) {
@@ -149,7 +178,7 @@ BenchShape parse_problem(std::string_view spec) {
   const std::vector<std::string_view> fields = split(spec, ':');
   if (fields.size() < 4 || fields.size() > 5) throw fail(fmt::format("{} fields", fields.size()));
 
-  const std::vector<Op> ops = {Op::batch_norm, Op::batch_norm_relu, Op::layer_norm, Op::group_norm};
+  const std::vector<Op>& ops = all_ops();
   const std::optional<Op> op = by_name(fields[0], ops, [](Op o) { return std::string(to_string(o)); });
   if (!op) {
     throw fail(fmt::format("OP is '{}', expected one of {}", fields[0],
@@ -194,12 +223,12 @@ BenchShape parse_problem(std::string_view spec) {
     }
     problem.groups = *groups;
     problem.name += fmt::format(".g{}", *groups);
-  } else if (*op == Op::layer_norm) {
+  } else if (is_rows(*op)) {
     const std::optional<int64_t> dims = extra.empty()            ? 1
                                         : extra.starts_with('d') ? positive_integer(extra.substr(1))
                                                                  : std::nullopt;
     if (!dims || *dims >= rank) {
-      throw fail(fmt::format("layer_norm takes :dDIMS, the trailing dimensions normalized (1 to {}), got '{}'",
+      throw fail(fmt::format("{} takes :dDIMS, the trailing dimensions normalized (1 to {}), got '{}'", to_string(*op),
                              rank - 1, extra));
     }
     problem.normalized_dims = *dims;

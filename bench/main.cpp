@@ -1,5 +1,6 @@
 // fusednorm_bench: FusedNorm's normalization kernels -- BatchNorm (and with its fused ReLU) on the ResNet-50
-// and MLP shapes, LayerNorm on transformer rows, GroupNorm on a U-Net's -- in each layout and direction, each
+// and MLP shapes, LayerNorm and RMSNorm on transformer rows, GroupNorm on a U-Net's, InstanceNorm on a style
+// network's -- in each layout and direction, each
 // against a naive baseline, oneDNN and the copy bandwidth measured in the same run, on the same buffer size and
 // cache regime. Prints a table, writes JSON rows. See bench/README.md.
 #include <fmt/format.h>
@@ -49,9 +50,11 @@ std::vector<BenchShape> benchmark_shapes(const Options& options) {
   for (const std::string& spec : options.problems) all.push_back(parse_problem(spec));
   std::vector<std::string> lists = options.shape_lists;
   if (lists.empty() && options.problems.empty()) lists = default_shape_lists(options.quick);
+  std::vector<BenchShape> listed;
   for (const std::string& name : lists) {
-    for (BenchShape& shape : shape_list(name)) all.push_back(std::move(shape));
+    for (BenchShape& shape : shape_list(name)) listed.push_back(std::move(shape));
   }
+  for (BenchShape& shape : without_repeated_cases(std::move(listed))) all.push_back(std::move(shape));
   return all;
 }
 
@@ -333,8 +336,8 @@ std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettin
       {"schedules",
        "fusednorm/hand/<isa>: the hand schedule (dispatch's default); fusednorm/<autoscheduler>/avx2: the same "
        "generators planned by Mullapudi2016, Li2018, Adams2019 for 32x256x56x56 (the channel norms) or 8192 rows "
-       "of 1024 (LayerNorm) (set_schedule), where built; one that refuses a shape (Halide bounds error) gets a row "
-       "marked refused"},
+       "of 1024 (LayerNorm) (set_schedule), where built (none for rms_norm and instance_norm); one that refuses a "
+       "shape (Halide bounds error) gets a row marked refused"},
       {"in place",
        "the forwards' .../inplace rows write y over x (output == input), each run on the previous run's output "
        "(the inference's every other run with the inverse parameters, so that it stays finite)"},
@@ -343,8 +346,9 @@ std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettin
                            ": batch_normalization with scale and shift (batch_norm_relu: with fuse_norm_relu, the "
                            "training forward writing the workspace its backward reads) on the case's plain layout "
                            "(onednn/nchw, onednn/nhwc) and on its blocked layout (from the nchw case; reorders not "
-                           "timed); layer_normalization with scale and shift on the rows (onednn/rows); group_norm: "
-                           "no oneDNN row (oneDNN 2.6 has no group normalization)"
+                           "timed); layer_normalization with scale and shift on the rows (onednn/rows); group_norm, "
+                           "rms_norm, instance_norm: no oneDNN row (oneDNN 2.6 has no group, RMS or instance "
+                           "normalization)"
                      : onednn::description()},
       {"libtorch", "not built (libtorch-dev is not a dependency: 160-odd Debian packages)"},
       {"ceiling", fmt::format("the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and "

@@ -27,28 +27,30 @@ struct Segment {
   }
 };
 
-}  // namespace
-
-void layer_norm_forward(const float* x, float* y, int64_t rows, int64_t features, const float* weight,
-                        const float* bias, float* save_mean, float* save_invstd, double eps) {
+// LayerNorm, or RMSNorm when !centred: no mean (0, and save_mean and bias null), so the "variance" is the mean
+// square and the backward has no mean(g) term, as the reference has it.
+void rows_forward(bool centred, const float* x, float* y, int64_t rows, int64_t features, const float* weight,
+                  const float* bias, float* save_mean, float* save_invstd, double eps) {
   const float count = static_cast<float>(features);
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; r++) {
     const float* row = x + r * features;
     const Segment segment{row, 1, features, features};
-    const float mean = segment.sum([&](int64_t i) { return row[i]; }) / count;
+    const float mean = centred ? segment.sum([&](int64_t i) { return row[i]; }) / count : 0.0f;
     const float variance = segment.sum([&](int64_t i) { return (row[i] - mean) * (row[i] - mean); }) / count;
     const float invstd = 1.0f / std::sqrt(variance + static_cast<float>(eps));
-    for (int64_t i = 0; i < features; i++) y[r * features + i] = (row[i] - mean) * invstd * weight[i] + bias[i];
-    save_mean[r] = mean;
+    for (int64_t i = 0; i < features; i++) {
+      y[r * features + i] = (row[i] - mean) * invstd * weight[i] + (centred ? bias[i] : 0.0f);
+    }
+    if (centred) save_mean[r] = mean;
     save_invstd[r] = invstd;
   }
 }
 
-// dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * weight.
-void layer_norm_backward(const float* x, const float* dy, float* dx, int64_t rows, int64_t features,
-                         const float* weight, const float* save_mean, const float* save_invstd, float* grad_weight,
-                         float* grad_bias) {
+// dx = invstd * (g - mean(g) - xhat * mean(g * xhat)) per row, g = dy * weight (RMSNorm: no mean(g) term).
+void rows_backward(bool centred, const float* x, const float* dy, float* dx, int64_t rows, int64_t features,
+                   const float* weight, const float* save_mean, const float* save_invstd, float* grad_weight,
+                   float* grad_bias) {
   const size_t d = static_cast<size_t>(features);
   const float count = static_cast<float>(features);
   std::vector<float> total_weight(d, 0.0f), total_bias(d, 0.0f);
@@ -59,7 +61,7 @@ void layer_norm_backward(const float* x, const float* dy, float* dx, int64_t row
     for (int64_t r = 0; r < rows; r++) {
       const float* xr = x + r * features;
       const float* dyr = dy + r * features;
-      const float mean = save_mean[r], invstd = save_invstd[r];
+      const float mean = centred ? save_mean[r] : 0.0f, invstd = save_invstd[r];
       float sum_g = 0, sum_g_xhat = 0;
       for (int64_t i = 0; i < features; i++) {
         const float xhat = (xr[i] - mean) * invstd, g = dyr[i] * weight[i];
@@ -68,9 +70,10 @@ void layer_norm_backward(const float* x, const float* dy, float* dx, int64_t row
         own_weight[static_cast<size_t>(i)] += dyr[i] * xhat;
         own_bias[static_cast<size_t>(i)] += dyr[i];
       }
+      const float mean_g = centred ? sum_g / count : 0.0f;
       for (int64_t i = 0; i < features; i++) {
         const float xhat = (xr[i] - mean) * invstd;
-        dx[r * features + i] = invstd * (dyr[i] * weight[i] - sum_g / count - xhat * sum_g_xhat / count);
+        dx[r * features + i] = invstd * (dyr[i] * weight[i] - mean_g - xhat * sum_g_xhat / count);
       }
     }
 #pragma omp critical
@@ -81,8 +84,31 @@ void layer_norm_backward(const float* x, const float* dy, float* dx, int64_t row
   }
   for (size_t i = 0; i < d; i++) {
     grad_weight[i] = total_weight[i];
-    grad_bias[i] = total_bias[i];
+    if (centred) grad_bias[i] = total_bias[i];
   }
+}
+
+}  // namespace
+
+void layer_norm_forward(const float* x, float* y, int64_t rows, int64_t features, const float* weight,
+                        const float* bias, float* save_mean, float* save_invstd, double eps) {
+  rows_forward(/*centred=*/true, x, y, rows, features, weight, bias, save_mean, save_invstd, eps);
+}
+
+void layer_norm_backward(const float* x, const float* dy, float* dx, int64_t rows, int64_t features,
+                         const float* weight, const float* save_mean, const float* save_invstd, float* grad_weight,
+                         float* grad_bias) {
+  rows_backward(/*centred=*/true, x, dy, dx, rows, features, weight, save_mean, save_invstd, grad_weight, grad_bias);
+}
+
+void rms_norm_forward(const float* x, float* y, int64_t rows, int64_t features, const float* weight, float* save_invstd,
+                      double eps) {
+  rows_forward(/*centred=*/false, x, y, rows, features, weight, nullptr, nullptr, save_invstd, eps);
+}
+
+void rms_norm_backward(const float* x, const float* dy, float* dx, int64_t rows, int64_t features, const float* weight,
+                       const float* save_invstd, float* grad_weight) {
+  rows_backward(/*centred=*/false, x, dy, dx, rows, features, weight, nullptr, save_invstd, grad_weight, nullptr);
 }
 
 namespace {

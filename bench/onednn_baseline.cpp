@@ -256,7 +256,11 @@ std::vector<Storage> storages(Op op, Layout layout) {
       if (layout == Layout::nchw) return {Storage::plain, Storage::blocked};
       return {Storage::plain};
     case Op::layer_norm: return {Storage::plain};
-    case Op::group_norm: return {};  // oneDNN 2.6 has no group normalization
+    // oneDNN 2.6 has no group, RMS or instance normalization (layer_normalization's flags have no RMS mode;
+    // instance norm would be batch_normalization on x viewed as (1, N x C, *spatial), not done here).
+    case Op::group_norm:
+    case Op::rms_norm:
+    case Op::instance_norm: return {};
   }
   return {};
 }
@@ -290,7 +294,9 @@ std::optional<Implementation> implementation(Direction direction, const Problem&
       baseline->data_md = baseline->plain_md;
       make_layer_norm_primitives(*baseline, problem.dims.n);
       break;
-    case Op::group_norm: return std::nullopt;
+    case Op::group_norm:
+    case Op::rms_norm:
+    case Op::instance_norm: return std::nullopt;
   }
   return Implementation{.name = fmt::format("onednn/{}", layout_name(problem, storage)),
                         .kind = "library",

@@ -2,7 +2,8 @@
 // oneDNN as a baseline, the established CPU library: batch_normalization (with its fused ReLU for BN + ReLU) on
 // the problem's own plain layout (nchw / nhwc, the buffers used as they are) and on the blocked layout its
 // kernels prefer (nChw16c with AVX-512, nChw8c otherwise), reordered to and from it outside the timing;
-// layer_normalization on the rows. oneDNN 2.6 has no group normalization: GroupNorm has no oneDNN row. Built
+// layer_normalization on the rows. oneDNN 2.6 has no group, RMS or instance normalization: GroupNorm, RMSNorm
+// and InstanceNorm have no oneDNN row. Built
 // only when CMake finds oneDNN (Debian libdnnl-dev); otherwise onednn_unavailable.cpp says why there are no
 // such rows.
 #include <optional>
@@ -23,8 +24,8 @@ enum class Storage {
 };
 
 // The storages oneDNN has rows on for a case of this op and layout: plain, and blocked from the NCHW case of the
-// BatchNorm ops (the same kernel whichever plain layout it was reordered from); none for GroupNorm, or without
-// oneDNN.
+// BatchNorm ops (the same kernel whichever plain layout it was reordered from); none for GroupNorm, RMSNorm and
+// InstanceNorm, or without oneDNN.
 std::vector<Storage> storages(Op op, Layout layout);
 
 // The row's layout name: "nchw", "nhwc", "rows", or the blocked tag ("nChw16c").

@@ -21,10 +21,13 @@ constexpr const char* kUsage = R"(usage: fusednorm_bench [options]
 
 Times FusedNorm's kernels, each checked against the float64 reference first, against a naive OpenMP
 baseline, oneDNN and the copy bandwidth measured in the same run:
-  batch_norm       forward training, forward inference, backward; NCHW and NHWC (ResNet-50, MLP BatchNorm1d)
+  batch_norm       forward training, forward inference, backward; NCHW and NHWC (ResNet-50, MLP and the
+                   seed's BatchNorm1d)
   batch_norm_relu  BatchNorm with its fused ReLU: forward training, backward; NCHW and NHWC (ResNet-50)
   layer_norm       forward training, backward; rows (transformer)
+  rms_norm         forward training, backward; rows (transformer, LLM); oneDNN 2.6 has none
   group_norm       forward training, backward; NCHW and NHWC (U-Net); oneDNN 2.6 has none
+  instance_norm    forward training, backward; NCHW and NHWC (style transfer); oneDNN 2.6 has none
 each by the hand schedule and every autoscheduler built; the forwards also in place (".../inplace").
 Then the small calls: the seed's BatchNorm1d(64) layer on a [32, 64] batch, training forward + backward and
 evaluation forward, in microseconds beside a copy of the same bytes (not with --problem alone).
@@ -36,10 +39,14 @@ evaluation forward, in microseconds beside a copy of the same bytes (not with --
                    forward_inference>/32x64" (--filter small_call: only them)
   --shapes LISTS   comma-separated shape lists of tests/support/shapes.h, each with its ops:
                    resnet50 (batch 32: batch_norm, batch_norm_relu), resnet50_batch2, mlp_bn1d (8192 x 1024:
-                   batch_norm), mlp_bn1d_small, transformer (8192 x 1024, 4096 x 4096: layer_norm),
-                   transformer_small, unet (8 x 320 x 64 x 64 in 32 groups: group_norm), unet_small, cache
-                   (one small input per op). Default: resnet50,mlp_bn1d,transformer,unet,cache; with
-                   --quick resnet50_batch2,mlp_bn1d_small,transformer_small,unet_small,cache
+                   batch_norm), mlp_bn1d_small, seed_bn1d (32 x 64, 256 x 64: batch_norm), transformer
+                   (8192 x 1024, 4096 x 4096: layer_norm, rms_norm), transformer_small, llm (4096 x 4096,
+                   16 x 8192: rms_norm), llm_small, unet (8 x 320 x 64 x 64 in 32 groups: group_norm),
+                   unet_small, style (8 x 64 x 128 x 128: instance_norm), style_small, cache (one small input
+                   per op). A case two lists share is timed once, under the first list's name. Default:
+                   resnet50,mlp_bn1d,seed_bn1d,transformer,llm,unet,style,cache; with --quick
+                   resnet50_batch2,mlp_bn1d_small,seed_bn1d,transformer_small,llm_small,unet_small,
+                   style_small,cache
   --problem SPEC   one case given on the command line, benchdnn-style (repeatable; alone it replaces the
                    default lists, with --shapes it is added to them): OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS]
                    with SHAPE (N, C, *spatial) in any layout, e.g.
@@ -47,6 +54,8 @@ evaluation forward, in microseconds beside a copy of the same bytes (not with --
                      batch_norm_relu:backward:nchw:256x2048x7x7
                      group_norm:forward_training:nhwc:8x320x64x64:g32   (GROUPS required)
                      layer_norm:backward:rows:8192x1024                (the last DIMS dimensions, default 1)
+                     rms_norm:backward:rows:16x8192                    (as layer_norm)
+                     instance_norm:forward_training:nhwc:8x64x128x128
   --threads N      threads for the kernels (HL_NUM_THREADS), the baseline and the copies (default: cores)
   --reps N         exactly N timed runs per row (default: at least 5 and about 0.5 s)
   --json PATH      where the JSON rows go (default: results.json in the current directory)

@@ -11,6 +11,7 @@
 #include "fusednorm/dispatch.h"
 #include "fusednorm/error.h"
 #include "fusednorm/group_norm.h"
+#include "fusednorm/instance_norm.h"
 #include "fusednorm/layer_norm.h"
 
 namespace fusednorm::bench {
@@ -38,7 +39,7 @@ struct Views {
 
   BufferSet& buffers() const { return p.sets[static_cast<size_t>(set)]; }
   TensorView full(const AlignedBuffer& buffer) const {
-    if (p.op == Op::layer_norm) return TensorView(buffer.data(), p.shape.shape);
+    if (is_rows(p.op)) return TensorView(buffer.data(), p.shape.shape);
     return TensorView::with_layout(buffer.data(), p.shape.shape, p.layout);
   }
   TensorView x() const { return full(in_place ? p.in_place[static_cast<size_t>(set)] : buffers().x); }
@@ -46,11 +47,13 @@ struct Views {
   TensorView dy() const { return full(buffers().grad_output); }
   TensorView forward_y() const { return full(buffers().forward_output); }
   TensorView per_channel(std::vector<float>& v) const {
-    return p.op == Op::layer_norm ? TensorView(v.data(), p.normalized_shape) : TensorView(v.data(), {p.dims.c});
+    return is_rows(p.op) ? TensorView(v.data(), p.normalized_shape) : TensorView(v.data(), {p.dims.c});
   }
-  // GroupNorm's statistics are (N, groups); LayerNorm's one per row; BatchNorm's one per channel.
+  // GroupNorm's statistics are (N, groups), InstanceNorm's (N, C); LayerNorm's and RMSNorm's one per row;
+  // BatchNorm's one per channel.
   TensorView per_statistic(std::vector<float>& v) const {
     if (p.op == Op::group_norm) return TensorView(v.data(), {p.dims.n, p.shape.groups});
+    if (p.op == Op::instance_norm) return TensorView(v.data(), {p.dims.n, p.dims.c});
     return TensorView(v.data(), {static_cast<int64_t>(v.size())});
   }
 };
@@ -100,22 +103,24 @@ void run_batch_norm(Direction direction, const Views& v) {
   }
 }
 
-// LayerNorm and GroupNorm take the same tensors (their types differ): the saved statistics per (group, sample).
+// LayerNorm, GroupNorm and InstanceNorm take the same tensors (their types differ, and the order of the
+// backward's, so it is filled member by member): the saved statistics per (group or channel, sample) or row.
 template <typename ForwardTensors, typename BackwardTensors, typename Options>
 void run_norm_with_saved_statistics(Direction direction, const Views& v, const Options& options,
                                     void (*forward)(const ForwardTensors&, const Options&),
                                     void (*backward)(const BackwardTensors&, const Options&)) {
   ChannelTensors& ch = v.p.channels;
   if (direction == Direction::backward) {
-    backward({.grad_output = v.dy(),
-              .input = v.x(),
-              .grad_input = v.y(),
-              .save_mean = v.per_statistic(ch.batch_mean),
-              .save_invstd = v.per_statistic(ch.batch_invstd),
-              .weight = v.per_channel(ch.weight),
-              .grad_weight = v.per_channel(ch.grad_weight),
-              .grad_bias = v.per_channel(ch.grad_bias)},
-             options);
+    BackwardTensors tensors;
+    tensors.grad_output = v.dy();
+    tensors.input = v.x();
+    tensors.grad_input = v.y();
+    tensors.save_mean = v.per_statistic(ch.batch_mean);
+    tensors.save_invstd = v.per_statistic(ch.batch_invstd);
+    tensors.weight = v.per_channel(ch.weight);
+    tensors.grad_weight = v.per_channel(ch.grad_weight);
+    tensors.grad_bias = v.per_channel(ch.grad_bias);
+    backward(tensors, options);
     return;
   }
   forward({.input = v.x(),
@@ -137,6 +142,34 @@ void run_group_norm(Direction direction, const Views& v) {
                                  &group_norm_forward, &group_norm_backward);
 }
 
+// RMSNorm has no bias and saves no mean.
+void run_rms_norm(Direction direction, const Views& v) {
+  ChannelTensors& ch = v.p.channels;
+  const RMSNormOptions options{.normalized_shape = v.p.normalized_shape, .eps = kEps};
+  if (direction == Direction::backward) {
+    rms_norm_backward({.grad_output = v.dy(),
+                       .input = v.x(),
+                       .grad_input = v.y(),
+                       .save_invstd = v.per_statistic(ch.batch_invstd),
+                       .weight = v.per_channel(ch.weight),
+                       .grad_weight = v.per_channel(ch.grad_weight)},
+                      options);
+    return;
+  }
+  rms_norm_forward({.input = v.x(),
+                    .output = v.y(),
+                    .weight = v.per_channel(ch.weight),
+                    .save_invstd = v.per_statistic(ch.save_invstd)},
+                   options);
+}
+
+// With each (sample, channel)'s own statistics (use_input_stats; PyTorch's InstanceNorm has
+// track_running_stats = False by default): no running statistics.
+void run_instance_norm(Direction direction, const Views& v) {
+  run_norm_with_saved_statistics(direction, v, InstanceNormOptions{.use_input_stats = true, .eps = kEps},
+                                 &instance_norm_forward, &instance_norm_backward);
+}
+
 void run_fusednorm(Direction direction, Problem& p, int set, bool in_place) {
   const Views views{p, set, in_place};
   switch (p.op) {
@@ -144,6 +177,8 @@ void run_fusednorm(Direction direction, Problem& p, int set, bool in_place) {
     case Op::batch_norm_relu: run_batch_norm(direction, views); return;
     case Op::layer_norm: run_layer_norm(direction, views); return;
     case Op::group_norm: run_group_norm(direction, views); return;
+    case Op::rms_norm: run_rms_norm(direction, views); return;
+    case Op::instance_norm: run_instance_norm(direction, views); return;
   }
 }
 
@@ -177,16 +212,29 @@ void run_naive(Direction direction, Problem& p, int set) {
                                   ch.save_mean.data(), ch.save_invstd.data(), kEps);
       }
       return;
-    case Op::group_norm:
+    case Op::rms_norm:
       if (backward) {
-        naive::group_norm_backward(b.x.data(), b.grad_output.data(), b.output.data(), p.dims, p.shape.groups,
-                                   ch.weight.data(), ch.batch_mean.data(), ch.batch_invstd.data(),
-                                   ch.grad_weight.data(), ch.grad_bias.data());
+        naive::rms_norm_backward(b.x.data(), b.grad_output.data(), b.output.data(), p.dims.n, p.dims.c,
+                                 ch.weight.data(), ch.batch_invstd.data(), ch.grad_weight.data());
       } else {
-        naive::group_norm_forward(b.x.data(), b.output.data(), p.dims, p.shape.groups, ch.weight.data(), ch.bias.data(),
+        naive::rms_norm_forward(b.x.data(), b.output.data(), p.dims.n, p.dims.c, ch.weight.data(),
+                                ch.save_invstd.data(), kEps);
+      }
+      return;
+    case Op::group_norm:
+    case Op::instance_norm: {
+      // InstanceNorm is GroupNorm with a group per channel: the same naive loops, groups = C.
+      const int64_t groups = p.op == Op::instance_norm ? p.dims.c : p.shape.groups;
+      if (backward) {
+        naive::group_norm_backward(b.x.data(), b.grad_output.data(), b.output.data(), p.dims, groups, ch.weight.data(),
+                                   ch.batch_mean.data(), ch.batch_invstd.data(), ch.grad_weight.data(),
+                                   ch.grad_bias.data());
+      } else {
+        naive::group_norm_forward(b.x.data(), b.output.data(), p.dims, groups, ch.weight.data(), ch.bias.data(),
                                   ch.save_mean.data(), ch.save_invstd.data(), kEps);
       }
       return;
+    }
   }
 }
 
@@ -246,6 +294,8 @@ reference::Grouping Problem::grouping() const {
     case Op::batch_norm_relu: return reference::Grouping::batch(dims);
     case Op::layer_norm: return reference::Grouping::rows(reference::Norm::layer, dims.n, dims.c);
     case Op::group_norm: return reference::Grouping::group(dims, shape.groups);
+    case Op::rms_norm: return reference::Grouping::rows(reference::Norm::rms, dims.n, dims.c);
+    case Op::instance_norm: return reference::Grouping::instance(dims);
   }
   return reference::Grouping::batch(dims);
 }
@@ -265,9 +315,10 @@ Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_s
   p.shape = shape;
   p.op = op;
   p.layout = layout;
-  // The activations' own mean and spread follow the channel, or for LayerNorm the row (so that rows differ).
+  // The activations' own mean and spread follow the channel, or for LayerNorm and RMSNorm the row (so that rows
+  // differ).
   reference::Dims fill_dims{};
-  if (op == Op::layer_norm) {
+  if (is_rows(op)) {
     const size_t leading = shape.shape.size() - static_cast<size_t>(shape.normalized_dims);
     p.normalized_shape.assign(shape.shape.begin() + static_cast<std::ptrdiff_t>(leading), shape.shape.end());
     int64_t rows = 1, features = 1;
@@ -293,7 +344,7 @@ Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_s
 
   ChannelTensors& ch = p.channels;
   ch.weight = random_vector(channels, 0.5f, 1.5f, 11);
-  ch.bias = random_vector(channels, -0.5f, 0.5f, 12);
+  if (centred(op)) ch.bias = random_vector(channels, -0.5f, 0.5f, 12);
   if (op == Op::batch_norm || op == Op::batch_norm_relu) {
     ch.initial_running_mean = random_vector(channels, -1.0f, 1.0f, 13);
     ch.initial_running_var = random_vector(channels, 0.5f, 2.0f, 14);

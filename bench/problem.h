@@ -25,8 +25,9 @@ struct BufferSet {
   AlignedBuffer forward_output;
 };
 
-// The per-channel tensors (per normalized feature for LayerNorm: the reference's c) and the per-statistic ones
-// (per channel for BatchNorm, per (sample, group) for GroupNorm, per row for LayerNorm).
+// The per-channel tensors (per normalized feature for LayerNorm and RMSNorm: the reference's c; RMSNorm has no
+// bias) and the per-statistic ones (per channel for BatchNorm, per (sample, group) for GroupNorm, per (sample,
+// channel) for InstanceNorm, per row for LayerNorm and RMSNorm; RMSNorm's mean stays unused).
 struct ChannelTensors {
   std::vector<float> weight, bias;
   // BatchNorm only (empty otherwise):
@@ -49,9 +50,9 @@ struct Problem {
   BenchShape shape;
   Op op;
   Layout layout;
-  // (N, C, S); LayerNorm: (rows, features, 1) in Layout::nchw, as the reference sees rows.
+  // (N, C, S); LayerNorm, RMSNorm: (rows, features, 1) in Layout::nchw, as the reference sees rows.
   reference::Dims dims;
-  std::vector<int64_t> normalized_shape;  // LayerNorm: the trailing dimensions of shape.shape it normalizes
+  std::vector<int64_t> normalized_shape;  // LayerNorm, RMSNorm: the trailing dimensions of shape.shape normalized
   std::vector<BufferSet> sets;
   ChannelTensors channels;
   // The in-place rows' buffers, each x overwritten by y: one tensor per run, so as many as in_place_regime
@@ -71,7 +72,7 @@ struct Problem {
 };
 
 // Allocates and fills `buffer_sets` sets of random inputs (each set its own values) and the per-channel
-// tensors: weight near 1, bias near 0, running variance in [0.5, 2]. x: each channel (LayerNorm: each row) with
+// tensors: weight near 1, bias near 0, running variance in [0.5, 2]. x: each channel (rows: each row) with
 // its own mean and spread; for BN + ReLU, set 0's x is moved off the ReLU's kink (see make_problem).
 Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_sets);
 

@@ -70,11 +70,25 @@ struct RowsShape {
 // BatchNorm1d in an MLP: (batch, features).
 inline std::vector<NamedShape> mlp_batch_norm_1d() { return {{"mlp.bn1d", {8192, 1024}}}; }
 
+// The seed's BatchNorm1d(64) (examples/simple_bn_model: Linear(128, 64) -> BatchNorm1d(64) -> ReLU) on its batch
+// of 32, and at batch 256: inputs of 8 and 64 KiB, where a call's fixed costs are most of its time.
+inline std::vector<NamedShape> seed_batch_norm_1d() {
+  return {{"seed.bn1d_32x64", {32, 64}}, {"seed.bn1d_256x64", {256, 64}}};
+}
+
 // LayerNorm (and RMSNorm) in a transformer: (tokens, hidden) rows, BERT-large / GPT-2-medium width and a
 // 7B-class model's 4096.
 inline std::vector<RowsShape> transformer_rows() {
   return {{"transformer.8192x1024", {8192, 1024}}, {"transformer.4096x4096", {4096, 4096}}};
 }
+
+// RMSNorm in a decoder-only LLM: a 7B-class model's prefill, 4096 tokens at hidden 4096 (transformer_rows' too),
+// and a 70B-class model's decode step, 16 sequences of one token at hidden 8192.
+inline std::vector<RowsShape> llm_rows() { return {{"llm.4096x4096", {4096, 4096}}, {"llm.16x8192", {16, 8192}}}; }
+
+// InstanceNorm in a fast style-transfer network (Johnson et al., 2016): the second convolution's 64 channels at
+// 128 x 128 for 256 x 256 images, batch 8.
+inline std::vector<NamedShape> style_instance_norm() { return {{"style.n8_c64_128x128", {8, 64, 128, 128}}}; }
 
 // GroupNorm in a Stable Diffusion U-Net's first resolution: 320 channels in 32 groups, 64x64 latents.
 inline std::vector<GroupNormShape> unet_group_norm() { return {{"unet.n8_c320_64x64", {8, 320, 64, 64}, 32}}; }
@@ -95,6 +109,9 @@ inline std::vector<RowsShape> transformer_rows_small() {
   return {{"transformer.32x1024", {32, 1024}}, {"transformer.8x4096", {8, 4096}}};
 }
 inline std::vector<GroupNormShape> unet_group_norm_small() { return {{"unet.n1_c320_16x16", {1, 320, 16, 16}, 32}}; }
+// The decode step is small already; the style network at batch 1.
+inline std::vector<RowsShape> llm_rows_small() { return {{"llm.16x8192", {16, 8192}}}; }
+inline std::vector<NamedShape> style_instance_norm_small() { return {{"style.n1_c64_128x128", {1, 64, 128, 128}}}; }
 
 // Odd sizes for GroupNorm: C = 1, 3, 17 with groups 1 and C, and a middle divisor (C = 12 in 4 groups of
 // 3 channels, C = 48 in 3 groups of 16); spatial 1x1 (with several channels per group, so each group has more
