@@ -76,16 +76,20 @@ Options parse(int argc, char** argv) {
       return argv[++i];
     };
     try {
-      if (flag == "--data") o.data = value();
+      if (flag == "--data")
+        o.data = value();
       else if (flag == "--experiment") {
         const std::string v = value();
         o.experiments = v == "all" ? kExperiments : split_commas(v);
         for (const std::string& e : o.experiments)
           if (std::find(kExperiments.begin(), kExperiments.end(), e) == kExperiments.end())
             usage("--experiment: '" + e + "' is not one of lr, init, placement, batch, eval, momentum, all");
-      } else if (flag == "--csv") o.csv = value();
-      else if (flag == "--seeds") o.seeds = std::stoi(value());
-      else if (flag == "--epochs") o.epochs = std::stoi(value());
+      } else if (flag == "--csv")
+        o.csv = value();
+      else if (flag == "--seeds")
+        o.seeds = std::stoi(value());
+      else if (flag == "--epochs")
+        o.epochs = std::stoi(value());
       else if (flag == "--norm") {
         const std::string v = value();
         const auto norm = parse_norm(v);
@@ -95,14 +99,19 @@ Options parse(int argc, char** argv) {
         const std::string v = value();
         if (v != "before_relu" && v != "after_relu") usage("--placement: '" + v + "' is not before_relu or after_relu");
         o.single.model.placement = v == "before_relu" ? Placement::before_relu : Placement::after_relu;
-      } else if (flag == "--lr") o.single.training.learning_rate = std::stod(value());
-      else if (flag == "--batch") o.single.training.batch_size = std::stoi(value());
-      else if (flag == "--init-scale") o.single.model.init_scale = std::stod(value());
-      else if (flag == "--seed") o.single.training.seed = static_cast<uint32_t>(std::stoul(value()));
+      } else if (flag == "--lr")
+        o.single.training.learning_rate = std::stod(value());
+      else if (flag == "--batch")
+        o.single.training.batch_size = std::stoi(value());
+      else if (flag == "--init-scale")
+        o.single.model.init_scale = std::stod(value());
+      else if (flag == "--seed")
+        o.single.training.seed = static_cast<uint32_t>(std::stoul(value()));
       else if (flag == "--momentum") {
         const std::string v = value();
         o.single.model.batch_norm_momentum = v == "none" ? std::nullopt : std::optional<double>(std::stod(v));
-      } else usage("unknown argument '" + flag + "'");
+      } else
+        usage("unknown argument '" + flag + "'");
     } catch (const std::logic_error&) {  // std::stoi / std::stod on a malformed number
       usage(flag + ": '" + argv[i] + "' is not a number");
     }
@@ -240,12 +249,12 @@ int run(int argc, char** argv) {
       const RunResult result = train(data, r.model, r.training);
       if (csv_file.is_open()) write_rows(csv_file, r, result);
       const EpochRecord& last = result.epochs.back();
-      std::printf("[%s %3zu/%zu] norm=%-5s %-11s lr=%-8g batch=%-3lld init=%-5g momentum=%-4s seed=%u: "
-                  "test acc %.3f%s\n",
-                  experiment.c_str(), i + 1, runs.size(), to_string(r.model.norm), to_string(r.model.placement),
-                  r.training.learning_rate, static_cast<long long>(r.training.batch_size), r.model.init_scale,
-                  momentum_string(r.model).c_str(), r.training.seed, last.test_accuracy,
-                  result.diverged ? " (diverged)" : "");
+      std::printf(
+          "[%s %3zu/%zu] norm=%-5s %-11s lr=%-8g batch=%-3lld init=%-5g momentum=%-4s seed=%u: "
+          "test acc %.3f%s\n",
+          experiment.c_str(), i + 1, runs.size(), to_string(r.model.norm), to_string(r.model.placement),
+          r.training.learning_rate, static_cast<long long>(r.training.batch_size), r.model.init_scale,
+          momentum_string(r.model).c_str(), r.training.seed, last.test_accuracy, result.diverged ? " (diverged)" : "");
       std::fflush(stdout);
     }
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -107,8 +107,8 @@ std::unique_ptr<fusednorm::NormLayer> make_norm(const ModelConfig& config) {
   switch (config.norm) {
     case Norm::none: return nullptr;
     case Norm::batch:
-      return std::make_unique<fusednorm::BatchNorm1d>(config.hidden,
-                                                      fusednorm::BatchNormLayerOptions{.momentum = config.batch_norm_momentum});
+      return std::make_unique<fusednorm::BatchNorm1d>(
+          config.hidden, fusednorm::BatchNormLayerOptions{.momentum = config.batch_norm_momentum});
     case Norm::group: return std::make_unique<fusednorm::GroupNorm>(config.groups, config.hidden);
     case Norm::layer: return std::make_unique<fusednorm::LayerNorm>(std::vector<int64_t>{config.hidden});
     case Norm::rms: return std::make_unique<fusednorm::RMSNorm>(std::vector<int64_t>{config.hidden});
@@ -230,8 +230,8 @@ std::vector<Parameter> Mlp::parameters() {
     p.push_back({"norm.weight", norm_->weight().data(), norm_->grad_weight().data(),
                  static_cast<int64_t>(norm_->weight().size())});
   if (norm_ && !norm_->bias().empty())
-    p.push_back({"norm.bias", norm_->bias().data(), norm_->grad_bias().data(),
-                 static_cast<int64_t>(norm_->bias().size())});
+    p.push_back(
+        {"norm.bias", norm_->bias().data(), norm_->grad_bias().data(), static_cast<int64_t>(norm_->bias().size())});
   p.push_back({"linear2.weight", linear2_.weight.data(), linear2_.grad_weight.data(), linear2_.weight.size()});
   p.push_back({"linear2.bias", linear2_.bias.data(), linear2_.grad_bias.data(), linear2_.bias.size()});
   return p;
@@ -303,8 +303,8 @@ RunResult train(const Split& data, const ModelConfig& model_config, const TrainC
         result.steps++;
       }
       last.epoch = epoch;
-      last.train_loss = result.diverged ? std::numeric_limits<double>::quiet_NaN()
-                                        : loss_sum / static_cast<double>(steps_per_epoch);
+      last.train_loss =
+          result.diverged ? std::numeric_limits<double>::quiet_NaN() : loss_sum / static_cast<double>(steps_per_epoch);
       const Scores train_scores = score(model.evaluate(data.train.x), data.train.labels);
       const Scores test_scores = score(model.evaluate(data.test.x), data.test.labels);
       last.train_eval_loss = train_scores.loss;

@@ -142,9 +142,9 @@ struct TrainConfig {
 };
 
 struct EpochRecord {
-  int epoch;                   // 1-based
-  double train_loss;           // mean of the epoch's training-step losses
-  double train_eval_loss;      // evaluation-mode loss and accuracy on the whole training set after the epoch
+  int epoch;               // 1-based
+  double train_loss;       // mean of the epoch's training-step losses
+  double train_eval_loss;  // evaluation-mode loss and accuracy on the whole training set after the epoch
   double train_accuracy;
   double test_loss, test_accuracy;
   double test_accuracy_batch_statistics;  // NaN unless TrainConfig::evaluate_with_batch_statistics
