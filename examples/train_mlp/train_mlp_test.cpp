@@ -273,8 +273,9 @@ TEST(TrainMlpTraining, LossFallsAndTestAccuracyBeatsChance) {
     // (another instruction set, Eigen's other vector paths), which changes the trajectory but not the trend.
     EXPECT_LT(last.train_loss, 0.5 * first.train_loss);
     // Test accuracy after 3 epochs, measured (x86-64): 0.908 without a norm, 0.975 with BatchNorm. Chance is 0.1;
-    // the bound 0.8 (chance + 0.7) sits 0.1 under the lower measured value: a model that learned reaches it,
-    // one with a broken gradient (a wrong sign, a missing term) stays far below after 3 epochs.
+    // the bound 0.8 (chance + 0.7) sits 0.1 under the lower measured value: a model that learned reaches it, a
+    // diverging or stalled one does not. Subtler gradient errors can still learn (with the ReLU's mask left out of
+    // the backward this test passed): the gradient tests above are the ones that catch those.
     EXPECT_GT(last.test_accuracy, 0.1 + 0.7);
   }
 }
