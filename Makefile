@@ -15,7 +15,7 @@ SANITIZER_PRESETS ?= asan tsan
 # arm-64 Linux, run under qemu-aarch64 (all but the 2 GiB test). Their generator is the release build's.
 CROSS_PRESETS ?= aarch64
 
-.PHONY: all bootstrap configure build test bench tune fuzz clean
+.PHONY: all bootstrap configure build test bench tune fuzz demo clean
 all: build
 
 bootstrap:
@@ -67,6 +67,17 @@ fuzz: bootstrap
 	@test -f build/fuzz/build.ninja || $(CMAKE) --preset fuzz >/dev/null
 	@$(CMAKE) --build --preset fuzz
 	@scripts/fuzz.sh build/fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The seed tutorial's claims, measured (docs/SEED_CLAIMS.md): examples/train_mlp trains its model on the digits in
+# every experiment over DEMO_SEEDS seeds (seconds per experiment), then scripts/plot_demo.py writes the plots and
+# report.md into build/<preset>/demo. Builds only the example and what it links.
+DEMO_SEEDS ?= 10
+DEMO_DIR := $(BUILD)/demo
+demo: configure
+	@$(CMAKE) --build --preset $(PRESET) --target train_mlp
+	@mkdir -p $(DEMO_DIR)
+	@$(BUILD)/examples/train_mlp --experiment all --seeds $(DEMO_SEEDS) --csv $(DEMO_DIR)/runs.csv
+	@$(VENV)/bin/python scripts/plot_demo.py $(DEMO_DIR)/runs.csv --out $(DEMO_DIR)
 
 clean:
 	rm -rf build

@@ -2,7 +2,9 @@
 # Installs what the build needs, and nothing when it is already there:
 #   - Debian packages (only when running as root and a package is missing);
 #   - a project-local virtual environment (.venv) with the pinned Halide wheel, CMake, Ninja and matplotlib
-#     (the benchmark's plots).
+#     (the benchmark's and `make demo`'s plots);
+#   - the handwritten digits data set that examples/train_mlp trains on, .venv/share/fusednorm/digits.csv, taken
+#     out of the pinned scikit-learn wheel (scripts/data-requirements.txt, scripts/fetch_digits.py).
 # `scripts/bootstrap.sh aarch64` adds what the preset aarch64 needs: Debian's aarch64 cross compiler, qemu-user,
 # and fmt and GoogleTest for arm64 (multiarch: the arm64 architecture is added to dpkg for them).
 # Idempotent: a stamp keyed on scripts/requirements.txt makes a second run take well under a second.
@@ -18,8 +20,9 @@ cd "$root"
 # CMake 3.25 and with pkg-config, the source tree and its .venv hidden.
 # nlohmann-json3-dev: the safetensors header's JSON (runtime/state_dict.cpp), compiled into libfusednorm, and the
 # benchmark's JSON results. libcli11-dev: the benchmark's command line (bench/options.cpp).
+# libeigen3-dev: the matrix products of examples/train_mlp (Linear layers), header-only and private to the example.
 debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libdnnl-dev
-                 ocl-icd-opencl-dev cmake pkg-config)
+                 ocl-icd-opencl-dev cmake pkg-config libeigen3-dev)
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
 fi
@@ -57,4 +60,13 @@ if [[ ! -f $stamp ]] || ! cmp -s scripts/requirements.txt "$stamp"; then
   [[ -x $venv/bin/python ]] || "$python" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
   cp scripts/requirements.txt "$stamp"
+fi
+
+# The digits data set (examples/train_mlp and its test). Keyed on scripts/data-requirements.txt like the .venv.
+digits=$venv/share/fusednorm/digits.csv
+data_stamp=$venv/.fusednorm-data-requirements
+if [[ ! -f $digits ]] || [[ ! -f $data_stamp ]] || ! cmp -s scripts/data-requirements.txt "$data_stamp"; then
+  echo "bootstrap: extracting the digits data set from scikit-learn's wheel (PyPI) into $digits"
+  "$venv/bin/python" scripts/fetch_digits.py "$digits"
+  cp scripts/data-requirements.txt "$data_stamp"
 fi
