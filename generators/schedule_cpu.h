@@ -3,6 +3,7 @@
 // Two parameters differ per architecture, both taken from the target: the vector width (natural_vector_size: 4
 // float32 lanes with SSE4.1 and NEON, 8 with AVX2, 16 with AVX-512) and the block size (block_bytes_for). The
 // loops, the task size and the chunked sums are the same everywhere.
+#include <algorithm>
 #include <vector>
 
 #include "Halide.h"
@@ -74,6 +75,16 @@ inline void schedule_rows(Halide::Func elementwise, Layout layout, const CpuSche
   Var outer = layout == Layout::nchw ? a.c : a.s;
   Expr row_length = layout == Layout::nchw ? cx.problem.spatial : cx.problem.channels;
   Expr rows_per_task = max(1, kElementsPerTask / max(row_length, 1));
+  if (layout == Layout::nhwc) {
+    // One sample (BatchNorm's N x S rows, runtime/norm_kernels.cpp): the rows are s alone, with no division of
+    // the fused row index per row (an idiv and 30 instructions per row of 4 vectors: the evaluation forward of
+    // BatchNorm1d [256, 64] ran at 0.3 of a copy).
+    Var s_task("s_task"), s_of_task("s_of_task");
+    elementwise.specialize(cx.problem.batch == 1)
+        .vectorize(inner, cx.vector_width, TailStrategy::GuardWithIf)
+        .split(outer, s_task, s_of_task, rows_per_task, TailStrategy::GuardWithIf)
+        .parallel(s_task);
+  }
   elementwise.fuse(outer, a.n, row)
       .vectorize(inner, cx.vector_width, TailStrategy::GuardWithIf)
       .split(row, task, row, rows_per_task, TailStrategy::GuardWithIf)
@@ -183,6 +194,11 @@ inline void schedule_column_sums(Halide::Func sums, Halide::RDom rows, Halide::F
       .parallel(so);
 }
 
+// A Func computed at root over channels (or groups first), vectorised along its first argument.
+inline void vectorize_first_axis(Halide::Func f, int vector_width) {
+  f.vectorize(f.args()[0], vector_width, Halide::TailStrategy::GuardWithIf);
+}
+
 // NHWC: channels are innermost, so a block of channels is strided across all of x and cannot stay in cache.
 // Two passes: chunk and tail sums, parallel over samples and vectorised over c, merged per channel and per
 // group, then the elementwise pass, parallel over rows and vectorised over c.
@@ -220,7 +236,16 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, 
       .parallel(chunk_task);
   sums.tail.store_at(sums.total, task).compute_at(sums.total, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf);
   sums.tail.update().reorder(a.c, sums.over_tail.x, a.n).vectorize(a.c, vec, TailStrategy::GuardWithIf);
-  for (Func f : funcs.per_block) f.compute_root();
+  // Per channel (or group): vectorised too. Scalar, the float64 divisions of the statistics were a third of the
+  // kernel's own time in BatchNorm1d [32, 64] (perf annotate).
+  for (Func f : funcs.per_block) {
+    const bool sums_samples = std::any_of(funcs.sample_sums.begin(), funcs.sample_sums.end(),
+                                          [&](const Func& g) { return g.name() == f.name(); });
+    f.compute_root();
+    if (!sums_samples) vectorize_first_axis(f, vec);
+  }
+  for (Func f : funcs.channel_outputs) vectorize_first_axis(f, vec);
+  for (Func f : funcs.group_outputs) vectorize_first_axis(f, vec);
   // The (channel, sample) sums are stored channels innermost: summed over samples one channel at a time, each
   // access would be a cache line of its own (BatchNorm1d, 8192 x 1024: 245 ms for a 34 MB tensor). Samples
   // outermost, vectors across channels. Not for GroupNorm's group sums, whose channels in a group are the inner
@@ -256,7 +281,10 @@ inline void schedule_statistics_then_elementwise(const NormSpec& spec, Halide::F
 // Elementwise only (inference).
 inline void schedule_elementwise(Halide::Func elementwise, Layout layout, const std::vector<Halide::Func>& per_channel,
                                  const CpuScheduleContext& cx) {
-  for (Halide::Func f : per_channel) f.compute_root();
+  for (Halide::Func f : per_channel) {
+    f.compute_root();
+    vectorize_first_axis(f, cx.vector_width);
+  }
   schedule_rows(elementwise, layout, cx);
 }
 
