@@ -13,7 +13,7 @@ std::optional<int64_t> multiply(int64_t a, int64_t b) {
   return product;
 }
 
-int64_t checked_product(const std::string& context, const std::string& what, const std::vector<int64_t>& shape) {
+int64_t checked_product(std::string_view context, std::string_view what, std::span<const int64_t> shape) {
   int64_t nonzero = 1;
   bool empty = false;
   for (int64_t extent : shape) {

@@ -5,8 +5,8 @@
 // to 5 elements and reached the kernels).
 #include <cstdint>
 #include <optional>
-#include <string>
-#include <vector>
+#include <span>
+#include <string_view>
 
 namespace fusednorm::detail {
 
@@ -16,6 +16,6 @@ std::optional<int64_t> multiply(int64_t a, int64_t b);
 // The product of the extents of `shape` (each >= 0). Throws Error("{context}: {what} {shape} has more than
 // 2^63 - 1 elements") when the product of its non-zero extents does not fit: a zero extent makes the product 0, but
 // the strides of the other extents would still wrap.
-int64_t checked_product(const std::string& context, const std::string& what, const std::vector<int64_t>& shape);
+int64_t checked_product(std::string_view context, std::string_view what, std::span<const int64_t> shape);
 
 }  // namespace fusednorm::detail

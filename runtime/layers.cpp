@@ -19,7 +19,7 @@ namespace fusednorm {
 
 namespace {
 // "4", "2 or 3", "2, 3, 4 or 5".
-std::string ranks_string(const std::vector<int64_t>& ranks) {
+std::string ranks_string(std::span<const int64_t> ranks) {
   if (ranks.size() == 1) return fmt::format("{}", ranks[0]);
   return fmt::format("{} or {}", fmt::join(ranks.begin(), ranks.end() - 1, ", "), ranks.back());
 }
@@ -28,12 +28,13 @@ void check_at_least_one(const std::string& layer, const char* argument, int64_t 
   if (value < 1) throw Error(fmt::format("{}: {} is {}, expected >= 1", layer, argument, value));
 }
 
-void check_rank(const std::string& layer, const TensorView& x, const char* what, const std::vector<int64_t>& ranks,
-                const std::string& expected) {
-  if (std::find(ranks.begin(), ranks.end(), x.dim()) == ranks.end()) {
-    throw Error(fmt::format("{}: {} has {} dimensions (shape {}), expected {}", layer, what, x.dim(),
-                            shape_string(x.shape()), expected));
-  }
+Error rank_error(const std::string& layer, const TensorView& x, const char* what, const std::string& expected) {
+  return Error(fmt::format("{}: {} has {} dimensions (shape {}), expected {}", layer, what, x.dim(),
+                           shape_string(x.shape()), expected));
+}
+
+void check_rank(const std::string& layer, const TensorView& x, const char* what, std::span<const int64_t> ranks) {
+  if (std::find(ranks.begin(), ranks.end(), x.dim()) == ranks.end()) throw rank_error(layer, x, what, ranks_string(ranks));
 }
 
 void check_channels(const std::string& layer, const TensorView& x, const char* what, int64_t channel_dim,
@@ -48,7 +49,7 @@ void check_channels(const std::string& layer, const TensorView& x, const char* w
 void check_normalized_input(const std::string& layer, const TensorView& x, const char* what,
                             const std::vector<int64_t>& normalized_shape) {
   const size_t k = normalized_shape.size();
-  const std::vector<int64_t>& shape = x.shape();
+  const std::span<const int64_t> shape = x.shape();
   if (shape.size() < k || !std::equal(normalized_shape.begin(), normalized_shape.end(), shape.end() - k)) {
     throw Error(fmt::format("{}: {} has shape {}, expected (*, {}) (trailing dimensions normalized_shape {})", layer,
                             what, shape_string(shape), fmt::join(normalized_shape, ", "),
@@ -152,7 +153,7 @@ BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::s
       options_(options) {}
 
 void BatchNorm::check_input(const TensorView& x, const char* what) const {
-  check_rank(name(), x, what, ranks_, ranks_string(ranks_));
+  check_rank(name(), x, what, ranks_);
   check_channels(name(), x, what, 1, num_features_, "num_features");
 }
 
@@ -213,8 +214,9 @@ InstanceNorm::InstanceNorm(int64_t num_features, InstanceNormLayerOptions option
 
 void InstanceNorm::check_input(const TensorView& x, const char* what) const {
   const int64_t unbatched = spatial_dims_ + 1;
-  check_rank(name(), x, what, {unbatched, unbatched + 1},
-             fmt::format("{} (unbatched) or {}", unbatched, unbatched + 1));
+  if (x.dim() != unbatched && x.dim() != unbatched + 1) {
+    throw rank_error(name(), x, what, fmt::format("{} (unbatched) or {}", unbatched, unbatched + 1));
+  }
   // PyTorch only warns about a channel count other than num_features when affine is false (num_features is then
   // unused without running statistics); such a mismatch is refused here.
   check_channels(name(), x, what, x.dim() == unbatched ? 0 : 1, num_features_, "num_features");
@@ -227,10 +229,11 @@ std::string InstanceNorm::differentiable_forward() const {
 TensorView InstanceNorm::batched(const TensorView& view) const {
   if (view.dim() != spatial_dims_ + 1) return view;
   // A dimension of extent 1: its stride does not matter.
-  std::vector<int64_t> shape = view.shape(), strides = view.strides();
-  shape.insert(shape.begin(), 1);
-  strides.insert(strides.begin(), view.numel());
-  return TensorView(view.data(), std::move(shape), std::move(strides));
+  std::array<int64_t, TensorView::kMaxDims> shape{1}, strides{view.numel()};
+  std::ranges::copy(view.shape(), shape.begin() + 1);
+  std::ranges::copy(view.strides(), strides.begin() + 1);
+  const size_t rank = static_cast<size_t>(view.dim()) + 1;
+  return TensorView(view.data(), std::span(shape.data(), rank), std::span(strides.data(), rank));
 }
 
 bool InstanceNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y,
@@ -246,7 +249,7 @@ bool InstanceNorm::run_forward(const TensorView& x, const std::optional<TensorVi
   }
   if (use_input_stats) {
     detail::check_channels_input("instance_norm", input);  // before allocating statistics for its N
-    const std::vector<int64_t> statistics_shape{input.size(0), num_features_};
+    const int64_t statistics_shape[] = {input.size(0), num_features_};
     saved.mean.resize(static_cast<size_t>(input.size(0) * num_features_));
     saved.invstd.resize(saved.mean.size());
     t.save_mean = TensorView(saved.mean.data(), statistics_shape);
@@ -261,7 +264,7 @@ bool InstanceNorm::run_forward(const TensorView& x, const std::optional<TensorVi
 void InstanceNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx,
                                 const std::optional<TensorView>&, const ParameterGrads& grads) {
   const TensorView input = batched(saved.input);
-  const std::vector<int64_t> statistics_shape{input.size(0), num_features_};
+  const int64_t statistics_shape[] = {input.size(0), num_features_};
   InstanceNormBackwardTensors t{.grad_output = batched(dy),
                                 .input = input,
                                 .grad_input = batched(dx),
@@ -283,14 +286,15 @@ GroupNorm::GroupNorm(int64_t num_groups, int64_t num_channels, GroupNormLayerOpt
       options_(options) {}
 
 void GroupNorm::check_input(const TensorView& x, const char* what) const {
-  check_rank(name(), x, what, {2, 3, 4, 5}, "2, 3, 4 or 5");
+  static constexpr int64_t kRanks[] = {2, 3, 4, 5};
+  check_rank(name(), x, what, kRanks);
   check_channels(name(), x, what, 1, num_channels_, "num_channels");
 }
 
 bool GroupNorm::run_forward(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y,
                             Saved& saved) {
   detail::check_channels_input("group_norm", x);  // before allocating statistics for its N
-  const std::vector<int64_t> statistics_shape{x.size(0), num_groups_};
+  const int64_t statistics_shape[] = {x.size(0), num_groups_};
   saved.mean.resize(static_cast<size_t>(x.size(0) * num_groups_));
   saved.invstd.resize(saved.mean.size());
   group_norm_forward({.input = x,
@@ -306,7 +310,7 @@ bool GroupNorm::run_forward(const TensorView& x, const std::optional<TensorView>
 
 void GroupNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView& dx,
                              const std::optional<TensorView>& dz, const ParameterGrads& grads) {
-  const std::vector<int64_t> statistics_shape{saved.input.size(0), num_groups_};
+  const int64_t statistics_shape[] = {saved.input.size(0), num_groups_};
   // SiLU's derivative needs v = xhat * weight + bias, which the backward recomputes.
   const bool needs_bias = options_.epilogue == Epilogue::silu;
   group_norm_backward({.grad_output = dy,
@@ -328,7 +332,8 @@ void GroupNorm::run_backward(Saved& saved, const TensorView& dy, const TensorVie
 
 LayerNorm::LayerNorm(std::vector<int64_t> normalized_shape, LayerNormLayerOptions options)
     : NormLayer("LayerNorm", layer_norm_contents(std::move(normalized_shape), options), Epilogue::none),
-      options_(options) {}
+      options_(options),
+      call_options_{.normalized_shape = this->normalized_shape(), .eps = options.eps} {}
 
 void LayerNorm::check_input(const TensorView& x, const char* what) const {
   check_normalized_input(name(), x, what, normalized_shape());
@@ -344,7 +349,7 @@ bool LayerNorm::run_forward(const TensorView& x, const std::optional<TensorView>
                       .bias = bias_view(),
                       .save_mean = vector_view(saved.mean),
                       .save_invstd = vector_view(saved.invstd)},
-                     LayerNormOptions{.normalized_shape = normalized_shape(), .eps = options_.eps});
+                     call_options_);
   return true;
 }
 
@@ -358,12 +363,13 @@ void LayerNorm::run_backward(Saved& saved, const TensorView& dy, const TensorVie
                        .weight = weight_view(),
                        .grad_weight = grads.weight,
                        .grad_bias = grads.bias},
-                      LayerNormOptions{.normalized_shape = normalized_shape(), .eps = options_.eps});
+                      call_options_);
 }
 
 RMSNorm::RMSNorm(std::vector<int64_t> normalized_shape, RMSNormLayerOptions options)
     : NormLayer("RMSNorm", rms_norm_contents(std::move(normalized_shape), options), Epilogue::none),
-      options_(options) {}
+      options_(options),
+      call_options_{.normalized_shape = this->normalized_shape(), .eps = eps()} {}
 
 double RMSNorm::eps() const { return options_.eps.value_or(detail::kRmsNormDefaultEps); }
 
@@ -375,7 +381,7 @@ bool RMSNorm::run_forward(const TensorView& x, const std::optional<TensorView>&,
   detail::check_rows_input("rms_norm", x, normalized_shape());  // before allocating statistics for its rows
   saved.invstd.resize(static_cast<size_t>(rows_of(x, normalized_shape())));
   rms_norm_forward({.input = x, .output = y, .weight = weight_view(), .save_invstd = vector_view(saved.invstd)},
-                   RMSNormOptions{.normalized_shape = normalized_shape(), .eps = eps()});
+                   call_options_);
   return true;
 }
 
@@ -387,7 +393,7 @@ void RMSNorm::run_backward(Saved& saved, const TensorView& dy, const TensorView&
                      .save_invstd = vector_view(saved.invstd),
                      .weight = weight_view(),
                      .grad_weight = grads.weight},
-                    RMSNormOptions{.normalized_shape = normalized_shape(), .eps = eps()});
+                    call_options_);
 }
 
 }  // namespace fusednorm

@@ -24,7 +24,7 @@ bool dense_in(const TensorView& t, Layout layout) {
 
 std::string strides_string(const TensorView& t) { return fmt::format("[{}]", fmt::join(t.strides(), ", ")); }
 
-std::string contiguous_strides_string(const std::vector<int64_t>& shape) {
+std::string contiguous_strides_string(std::span<const int64_t> shape) {
   return strides_string(TensorView(nullptr, shape));
 }
 
@@ -51,7 +51,7 @@ Geometry check_channels_input(const char* function, const TensorView& x) {
                     function, x.dim(), shape_string(x.shape())));
   }
   check_not_empty(function, x);
-  Geometry g{x.size(0), x.size(1), 1, Layout::nchw, &x.shape()};
+  Geometry g{x.size(0), x.size(1), 1, Layout::nchw, x.shape()};
   for (int64_t d = 2; d < x.dim(); d++) g.spatial *= x.size(d);
   const bool nchw = x.is_contiguous(), nhwc = x.is_channels_last();
   if (!nchw && !nhwc) {
@@ -90,7 +90,7 @@ Geometry check_rows_input(const char* function, const TensorView& x, const std::
                     function, shape_string(x.shape()), fmt::join(normalized_shape, ", "), normalized));
   }
   check_not_empty(function, x);
-  Geometry g{1, 1, 1, Layout::nchw, &x.shape(), true};
+  Geometry g{1, 1, 1, Layout::nchw, x.shape(), true};
   for (size_t d = 0; d < x.shape().size(); d++) (d < x.shape().size() - k ? g.batch : g.spatial) *= x.shape()[d];
   if (!x.is_contiguous()) {
     throw Error(
@@ -118,7 +118,7 @@ void check_like_input(const char* function, const TensorRefs& t, const Geometry&
                               {"grad_residual", &TensorRefs::grad_residual}}) {
     const TensorView* view = t.*member;
     if (!view) continue;
-    if (view->shape() != *g.sizes) {
+    if (!std::ranges::equal(view->shape(), g.sizes)) {
       throw Error(fmt::format("{}: {} has shape {}, expected {} (the shape of input)", function, name,
                               shape_string(view->shape()), g.shape()));
     }
@@ -219,7 +219,7 @@ std::pair<const char*, const char*> extent_in_memory(const TensorView& t) {
 void check_no_overlap(const char* function, const Named& out, const Named& in) {
   if (!out.view || !in.view) return;
   const bool in_place_allowed = out.in_place_of == in.view;
-  if (in_place_allowed && out.view->data() == in.view->data() && out.view->strides() == in.view->strides()) return;
+  if (in_place_allowed && out.view->data() == in.view->data() && std::ranges::equal(out.view->strides(), in.view->strides())) return;
   auto [a0, a1] = extent_in_memory(*out.view);
   auto [b0, b1] = extent_in_memory(*in.view);
   if (a0 < b1 && b0 < a1) {
@@ -284,7 +284,7 @@ Geometry check_rows_call(const char* function, const TensorRefs& t, const std::v
   for (auto [name, member] : kParameters) {
     const TensorView* view = t.*member;
     if (!view) continue;
-    if (view->shape() != normalized_shape) {
+    if (!std::ranges::equal(view->shape(), normalized_shape)) {
       throw Error(fmt::format("{}: {} has shape {}, expected {} (normalized_shape)", function, name,
                               shape_string(view->shape()), shape_string(normalized_shape)));
     }

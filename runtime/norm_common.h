@@ -23,13 +23,13 @@ struct Geometry {
   int64_t channels;  // C, or 1 for rows
   int64_t spatial;   // S, or D: the normalized elements of a row
   Layout layout;
-  const std::vector<int64_t>* sizes;  // of x
+  std::span<const int64_t> sizes;  // of x
   bool rows = false;                  // LayerNorm / RMSNorm: x is (*, normalized_shape), dense row-major
 
   int64_t count() const { return batch * spatial; }                 // the elements of one channel over the batch
   int64_t elements() const { return batch * channels * spatial; }   // of x
   int64_t parameters() const { return rows ? spatial : channels; }  // the elements of weight and bias
-  std::string shape() const { return shape_string(*sizes); }        // of x, "[8, 64, 56, 56]", for messages
+  std::string shape() const { return shape_string(sizes); }         // of x, "[8, 64, 56, 56]", for messages
   std::array<Dim, 3> dims() const;                                  // x, y, dy, dx, z, dz as the kernels see them
 };
 

@@ -86,7 +86,7 @@ void run_forward_training(const char* function, const TensorRefs& t, const Kerne
   args.scalar(Arg::running_var_correction, s.running_var_correction);
   args.vector(Arg::new_running_mean, new_running_mean, channels);
   args.vector(Arg::new_running_var, new_running_var, channels);
-  run_plan(plan, args, *g.sizes);
+  run_plan(plan, args, g.sizes);
 
   // The kernel succeeded: only now is the caller's state changed.
   if (t.running_mean) {
@@ -108,7 +108,7 @@ void run_forward_inference(const char* function, const TensorRefs& t, const Kern
   if (affine) bind_affine(args, backend, t, s, g);
   args.vector(Arg::running_mean, t.running_mean->data(), g.channels);
   args.vector(Arg::running_var, t.running_var->data(), g.channels);
-  run_plan(plan, args, *g.sizes);
+  run_plan(plan, args, g.sizes);
 }
 
 void run_backward(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
@@ -146,7 +146,7 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
     args.vector(Arg::grad_weight, data_or_scratch(t.grad_weight, backend, size), size);
     if (s.norm != Norm::rms) args.vector(Arg::grad_bias, data_or_scratch(t.grad_bias, backend, size), size);
   }
-  run_plan(plan, args, *g.sizes);
+  run_plan(plan, args, g.sizes);
 }
 
 }  // namespace fusednorm::detail

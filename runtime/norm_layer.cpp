@@ -31,10 +31,12 @@ NormLayer::NormLayer(std::string name, detail::LayerContents contents, Epilogue 
   if (contents_.has_weight) {
     weight_.assign(features, 1.0f);
     grad_weight_.assign(features, 0.0f);
+    batch_grad_weight_.resize(features);
   }
   if (contents_.has_bias) {
     bias_.assign(features, 0.0f);
     grad_bias_.assign(features, 0.0f);
+    batch_grad_bias_.resize(features);
   }
   reset_running_stats();
 }
@@ -90,18 +92,21 @@ void NormLayer::forward_with(const TensorView& x, const std::optional<TensorView
   check_residual(z.has_value(), "forward", "a residual (z)");
   check_input(x, "input");
   if (z) check_input(*z, "residual");
-  Saved saved{.input = x};
+  Saved& saved = next_saved_;
+  saved.input = x;
+  saved.output.reset();
   const bool differentiable = run_forward(x, z, y, saved);
 
   // Only after success: what backward needs.
   if (!differentiable) {
-    saved_.reset();
+    has_saved_ = false;
     return;
   }
   if (epilogue_ == Epilogue::relu || epilogue_ == Epilogue::add_relu) saved.output = y;
   // The functional forwards accept no overlap of y and x but the same view: y.data() == x.data() is in place.
   saved.input_overwritten = y.data() == x.data();
-  saved_ = std::move(saved);
+  std::swap(saved_, next_saved_);
+  has_saved_ = true;
 }
 
 void NormLayer::backward(const TensorView& dy, const TensorView& dx) { backward_with(dy, dx, std::nullopt); }
@@ -112,11 +117,11 @@ void NormLayer::backward(const TensorView& dy, const TensorView& dx, const Tenso
 
 void NormLayer::backward_with(const TensorView& dy, const TensorView& dx, const std::optional<TensorView>& dz) {
   check_residual(dz.has_value(), "backward", "a grad_residual (dz)");
-  if (!saved_) {
+  if (!has_saved_) {
     throw Error(fmt::format("{}: backward has no forward to differentiate, expected {} since the last backward", name_,
                             differentiable_forward()));
   }
-  if (saved_->input_overwritten) {
+  if (saved_.input_overwritten) {
     throw Error(
         fmt::format("{}: backward of a forward that ran in place (output was input): the input it needs "
                     "was overwritten, expected a forward with an output apart from its input",
@@ -126,15 +131,14 @@ void NormLayer::backward_with(const TensorView& dy, const TensorView& dx, const 
   if (dz) check_input(*dz, "grad_residual");
 
   // The functional backwards write the gradients of this batch; the layer accumulates them, as autograd does.
-  std::vector<float> dweight(grad_weight_.size()), dbias(grad_bias_.size());
   ParameterGrads grads;
-  if (contents_.has_weight) grads.weight = TensorView(dweight.data(), contents_.feature_shape);
-  if (contents_.has_bias) grads.bias = TensorView(dbias.data(), contents_.feature_shape);
-  run_backward(*saved_, dy, dx, dz, grads);
+  if (contents_.has_weight) grads.weight = TensorView(batch_grad_weight_.data(), contents_.feature_shape);
+  if (contents_.has_bias) grads.bias = TensorView(batch_grad_bias_.data(), contents_.feature_shape);
+  run_backward(saved_, dy, dx, dz, grads);
 
-  for (size_t i = 0; i < dweight.size(); i++) grad_weight_[i] += dweight[i];
-  for (size_t i = 0; i < dbias.size(); i++) grad_bias_[i] += dbias[i];
-  saved_.reset();
+  for (size_t i = 0; i < batch_grad_weight_.size(); i++) grad_weight_[i] += batch_grad_weight_[i];
+  for (size_t i = 0; i < batch_grad_bias_.size(); i++) grad_bias_[i] += batch_grad_bias_[i];
+  has_saved_ = false;
 }
 
 void NormLayer::zero_grad() {

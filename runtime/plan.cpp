@@ -586,7 +586,7 @@ const Plan& plan_call(const PlanRequest& request, const BackendContext& backend)
   return *found->second;
 }
 
-void run_plan(const Plan& plan, Binder& arguments, const std::vector<int64_t>& shape) {
+void run_plan(const Plan& plan, Binder& arguments, std::span<const int64_t> shape) {
   LastCall& last = thread_plans().last;
   if (last.plan.get() != &plan) throw Error("internal error: run_plan without its plan_call on this thread");
   last.refusal.clear();

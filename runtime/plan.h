@@ -8,6 +8,7 @@
 // setter on another thread bumps a generation, and each thread's plans are remade at its next call.
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -77,7 +78,7 @@ const Plan& plan_call(const PlanRequest& request, const BackendContext& backend)
 // Runs the plan's variant with the arguments bound (and, where the tuned variant refuses the call's extents
 // before computing anything, the untuned one instead, saying so in the report). Records the call for
 // last_dispatch() and prints it in verbose mode; `shape` is x's, for those.
-void run_plan(const Plan& plan, Binder& arguments, const std::vector<int64_t>& shape);
+void run_plan(const Plan& plan, Binder& arguments, std::span<const int64_t> shape);
 
 // The plans this thread has made since it started (for tests: a cached call makes none).
 int64_t plans_made();

@@ -16,6 +16,7 @@
 #include "fusednorm/dispatch.h"
 #include "fusednorm/group_norm.h"
 #include "fusednorm/layer_norm.h"
+#include "fusednorm/layers.h"
 #include "runtime/plan.h"
 #include "support/test_data.h"
 
@@ -129,6 +130,45 @@ TEST(CallPlanTest, ACachedCallMakesNoPlanAndAllocatesNothing) {
         }
     }
     EXPECT_LT(worst, 1e-5);
+  }
+}
+
+// The layer as an application calls it (the seed's BatchNorm1d(64) on [32, 64], and BatchNorm2d, GroupNorm and
+// LayerNorm on a 4-D input): once warm, a training forward + backward and an evaluation forward allocate nothing
+// either (views hold their shapes inline; the layer reuses its saved statistics).
+TEST(CallPlanTest, ALayerStepAllocatesNothingOnceWarm) {
+  test::Random rng(20261206);
+  const std::vector<int64_t> seed_shape = {32, 64}, image_shape = {4, 6, 5, 3};
+  BatchNorm1d batch1d(64);
+  BatchNorm2d batch2d(6);
+  GroupNorm group(3, 6);
+  LayerNorm layer({3});
+  struct Case {
+    NormLayer* layer;
+    std::vector<int64_t> shape;
+    bool has_eval;
+  };
+  for (const Case& c : {Case{&batch1d, seed_shape, true}, Case{&batch2d, image_shape, true},
+                        Case{&group, image_shape, false}, Case{&layer, image_shape, false}}) {
+    SCOPED_TRACE(c.shape.size());
+    const int64_t numel = TensorView(nullptr, c.shape).numel();
+    std::vector<float> x = test::random_vector(numel, rng, -3.0, 5.0), dy = test::random_vector(numel, rng, -1, 1);
+    std::vector<float> y = test::poisoned(numel), dx = test::poisoned(numel);
+    const TensorView X(x.data(), c.shape), Y(y.data(), c.shape), DY(dy.data(), c.shape), DX(dx.data(), c.shape);
+    NormLayer& l = *c.layer;
+    auto step = [&] {
+      l.forward(X, Y);
+      l.backward(DY, DX);
+    };
+    step();
+    step();  // the layer keeps two sets of saved statistics, the last forward's and the next one's
+    EXPECT_EQ(allocations_of(step), 0);
+    if (c.has_eval) {
+      l.eval();
+      l.forward(X, Y);
+      EXPECT_EQ(allocations_of([&] { l.forward(X, Y); }), 0);
+      l.train();
+    }
   }
 }
 

@@ -971,6 +971,17 @@ std::vector<ErrorCase> error_cases() {
                      TensorView(b.x.data(), {2, 3}, {1});
                    },
                    {"TensorView: strides [1] have 1 entries, expected 2 (one per dimension of shape [2, 3])"}});
+  cases.push_back({"tensor_view_rank_above_max",
+                   [](Buffers& b) {
+                     TensorView(b.x.data(), {1, 2, 1, 1, 1, 1, 1, 1, 3});
+                   },
+                   {"TensorView: shape [1, 2, 1, 1, 1, 1, 1, 1, 3] has 9 dimensions, expected at most 8"}});
+  cases.push_back({"tensor_view_channels_last_rank_above_max",
+                   [](Buffers& b) {
+                     const std::vector<int64_t> shape(9, 1);
+                     TensorView::channels_last(b.x.data(), shape);
+                   },
+                   {"TensorView: shape [1, 1, 1, 1, 1, 1, 1, 1, 1] has 9 dimensions, expected at most 8"}});
   cases.push_back({"set_max_isa_bogus",
                    [](Buffers&) { set_max_isa("bogus"); },
                    {"set_max_isa: isa is 'bogus', expected one of "

@@ -2173,12 +2173,13 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
         args.scalar(Arg::eps, 1e-5f);
         args.scalar(Arg::running_var_correction, 1.0f);
         args.scalar(Arg::groups, int32_t{1});
+        const int64_t shape[] = {n, c, s};
         ::testing::internal::CaptureStderr();
-        expect_error([&] { detail::run_plan(plan, args, {n, c, s}); },
+        expect_error([&] { detail::run_plan(plan, args, shape); },
                      {"layers_test: kernel " + std::string(plan.untuned->name) + " failed (Halide error",
                       "Input buffer x is accessed at 2, which is beyond the max (1) in dimension 2"});
         try {
-          detail::run_plan(plan, args, {n, c, s});
+          detail::run_plan(plan, args, shape);
         } catch (const Error& e) {
           EXPECT_EQ(e.kind(), Error::Kind::kernel);
         }

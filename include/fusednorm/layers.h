@@ -10,6 +10,7 @@
 
 #include "fusednorm/batch_norm.h"
 #include "fusednorm/epilogue.h"
+#include "fusednorm/layer_norm.h"
 #include "fusednorm/state_dict.h"
 #include "fusednorm/tensor.h"
 
@@ -120,8 +121,12 @@ class NormLayer {
   std::vector<float> weight_, bias_, grad_weight_, grad_bias_;
   std::vector<float> running_mean_, running_var_;
   int64_t num_batches_tracked_ = 0;
-  // The last differentiable forward, until its backward.
-  std::optional<Saved> saved_;
+  // The last differentiable forward (while has_saved_, until its backward), and the one being made: the two swap,
+  // so that their statistics' memory is reused and a step of the layer allocates nothing once warm.
+  Saved saved_, next_saved_;
+  bool has_saved_ = false;
+  // The batch's parameter gradients, which backward adds to grad_weight_ and grad_bias_.
+  std::vector<float> batch_grad_weight_, batch_grad_bias_;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -305,6 +310,7 @@ class LayerNorm : public NormLayer {
                     const ParameterGrads& grads) override;
 
   LayerNormLayerOptions options_;
+  LayerNormOptions call_options_;  // the functional calls' (made once: its normalized_shape is a vector)
 };
 
 struct RMSNormLayerOptions {
@@ -330,6 +336,7 @@ class RMSNorm : public NormLayer {
                     const ParameterGrads& grads) override;
 
   RMSNormLayerOptions options_;
+  RMSNormOptions call_options_;  // the functional calls' (made once: its normalized_shape is a vector)
 };
 
 }  // namespace fusednorm
