@@ -5,8 +5,8 @@
 
 #include <algorithm>
 #include <cstdlib>
-#include <stdexcept>
 #include <limits>
+#include <stdexcept>
 
 #include "fusednorm/error.h"
 #include "runtime/checks.h"

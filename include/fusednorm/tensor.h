@@ -7,7 +7,6 @@
 #include <initializer_list>
 #include <span>
 #include <string>
-#include <vector>
 
 #include "fusednorm/kinds.h"
 
@@ -69,6 +68,7 @@ class TensorView {
   std::array<int64_t, kMaxDims> strides_{};
 };
 
+// "[8, 64, 56, 56]", for error messages.
 std::string shape_string(std::span<const int64_t> shape);
 
 }  // namespace fusednorm
