@@ -131,12 +131,13 @@ inline std::vector<GroupNormShape> group_norm_odd_sizes() {
 
 // Odd sizes for LayerNorm and RMSNorm: D = 1, 7, 1000 (not a multiple of any vector width), 1 row and many,
 // and normalized_shape of two and three dimensions; rows over several of the CPU schedule's row blocks (about
-// 2^16 elements each), the last one partial.
+// 2^16 elements each, at least 8 blocks where there are 8 rows), the last one partial; D = 2500 over three of
+// the column sums' strips of 1024, the last partial and not whole vectors.
 inline std::vector<RowsShape> rows_odd_sizes() {
   return {
       {"r3_d1", {3, 1}},      {"r17_d7", {17, 7}},         {"r1_d1000", {1, 1000}},        {"r5_d1000", {5, 1000}},
       {"r2x3_d7", {2, 3, 7}}, {"r6_d7x13", {6, 7, 13}, 2}, {"r2_d3x7x7", {2, 3, 7, 7}, 3},
-      {"r300_d1000", {300, 1000}}, {"r4100_d31", {4100, 31}},
+      {"r300_d1000", {300, 1000}}, {"r4100_d31", {4100, 31}},   {"r37_d2500", {37, 2500}},
   };
 }
 
