@@ -4,7 +4,8 @@
 x: the shapes the kernel was timed on, in the run's order; y: GB/s over the copy ceiling of the same shape
 (ratio_to_ceiling, 1 = as fast as the faster copy of a tensor that size). One series per FusedNorm variant
 (the hand schedule, in place, each autoscheduler) and per baseline (naive, oneDNN on the plain layout,
-oneDNN on its blocked layout, which is drawn on both plain layouts' plots as it is in the table's x onednn).
+oneDNN on its blocked layout, which is drawn on both plain layouts' plots as it is in the table's x onednn, and
+PyTorch on the plain layout, kind "framework").
 Rows that were not timed (an autoscheduled kernel that refused the shape) have no point; the legend counts them.
 
   .venv/bin/python scripts/plot_bench.py build/release/bench/results.json --out build/release/bench/plots
@@ -33,6 +34,7 @@ SERIES_STYLE = {
     "naive": ("--", "x"),
     "oneDNN plain": ("--", "P"),
     "oneDNN blocked": ("--", "*"),
+    "PyTorch": ("--", "d"),
 }
 
 
@@ -46,6 +48,8 @@ def series_name(row):
         return "naive"
     if row["kind"] == "library":
         return "oneDNN plain" if row["layout"] in PLAIN_LAYOUTS else "oneDNN blocked"
+    if row["kind"] == "framework":
+        return "PyTorch"
     return None
 
 
@@ -92,7 +96,7 @@ def plot_kernel(key, members, machine, settings, path):
             ys.append(row["ratio_to_ceiling"])
         label = name
         impl = next(iter(points.values()))["impl"]
-        if name in ("oneDNN plain", "oneDNN blocked"):
+        if name in ("oneDNN plain", "oneDNN blocked", "PyTorch"):
             label += f" ({impl.split('/', 1)[1]})"
         if refused:
             label += f", refused {refused} shape(s)"
