@@ -6,7 +6,8 @@ x: the shapes the kernel was timed on, in the run's order; y: GB/s over the copy
 (the hand schedule, in place, each autoscheduler) and per baseline (naive, oneDNN on the plain layout,
 oneDNN on its blocked layout, which is drawn on both plain layouts' plots as it is in the table's x onednn, and
 PyTorch on the plain layout, kind "framework").
-Rows that were not timed (an autoscheduled kernel that refused the shape) have no point; the legend counts them.
+Rows that were not timed (an autoscheduled kernel or PyTorch refused the shape, or a baseline's result was wrong)
+have no point; the legend counts them.
 
   .venv/bin/python scripts/plot_bench.py build/release/bench/results.json --out build/release/bench/plots
 
@@ -34,7 +35,7 @@ SERIES_STYLE = {
     "naive": ("--", "x"),
     "oneDNN plain": ("--", "P"),
     "oneDNN blocked": ("--", "*"),
-    "PyTorch": ("--", "d"),
+    "PyTorch": ("--", "h"),
 }
 
 
@@ -84,13 +85,16 @@ def plot_kernel(key, members, machine, settings, path):
         points = by_series.get(name)
         if not points:
             continue
-        xs, ys, refused = [], [], 0
+        xs, ys, refused, wrong = [], [], 0, 0
         for i, shape in enumerate(shapes):
             row = points.get(shape)
             if row is None:
                 continue
             if row["ratio_to_ceiling"] is None:
-                refused += 1
+                if (row.get("error") or "").startswith("wrong result: "):
+                    wrong += 1
+                else:
+                    refused += 1
                 continue
             xs.append(i)
             ys.append(row["ratio_to_ceiling"])
@@ -100,6 +104,8 @@ def plot_kernel(key, members, machine, settings, path):
             label += f" ({impl.split('/', 1)[1]})"
         if refused:
             label += f", refused {refused} shape(s)"
+        if wrong:
+            label += f", wrong on {wrong} shape(s)"
         ax.plot(xs, ys, linestyle=style, marker=marker, label=label)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(shapes)))
