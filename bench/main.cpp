@@ -1,8 +1,8 @@
 // fusednorm_bench: FusedNorm's normalization kernels -- BatchNorm (and with its fused ReLU) on the ResNet-50
 // and MLP shapes, LayerNorm and RMSNorm on transformer rows, GroupNorm on a U-Net's, InstanceNorm on a style
 // network's -- in each layout and direction, each
-// against a naive baseline, oneDNN and the copy bandwidth measured in the same run, on the same buffer size and
-// cache regime. Prints a table, writes JSON rows. See bench/README.md.
+// against a naive baseline, oneDNN, PyTorch and the copy bandwidth measured in the same run, on the same buffer size
+// and cache regime. Prints a table, writes JSON rows. See bench/README.md.
 #include <fmt/format.h>
 #include <omp.h>
 #include <unistd.h>
@@ -20,6 +20,7 @@
 #include "bench/onednn_baseline.h"
 #include "bench/options.h"
 #include "bench/problem.h"
+#include "bench/pytorch_baseline.h"
 #include "bench/report.h"
 #include "bench/small_calls.h"
 #include "bench/timing.h"
@@ -35,11 +36,12 @@ namespace {
 constexpr double kBusyLoadAverage = 0.5;
 
 // Halide sizes its thread pool from HL_NUM_THREADS when the first kernel runs, so this runs before any;
-// OpenMP (baseline, copies) takes the same count, so every row uses the same cores.
+// OpenMP (baseline, oneDNN, copies) and PyTorch's ATen take the same count, so every row uses the same cores.
 int configure_threads(const Options& options, const MachineInfo& machine) {
   const int threads = options.threads > 0 ? options.threads : machine.cores;
   setenv("HL_NUM_THREADS", std::to_string(threads).c_str(), 1);
   omp_set_num_threads(threads);
+  pytorch::configure(threads);
   return threads;
 }
 
@@ -86,10 +88,10 @@ void for_each_selected_case(const Options& options, const BenchShape& shape, con
 }
 
 // The rows of a case: fusednorm, fusednorm in place (forwards), one per autoscheduler, naive, oneDNN (at most;
-// a blocked row is skipped for shapes it does not take, and the progress count then ends early).
+// a blocked row is skipped for shapes it does not take, and the progress count then ends early), PyTorch.
 int rows_per_case(Op op, Direction direction, Layout layout) {
   return 2 + has_in_place_row(direction) + static_cast<int>(autoscheduled_schedules(op, direction, layout).size()) +
-         static_cast<int>(onednn::storages(op, layout).size());
+         static_cast<int>(onednn::storages(op, layout).size()) + pytorch::has_row(op, direction);
 }
 
 int selected_rows(const Options& options, const BenchShape& shape) {
@@ -257,6 +259,7 @@ class Benchmark {
     for (onednn::Storage storage : onednn::storages(op, problem.layout)) {
       if (auto impl = onednn::implementation(direction, problem, storage)) implementations.push_back(std::move(*impl));
     }
+    if (auto impl = pytorch::implementation(direction, problem)) implementations.push_back(std::move(*impl));
     for (const Implementation& impl : implementations) {
       progress_.step(fmt::format("{} {}: verifying", what, impl.name));
       if (impl.prepare) impl.prepare(problem);
@@ -267,8 +270,10 @@ class Benchmark {
         verifier.check(impl, direction);
       } catch (const Error& e) {
         // An autoscheduled kernel, planned for the generator's estimates, may refuse other extents (a Halide
-        // bounds error): a row that says so. The hand schedule takes any shape, so there it is a bug.
-        if (impl.kind != "fusednorm" || impl.schedule == "hand") throw;
+        // bounds error): a row that says so. The hand schedule takes any shape, so there it is a bug. PyTorch may
+        // refuse a case too (its error, as fusednorm::Error): a row that says so.
+        const bool may_refuse = (impl.kind == "fusednorm" && impl.schedule != "hand") || impl.kind == "framework";
+        if (!may_refuse) throw;
         row.error = e.what();
       } catch (const VerificationError& e) {
         // A wrong FusedNorm result is a bug; a baseline's is a finding (seen: oneDNN 2.6 BatchNorm NHWC with
@@ -328,7 +333,7 @@ std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettin
                               mebibytes(machine.llc_bytes), machine.llc_source, machine.memory_bytes >> 30)},
       {"date", machine.date},
       {"threads", fmt::format("{} (HL_NUM_THREADS for the kernels, OpenMP for the naive baseline, oneDNN and the "
-                              "copies)",
+                              "copies, at::set_num_threads for PyTorch)",
                               settings.threads)},
       {"kernels", fmt::format("the variant dispatch picks (affine, best instruction set{}: {})",
                               settings.max_isa.empty() ? "" : ", FUSEDNORM_MAX_ISA " + settings.max_isa,
@@ -350,7 +355,16 @@ std::vector<HeaderLine> header_lines(const MachineInfo& machine, const RunSettin
                            "rms_norm, instance_norm: no oneDNN row (oneDNN 2.6 has no group, RMS or instance "
                            "normalization)"
                      : onednn::description()},
-      {"libtorch", "not built (libtorch-dev is not a dependency: 160-odd Debian packages)"},
+      {"PyTorch", pytorch::available()
+                      ? pytorch::description() +
+                            ": pytorch/<layout>, on the case's own buffers (NHWC as channels_last; no copy): "
+                            "native_batch_norm (+ relu_ for batch_norm_relu; backward: threshold_backward, then "
+                            "native_batch_norm_backward), native_layer_norm, native_group_norm and their backwards "
+                            "(group_norm's on contiguous() copies for NHWC, as autograd calls it); "
+                            "instance_norm as ATen's (batch norm on x as (1, N*C, ...), contiguous() copies NHWC); "
+                            "rms_norm: no op in 1.13, x * rsqrt(mean(x^2) + eps) * w, its backward by autograd; "
+                            "outputs from a caching allocator"
+                      : pytorch::description()},
       {"ceiling", fmt::format("the faster of copy ({} stores) and copy_nt ({} non-temporal stores), same size and "
                               "cache regime as the row; GB/s counts read + write",
                               settings.copy_isa, settings.copy_isa)},

@@ -20,12 +20,13 @@ namespace {
 constexpr const char* kUsage = R"(usage: fusednorm_bench [options]
 
 Times FusedNorm's kernels, each checked against the float64 reference first, against a naive OpenMP
-baseline, oneDNN and the copy bandwidth measured in the same run:
+baseline, oneDNN, PyTorch (where built with libtorch) and the copy bandwidth measured in the same run:
   batch_norm       forward training, forward inference, backward; NCHW and NHWC (ResNet-50, MLP and the
                    seed's BatchNorm1d)
   batch_norm_relu  BatchNorm with its fused ReLU: forward training, backward; NCHW and NHWC (ResNet-50)
   layer_norm       forward training, backward; rows (transformer)
-  rms_norm         forward training, backward; rows (transformer, LLM); oneDNN 2.6 has none
+  rms_norm         forward training, backward; rows (transformer, LLM); oneDNN 2.6 and PyTorch 1.13 have
+                   none (PyTorch's row: the composite a user writes)
   group_norm       forward training, backward; NCHW and NHWC (U-Net); oneDNN 2.6 has none
   instance_norm    forward training, backward; NCHW and NHWC (style transfer); oneDNN 2.6 has none
 each by the hand schedule and every autoscheduler built; the forwards also in place (".../inplace").

@@ -57,11 +57,12 @@ const Row* library_of(const std::vector<Row>& rows, const Row& row) {
   return best;
 }
 
-// The timed library row of the same op, shape and direction on `layout` ("nchw", "nhwc", "rows", or "blocked":
-// any other).
-const Row* library_row(const std::vector<Row>& rows, const Row& row, const std::string& layout) {
+// The timed row of `kind` ("library": oneDNN, "framework": PyTorch) of the same op, shape and direction on `layout`
+// ("nchw", "nhwc", "rows", or "blocked": any other).
+const Row* library_row(const std::vector<Row>& rows, const Row& row, const std::string& layout,
+                       const std::string& kind = "library") {
   for (const Row& r : rows) {
-    if (r.kind != "library" || !r.error.empty() || !same_operation(r, row)) continue;
+    if (r.kind != kind || !r.error.empty() || !same_operation(r, row)) continue;
     if (layout == "blocked" ? !is_plain_layout(r.layout) : r.layout == layout) return &r;
   }
   return nullptr;
@@ -111,17 +112,18 @@ Json json_row(const Row& r) {
           {"ratio_to_copy_nt", json_value(r.ratio_to_copy_nt)},
           {"ratio_to_baseline", json_value(r.ratio_to_baseline)},
           {"ratio_to_library", json_value(r.ratio_to_library)},
+          {"ratio_to_pytorch", json_value(r.ratio_to_pytorch)},
           {"others_cpu_share", json_value(r.timing.others_cpu_share)},
           {"attempts", r.timing.attempts},
           {"error", json_value(r.error.empty() ? std::nullopt : std::optional<std::string>(r.error))}};
 }
 
 // The table's columns, the same in the text and the markdown.
-constexpr size_t kColumns = 12;
+constexpr size_t kColumns = 13;
 using Line = std::array<std::string, kColumns>;
-const Line kHeader = {"op", "direction", "layout",    "shape",   "impl",     "kind",
-                      "ms", "GB/s",      "x ceiling", "x naive", "x onednn", "others"};
-constexpr std::array<bool, kColumns> kRightAligned = {false, false, false, false, false, false,
+const Line kHeader = {"op",   "direction", "layout",  "shape",    "impl",      "kind",  "ms",
+                      "GB/s", "x ceiling", "x naive", "x onednn", "x pytorch", "others"};
+constexpr std::array<bool, kColumns> kRightAligned = {false, false, false, false, false, false, true,
                                                       true,  true,  true,  true,  true,  true};
 
 std::vector<Line> table_lines(const std::vector<Row>& rows) {
@@ -129,15 +131,15 @@ std::vector<Line> table_lines(const std::vector<Row>& rows) {
   for (const Row& r : rows) {
     if (!r.error.empty()) {  // the error itself is in the footnote
       lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
-                       r.error.starts_with(kWrongResult) ? "wrong" : "refused", "-", "-", "-", "-", "-"});
+                       r.error.starts_with(kWrongResult) ? "wrong" : "refused", "-", "-", "-", "-", "-", "-"});
       continue;
     }
-    lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
-                     fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
-                     ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed),
-                     ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
-                     ratio_text(r.ratio_to_library, r.library_disturbed),
-                     percent_text(r.timing.others_cpu_share, r.timing.disturbed())});
+    lines.push_back(
+        {r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
+         fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
+         ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed), ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
+         ratio_text(r.ratio_to_library, r.library_disturbed), ratio_text(r.ratio_to_pytorch, r.pytorch_disturbed),
+         percent_text(r.timing.others_cpu_share, r.timing.disturbed())});
   }
   return lines;
 }
@@ -279,6 +281,11 @@ void complete_ratios(std::vector<Row>& rows) {
       r.ratio_to_baseline = baseline->timing.median_ms / r.timing.median_ms;
       r.baseline_disturbed = baseline->timing.disturbed();
     }
+    if (r.kind == "framework") continue;
+    if (const Row* pytorch = library_row(rows, r, r.layout.value_or(""), "framework")) {
+      r.ratio_to_pytorch = pytorch->timing.median_ms / r.timing.median_ms;
+      r.pytorch_disturbed = pytorch->timing.disturbed();
+    }
     if (r.kind == "library") continue;
     if (const Row* library = library_of(rows, r)) {
       r.ratio_to_library = library->timing.median_ms / r.timing.median_ms;
@@ -361,7 +368,7 @@ void print_schedule_summary(const std::vector<Row>& rows) {
 }
 
 void print_library_summary(const std::vector<Row>& rows) {
-  fmt::print("\nFusedNorm against oneDNN (oneDNN's time over FusedNorm's: > 1 is faster)\n");
+  fmt::print("\nFusedNorm against oneDNN and PyTorch (their time over FusedNorm's: > 1 is faster)\n");
   bool any = false;
   double worst_others = 0;
   for (const Row& r : rows) {
@@ -370,8 +377,10 @@ void print_library_summary(const std::vector<Row>& rows) {
     if (r.direction != "forward_training" && r.direction != "backward") continue;
     std::string ratios;
     std::optional<double> others = r.timing.others_cpu_share;
-    for (const char* layout : {"blocked", "nchw", "nhwc", "rows"}) {
-      const Row* library = library_row(rows, r, layout);
+    std::vector<const Row*> libraries;
+    for (const char* layout : {"blocked", "nchw", "nhwc", "rows"}) libraries.push_back(library_row(rows, r, layout));
+    libraries.push_back(library_row(rows, r, r.layout.value_or(""), "framework"));
+    for (const Row* library : libraries) {
       if (!library) continue;
       if (library->timing.others_cpu_share) {
         others = std::max(others.value_or(0), *library->timing.others_cpu_share);
@@ -386,7 +395,7 @@ void print_library_summary(const std::vector<Row>& rows) {
                r.impl, ratios, others ? fmt::format("<= {:.0f}%", 100 * *others) : "-");
   }
   if (!any) {
-    fmt::print("  (no such rows in this run: oneDNN not built, or no op it has selected)\n");
+    fmt::print("  (no such rows in this run: oneDNN and PyTorch not built, or no op they have selected)\n");
     return;
   }
   fmt::print(

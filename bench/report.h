@@ -22,7 +22,8 @@ struct Row {
   std::string shape_name;                // "resnet50.conv1": ratios compare rows of the same shape name
   std::vector<int64_t> shape;            // (N, C, H, W); LayerNorm: (rows, features)
   std::string impl;                      // "fusednorm/hand/avx512", ".../inplace", "naive", "copy", "copy_nt"
-  std::string kind;                      // "fusednorm", "baseline" (naive), "library" (oneDNN), "ceiling"
+  std::string kind;                      // "fusednorm", "baseline" (naive), "library" (oneDNN),
+                                         // "framework" (PyTorch), "ceiling"
   std::string schedule;                  // fusednorm rows: "hand", "Mullapudi2016", "Li2018", "Adams2019"
   // Why the row was not timed (an autoscheduled kernel refused the shape: its error; a baseline's result was
   // wrong: kWrongResult and the check's message); "" for a timed row.
@@ -38,9 +39,12 @@ struct Row {
   std::optional<double> ratio_to_baseline;  // the naive baseline's time over this row's
   // The fastest library row's time (oneDNN on this row's plain layout or its blocked one) over this row's.
   std::optional<double> ratio_to_library;
+  // PyTorch's time on this row's layout over this row's (none for PyTorch's own rows and the copies).
+  std::optional<double> ratio_to_pytorch;
   bool ceiling_disturbed = false;  // the copies these ratios use were themselves disturbed
   bool baseline_disturbed = false;
   bool library_disturbed = false;
+  bool pytorch_disturbed = false;
 
   double gbps() const { return static_cast<double>(bytes) / (timing.median_ms * 1e-3) / 1e9; }
 };
@@ -81,8 +85,9 @@ struct HeaderLine {
 void print_table(const std::vector<Row>& rows, const std::vector<ShapeNote>& notes);
 // The target: NCHW forward training at >= 0.5 of the non-temporal copy ceiling.
 void print_target_summary(const std::vector<Row>& rows);
-// FusedNorm against oneDNN, forward training and backward, per shape and op it has rows for: its time over
-// oneDNN's blocked, plain nchw / nhwc and rows rows, with the share of the CPUs others used meanwhile.
+// FusedNorm against oneDNN and PyTorch, forward training and backward, per shape and op they have rows for: their
+// time over FusedNorm's (oneDNN's blocked, plain nchw / nhwc and rows rows; PyTorch's of the same layout), with the
+// share of the CPUs others used meanwhile.
 void print_library_summary(const std::vector<Row>& rows);
 // The same header, tables (one per shape, its note above it) and target summary as GitHub-flavoured markdown,
 // for docs/PERFORMANCE.md to include verbatim.

@@ -7,13 +7,15 @@
 #     out of the pinned scikit-learn wheel (scripts/data-requirements.txt, scripts/fetch_digits.py).
 # `scripts/bootstrap.sh aarch64` adds what the preset aarch64 needs: Debian's aarch64 cross compiler, qemu-user,
 # and fmt and GoogleTest for arm64 (multiarch: the arm64 architecture is added to dpkg for them).
+# `scripts/bootstrap.sh bench` adds libtorch-dev, the benchmark's PyTorch baseline; `fuzz` clang for libFuzzer.
 # Idempotent: a stamp keyed on scripts/requirements.txt makes a second run take well under a second.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
-# libdnnl-dev: oneDNN, the benchmark's library baseline (bench/onednn_baseline.cpp). libtorch-dev is not here:
-# it pulls in about 160 packages (OpenCV, FFmpeg); the bench would use it only where it is already installed.
+# libdnnl-dev: oneDNN, the benchmark's library baseline (bench/onednn_baseline.cpp). libtorch-dev (PyTorch's
+# baseline) is not in this list but in the bench mode below: it pulls in about 160 packages (OpenCV, FFmpeg), which
+# `make build` and `make test` do not need.
 # ocl-icd-opencl-dev: Debian's dnnl-config.cmake calls find_package(OpenCL), and --no-install-recommends leaves it
 # out (configure failed on a bare Debian 12 at bench/CMakeLists.txt).
 # cmake, pkg-config: the package test (tests/cmake/package_test.sh) builds consumers as a user would, with Debian's
@@ -25,6 +27,11 @@ debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-de
                  ocl-icd-opencl-dev cmake pkg-config libeigen3-dev)
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
+fi
+# `scripts/bootstrap.sh bench` (make bench): libtorch-dev, Debian's libtorch 1.13 (163 packages with
+# --no-install-recommends, about 30 s from a Debian mirror), for the bench's PyTorch rows (bench/pytorch_baseline.cpp).
+if [[ ${1:-} == bench ]]; then
+  debian_packages+=(libtorch-dev)
 fi
 # `scripts/bootstrap.sh fuzz` (make fuzz): clang with libFuzzer and its sanitizer runtimes.
 if [[ ${1:-} == fuzz ]]; then

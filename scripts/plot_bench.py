@@ -4,8 +4,10 @@
 x: the shapes the kernel was timed on, in the run's order; y: GB/s over the copy ceiling of the same shape
 (ratio_to_ceiling, 1 = as fast as the faster copy of a tensor that size). One series per FusedNorm variant
 (the hand schedule, in place, each autoscheduler) and per baseline (naive, oneDNN on the plain layout,
-oneDNN on its blocked layout, which is drawn on both plain layouts' plots as it is in the table's x onednn).
-Rows that were not timed (an autoscheduled kernel that refused the shape) have no point; the legend counts them.
+oneDNN on its blocked layout, which is drawn on both plain layouts' plots as it is in the table's x onednn, and
+PyTorch on the plain layout, kind "framework").
+Rows that were not timed (an autoscheduled kernel or PyTorch refused the shape, or a baseline's result was wrong)
+have no point; the legend counts them.
 
   .venv/bin/python scripts/plot_bench.py build/release/bench/results.json --out build/release/bench/plots
 
@@ -33,6 +35,7 @@ SERIES_STYLE = {
     "naive": ("--", "x"),
     "oneDNN plain": ("--", "P"),
     "oneDNN blocked": ("--", "*"),
+    "PyTorch": ("--", "h"),
 }
 
 
@@ -46,6 +49,8 @@ def series_name(row):
         return "naive"
     if row["kind"] == "library":
         return "oneDNN plain" if row["layout"] in PLAIN_LAYOUTS else "oneDNN blocked"
+    if row["kind"] == "framework":
+        return "PyTorch"
     return None
 
 
@@ -80,22 +85,27 @@ def plot_kernel(key, members, machine, settings, path):
         points = by_series.get(name)
         if not points:
             continue
-        xs, ys, refused = [], [], 0
+        xs, ys, refused, wrong = [], [], 0, 0
         for i, shape in enumerate(shapes):
             row = points.get(shape)
             if row is None:
                 continue
             if row["ratio_to_ceiling"] is None:
-                refused += 1
+                if (row.get("error") or "").startswith("wrong result: "):
+                    wrong += 1
+                else:
+                    refused += 1
                 continue
             xs.append(i)
             ys.append(row["ratio_to_ceiling"])
         label = name
         impl = next(iter(points.values()))["impl"]
-        if name in ("oneDNN plain", "oneDNN blocked"):
+        if name in ("oneDNN plain", "oneDNN blocked", "PyTorch"):
             label += f" ({impl.split('/', 1)[1]})"
         if refused:
             label += f", refused {refused} shape(s)"
+        if wrong:
+            label += f", wrong on {wrong} shape(s)"
         ax.plot(xs, ys, linestyle=style, marker=marker, label=label)
     ax.axhline(1.0, color="grey", linewidth=0.8, linestyle=":")
     ax.set_xticks(range(len(shapes)))

@@ -23,6 +23,17 @@ for case in 'batch_norm_relu +backward +nhwc +\[3, 7, 5, 3\]' 'group_norm +forwa
   (($(rows "^$case +fusednorm/hand/[a-z0-9]+ +fusednorm +[0-9.]+ ") == 1)) || { cat "$work/out.txt"; fail "no timed hand row for '$case'"; }
   (($(rows "^$case +naive ") == 1)) || fail "no naive row for '$case'"
 done
+# PyTorch's row of each case, verified by the bench like the others, where it was built with libtorch (make bench
+# installs it; make test does not, and the header then says why there is none).
+if grep -qE '^  PyTorch +PyTorch ' "$work/out.txt"; then
+  for case in 'batch_norm_relu +backward +nhwc +\[3, 7, 5, 3\] +pytorch/nhwc' 'group_norm +forward_training +nchw +\[2, 6, 3, 5\] +pytorch/nchw' \
+              'layer_norm +backward +rows +\[3, 5, 7\] +pytorch/rows' 'rms_norm +backward +rows +\[5, 33\] +pytorch/rows' \
+              'instance_norm +forward_training +nhwc +\[2, 3, 5, 7\] +pytorch/nhwc'; do
+    (($(rows "^$case +framework +[0-9.]+ ") == 1)) || { cat "$work/out.txt"; fail "no timed PyTorch row for '$case'"; }
+  done
+else
+  grep -qE '^  PyTorch +not built \(' "$work/out.txt" || { cat "$work/out.txt"; fail "no PyTorch line in the header"; }
+fi
 # Nothing but those five cases: no other direction, layout or op.
 other=$(grep -E '^(batch_norm|batch_norm_relu|group_norm|layer_norm|rms_norm|instance_norm) ' "$work/out.txt" |
         grep -vE '^(batch_norm_relu +backward +nhwc|group_norm +forward_training +nchw|layer_norm +backward +rows|rms_norm +backward +rows|instance_norm +forward_training +nhwc) ')
