@@ -5,6 +5,10 @@
 # can install the rest), runs `make test`. Prints the last lines of the log and the time each step took.
 #
 #   sudo scripts/fresh_machine_check.sh [REV]
+#   sudo FRESH_BENCH=1 scripts/fresh_machine_check.sh [REV]   # then also `make bench BENCH_ARGS=--quick`
+#
+# FRESH_BENCH=1 checks the bench's own bootstrap too (`scripts/bootstrap.sh bench`: libtorch-dev and its CMake
+# package, which `make test` does not install), with the short timing of --quick.
 #
 # Needs root (debootstrap, chroot, mounts) and Debian's archive and PyPI. Not part of CI: it takes about as long as
 # a fresh clone's `make test` plus a few minutes. Run it whenever scripts/bootstrap.sh or a dependency changes.
@@ -75,7 +79,15 @@ cd /root/fusednorm
 start=$SECONDS
 make test
 echo "fresh_machine_check: make test passed in $((SECONDS - start)) s"'
-step "make test inside the root (log: $log)"
+what="make test"
+if [[ ${FRESH_BENCH:-0} == 1 ]]; then
+  what+=" and make bench"
+  inner+='
+start=$SECONDS
+make bench BENCH_ARGS=--quick
+echo "fresh_machine_check: make bench BENCH_ARGS=--quick passed in $((SECONDS - start)) s"'
+fi
+step "$what inside the root (log: $log)"
 set +e
 # A private mount namespace: /proc, /sys, /dev and /tmp of the root go away with it, whatever happens.
 unshare --mount --pid --fork --propagation private bash -c '
@@ -92,7 +104,7 @@ unshare --mount --pid --fork --propagation private bash -c '
 status=$?
 set -e
 tail -25 "$log"
-step "make test inside the root exited with $status"
+step "the root's commands exited with $status"
 if [[ ${KEEP_ROOT:-1} == 0 ]]; then
   rm -rf "$root_dir"
 fi
