@@ -52,11 +52,18 @@ test: build
 	done
 
 # The bench's JSON goes to BENCH_JSON (rather than a --json in BENCH_ARGS), which the plots are drawn from.
+# BENCH_RUNS=3: three runs one after the other (the first's JSON is BENCH_JSON, the others BENCH_JSON with .2, .3
+# before .json), plotted as medians with the runs' spread.
 BENCH_JSON ?= $(BUILD)/bench/results.json
+BENCH_RUNS ?= 1
 bench: BOOTSTRAP_MODE = bench
 bench: build
-	@$(BUILD)/bench/fusednorm_bench --json $(BENCH_JSON) $(BENCH_ARGS)
-	@$(VENV)/bin/python scripts/plot_bench.py $(BENCH_JSON) --out $(BUILD)/bench/plots
+	@set -e; jsons=(); \
+	for run in $$(seq 1 $(BENCH_RUNS)); do \
+	  json=$(BENCH_JSON); if (( run > 1 )); then json=$${json%.json}.$$run.json; fi; \
+	  $(BUILD)/bench/fusednorm_bench --json $$json $(BENCH_ARGS); jsons+=($$json); \
+	done; \
+	$(VENV)/bin/python scripts/plot_bench.py "$${jsons[@]}" --out $(BUILD)/bench/plots
 
 # Tuned dispatch (docs/TUNING.md): times every variant of each kernel per shape class on this machine and
 # writes the table dispatch loads with FUSEDNORM_TUNING=<table> or fusednorm::load_tuning(): the cache and llc
