@@ -5,8 +5,8 @@ x: the shapes the kernel was timed on, in the run's order; y: GB/s over the copy
 (ratio_to_ceiling, 1 = as fast as the faster copy of a tensor that size). Given several runs' JSON, each point
 is the median over the runs, and its bar spans the runs' lowest and highest; with one run, the bar reaches up to
 the fastest of the row's timed runs (ms_min). The y axis is logarithmic where one point is over
-LOG_Y_SPREAD times another (a cache-resident row beside rows from memory), linear otherwise. One series per FusedNorm variant
-(the hand schedule, in place, each autoscheduler) and per baseline (naive, oneDNN on the plain layout,
+LOG_Y_SPREAD times another (a cache-resident row beside rows from memory), linear otherwise. One series per
+FusedNorm variant (the hand schedule, in place, each autoscheduler) and per baseline (naive, oneDNN on the plain layout,
 oneDNN on its blocked layout, which is drawn on both plain layouts' plots as it is in the table's x onednn, and
 PyTorch on the plain layout, kind "framework").
 Rows that were not timed (an autoscheduled kernel or PyTorch refused the shape, or a baseline's result was wrong)

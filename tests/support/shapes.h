@@ -131,8 +131,8 @@ inline std::vector<GroupNormShape> group_norm_odd_sizes() {
 
 // Odd sizes for LayerNorm and RMSNorm: D = 1, 7, 1000 (not a multiple of any vector width), 1 row and many,
 // and normalized_shape of two and three dimensions; rows over several of the CPU schedule's row blocks (about
-// 2^16 elements each, at least 8 blocks where there are 8 rows), the last one partial; D = 2500 over three of
-// the column sums' strips of 1024, the last partial and not whole vectors.
+// 2^16 elements each), the last one partial; D = 2500, a row of several thousand bytes whose tail is not whole
+// vectors.
 inline std::vector<RowsShape> rows_odd_sizes() {
   return {
       {"r3_d1", {3, 1}},      {"r17_d7", {17, 7}},         {"r1_d1000", {1, 1000}},        {"r5_d1000", {5, 1000}},
