@@ -27,7 +27,7 @@ struct Problem {
   NormSpec spec;
   Halide::Expr spatial, channels, batch;
   Halide::Expr group_size;  // channels per group: 1, or channels / groups for GroupNorm
-  // Length of ChannelSums' float32 chunks; 0: sum_chunk_length(layout). The autoscheduled variants set their own
+  // Length of ChannelSums' float32 chunks; 0: sum_chunk_length(spec). The autoscheduled variants set their own
   // (normalization_generators.cpp, autoscheduled_chunk_length).
   int chunk_length = 0;
 
@@ -83,10 +83,16 @@ using TermsAt = std::function<std::vector<Halide::Expr>(Halide::Expr s)>;
 // is: at S = 2048 x 2048 a single float32 chain per row lost 1e-4 of y. In NCHW the schedule splits each chunk
 // into vector lanes (chains of 4096 / 16); in NHWC the vectors run across channels and each channel's chain is
 // the whole chunk, so the chunks are shorter there: with 4096, GroupNorm NHWC at a mean 1e4 times the standard
-// deviation lost 2e-5 of y on 13 x 17 (one chain of 221), against 6e-7 in NCHW.
-inline int sum_chunk_length(Layout layout) { return layout == Layout::nchw ? 4096 : 64; }
+// deviation lost 2e-5 of y on 13 x 17 (one chain of 221), against 6e-7 in NCHW. 16-bit inputs sit on a grid
+// coarse against their sum, so the float32 roundings of a chain stop averaging out: rows of 4096 bfloat16 values
+// (mean up to 4 sigma) lost 1.5e-5 of invstd in NCHW chains of 4096 / 8, against 2.5e-6 for the same values
+// unrounded; a simulation of those chains gave 9e-6 at 4096 and 2.8e-6 at 1024. So 1024 for 16-bit NCHW.
+inline int sum_chunk_length(const NormSpec& spec) {
+  if (spec.layout == Layout::nhwc) return 64;
+  return spec.dtype == DType::float32 ? 4096 : 1024;
+}
 inline int sum_chunk_length(const Problem& p) {
-  return p.chunk_length > 0 ? p.chunk_length : sum_chunk_length(p.spec.layout);
+  return p.chunk_length > 0 ? p.chunk_length : sum_chunk_length(p.spec);
 }
 
 // Sums over s of float32 terms for each (channel, sample), in two precisions:

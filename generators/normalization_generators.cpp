@@ -104,7 +104,7 @@ class NormalizationGenerator : public Generator<T> {
     Problem p(spec(), x.dim(nchw ? 0 : 1).extent(), x.dim(nchw ? 1 : 0).extent(), x.dim(2).extent(),
               groups ? Expr(*groups) : Expr(1));
     if (this->using_autoscheduler()) {
-      p.chunk_length = autoscheduled_chunk_length(sum_chunk_length(spec().layout), estimates_for(spec()).spatial);
+      p.chunk_length = autoscheduled_chunk_length(sum_chunk_length(spec()), estimates_for(spec()).spatial);
     }
     return p;
   }

@@ -4,13 +4,14 @@
 # their names and rows cannot drift apart. Included from generators/CMakeLists.txt.
 include("${PROJECT_SOURCE_DIR}/cmake/FusedNormRegistration.cmake")
 
-set(fusednorm_variant_one_value_keywords NORM DIRECTION LAYOUT EPILOGUE AFFINE ISA AUTOSCHEDULER)
+set(fusednorm_variant_one_value_keywords NORM DIRECTION LAYOUT EPILOGUE AFFINE DTYPE ISA AUTOSCHEDULER)
 
 # fusednorm_variant_name(<variable> NORM <norm> DIRECTION <direction> LAYOUT <layout> EPILOGUE <epilogue>
-#                        AFFINE <bool> ISA <isa> [AUTOSCHEDULER <autoscheduler>] [PARAMS ...])
+#                        AFFINE <bool> [DTYPE <dtype>] ISA <isa> [AUTOSCHEDULER <autoscheduler>] [PARAMS ...])
 # Sets <variable> to the variant's name, the kernel's function and target:
-#   <norm>_norm[_<epilogue>]_<direction>[_<layout>]_<affine|plain>_<isa>[_<autoscheduler, lowercase>]
-# with no epilogue token for none and no layout token for layer and rms (their rows are always nchw). PARAMS is
+#   <norm>_norm[_<epilogue>]_<direction>[_<layout>]_<affine|plain>[_<dtype>]_<isa>[_<autoscheduler, lowercase>]
+# with no epilogue token for none, no layout token for layer and rms (their rows are always nchw) and no dtype token
+# for float32 (the default). PARAMS is
 # accepted and ignored, so that a caller can pass the same arguments as to fusednorm_variant().
 function(fusednorm_variant_name variable)
   cmake_parse_arguments(PARSE_ARGV 1 arg "" "${fusednorm_variant_one_value_keywords}" "PARAMS")
@@ -35,6 +36,9 @@ function(fusednorm_variant_name variable)
   else ()
     string(APPEND name _plain)
   endif ()
+  if (arg_DTYPE AND NOT arg_DTYPE STREQUAL "float32")
+    string(APPEND name _${arg_DTYPE})
+  endif ()
   string(APPEND name _${arg_ISA})
   if (arg_AUTOSCHEDULER)
     string(TOLOWER "${arg_AUTOSCHEDULER}" suffix)
@@ -46,7 +50,7 @@ endfunction()
 # fusednorm_variant(NORM batch|instance|group|layer|rms
 #                   DIRECTION forward_training|forward_inference|backward
 #                   LAYOUT nchw|nhwc  EPILOGUE none|relu|add_relu|silu  AFFINE <bool>
-#                   ISA avx512|avx2|sse41|neon|cuda
+#                   [DTYPE float32|bfloat16|float16]  ISA avx512|avx2|sse41|neon|cuda
 #                   [AUTOSCHEDULER Mullapudi2016|Li2018|Adams2019]
 #                   [PARAMS <generator parameter>=<value>...])
 # Builds the kernel <name> (fusednorm_variant_name()) for the Halide target ${fusednorm_isa_target_<isa>} of the
@@ -63,6 +67,16 @@ function(fusednorm_variant)
     set(affine true)
   else ()
     set(affine false)
+  endif ()
+  set(dtype float32)
+  if (arg_DTYPE)
+    set(dtype ${arg_DTYPE})
+  endif ()
+  if (NOT dtype MATCHES "^(float32|bfloat16|float16)$")
+    message(FATAL_ERROR "fusednorm_variant(${name}): DTYPE is '${dtype}', expected float32, bfloat16 or float16")
+  endif ()
+  if (arg_AUTOSCHEDULER AND NOT dtype STREQUAL "float32")
+    message(FATAL_ERROR "fusednorm_variant(${name}): the autoscheduled variants are float32 only")
   endif ()
   if (NOT arg_ISA MATCHES "^(avx512|avx2|sse41|neon|cuda)$")
     message(FATAL_ERROR "fusednorm_variant(${name}): ISA is '${arg_ISA}', expected avx512, avx2, sse41, neon or "
@@ -93,7 +107,8 @@ function(fusednorm_variant)
     FUNCTION_NAME ${name}
     USE_RUNTIME fusednorm_halide_runtime
     TARGETS ${target}
-    PARAMS norm=${arg_NORM} layout=${arg_LAYOUT} epilogue=${arg_EPILOGUE} affine=${affine} ${arg_PARAMS}
+    PARAMS norm=${arg_NORM} layout=${arg_LAYOUT} epilogue=${arg_EPILOGUE} affine=${affine} dtype=${dtype}
+           ${arg_PARAMS}
     ${outputs})
 
   if (table STREQUAL "autoscheduled")
@@ -107,7 +122,7 @@ function(fusednorm_variant)
       set(backend cpu)
     endif ()
     string(CONCAT row "    {Norm::${arg_NORM}, Direction::${arg_DIRECTION}, Layout::${arg_LAYOUT}, "
-                      "Epilogue::${arg_EPILOGUE}, ${affine}, DType::float32, Backend::${backend}, Isa::${arg_ISA}, "
+                      "Epilogue::${arg_EPILOGUE}, ${affine}, DType::${dtype}, Backend::${backend}, Isa::${arg_ISA}, "
                       "\"hand\", \"${name}\", &${name}_argv, &${name}_metadata},\n")
   endif ()
   set_property(GLOBAL APPEND PROPERTY FUSEDNORM_${table}_VARIANT_TARGETS ${name})

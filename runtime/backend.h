@@ -31,7 +31,7 @@ class BackendContext {
   virtual float* scratch(int64_t size) = 0;
   virtual const float* filled(int64_t size, float value) = 0;
   // Points `buffer` (dimensions set) at `data`; returns whether release() must undo it.
-  virtual bool attach(halide_buffer_t* buffer, const float* data) = 0;
+  virtual bool attach(halide_buffer_t* buffer, const void* data) = 0;
   virtual void release(halide_buffer_t* buffer) = 0;
   // After the kernel: to[0, n) = from[0, n), ordered after the kernel.
   virtual void commit(float* to, const float* from, int64_t n) = 0;
@@ -51,7 +51,7 @@ class CpuContext final : public BackendContext {
   void check(const char*, Direction, const TensorRefs&, const KernelSettings&, const Geometry&) const override {}
   float* scratch(int64_t size) override;
   const float* filled(int64_t size, float value) override;
-  bool attach(halide_buffer_t* buffer, const float* data) override;
+  bool attach(halide_buffer_t* buffer, const void* data) override;
   void release(halide_buffer_t*) override {}
   void commit(float* to, const float* from, int64_t n) override;
 

@@ -93,7 +93,7 @@ Binder::~Binder() {
   }
 }
 
-void Binder::tensor(Arg arg, const float* data, std::span<const Dim> dims) {
+void Binder::tensor(Arg arg, const void* data, DType dtype, std::span<const Dim> dims) {
   const auto a = static_cast<size_t>(arg);
   if (wrapped_[a]) {  // bound twice: the first binding is replaced
     backend_.release(&buffers_[a]);
@@ -106,7 +106,11 @@ void Binder::tensor(Arg arg, const float* data, std::span<const Dim> dims) {
   for (const Dim& dim : dims) {
     dims_[a][static_cast<size_t>(d++)] = {0, static_cast<int32_t>(dim.extent), static_cast<int32_t>(dim.stride), 0};
   }
-  buffer.type = halide_type_t(halide_type_float, 32, 1);
+  switch (dtype) {
+    case DType::float32: buffer.type = halide_type_t(halide_type_float, 32, 1); break;
+    case DType::float16: buffer.type = halide_type_t(halide_type_float, 16, 1); break;
+    case DType::bfloat16: buffer.type = halide_type_t(halide_type_bfloat, 16, 1); break;
+  }
   buffer.dimensions = d;
   buffer.dim = dims_[a].data();
   wrapped_[a] = backend_.attach(&buffer, data);
@@ -161,8 +165,8 @@ const float* CpuContext::filled(int64_t size, float value) {
   return data;
 }
 
-bool CpuContext::attach(halide_buffer_t* buffer, const float* data) {
-  buffer->host = reinterpret_cast<uint8_t*>(const_cast<float*>(data));
+bool CpuContext::attach(halide_buffer_t* buffer, const void* data) {
+  buffer->host = static_cast<uint8_t*>(const_cast<void*>(data));
   return false;
 }
 

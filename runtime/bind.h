@@ -77,10 +77,12 @@ class Binder {
   Binder(const Binder&) = delete;
   Binder& operator=(const Binder&) = delete;
 
-  // A float32 tensor of one to three dimensions at `data` (host or device memory, as the backend's).
-  void tensor(Arg arg, const float* data, std::span<const Dim> dims);
+  // A tensor of one to three dimensions at `data` (host or device memory, as the backend's), of `dtype` (float32
+  // where not given).
+  void tensor(Arg arg, const void* data, DType dtype, std::span<const Dim> dims);
+  void tensor(Arg arg, const float* data, std::span<const Dim> dims) { tensor(arg, data, DType::float32, dims); }
   void tensor(Arg arg, const float* data, std::initializer_list<Dim> dims) {
-    tensor(arg, data, std::span<const Dim>(dims.begin(), dims.size()));
+    tensor(arg, data, DType::float32, std::span<const Dim>(dims.begin(), dims.size()));
   }
   void vector(Arg arg, const float* data, int64_t size) { tensor(arg, data, {{size, 1}}); }
   // (G, B), G innermost: the statistics of a call.

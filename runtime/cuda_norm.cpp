@@ -44,6 +44,11 @@ class CudaContext final : public BackendContext {
   // affine only), and tensors the flat int32 index of the elementwise kernels and their grid cover.
   void check(const char* function, Direction direction, const TensorRefs& t, const KernelSettings& s,
              const Geometry& g) const override {
+    if (t.input->dtype() != DType::float32) {
+      throw Error(fmt::format("{}: input has dtype {}, expected float32 on CUDA: the CUDA kernels are float32 only "
+                              "(docs/CUDA.md)",
+                              function, name(t.input->dtype())));
+    }
     if (direction == Direction::backward && !s.training) {
       throw Error(fmt::format("{}: training is false, expected true on CUDA: the evaluation gradient has no CUDA "
                               "kernel yet (docs/CUDA.md)",
@@ -78,7 +83,7 @@ class CudaContext final : public BackendContext {
   const float* filled(int64_t size, float value) override {
     return reinterpret_cast<const float*>(scratch_.filled(size, value));
   }
-  bool attach(halide_buffer_t* buffer, const float* data) override {
+  bool attach(halide_buffer_t* buffer, const void* data) override {
 #if FUSEDNORM_HAS_CUDA
     buffer->host = nullptr;
     if (halide_cuda_wrap_device_ptr(nullptr, buffer, reinterpret_cast<uint64_t>(data)) != 0) {
@@ -127,7 +132,7 @@ std::vector<VariantInfo> variants() {
   std::vector<VariantInfo> result;
   for (const detail::KernelVariant& v : detail::kCuda) {
     result.push_back({v.name, detail::to_string(v.norm), detail::to_string(v.direction), name(v.layout),
-                      name(v.epilogue), v.affine, detail::to_string(v.isa), v.schedule, available()});
+                      name(v.epilogue), v.affine, name(v.dtype), detail::to_string(v.isa), v.schedule, available()});
   }
   return result;
 }

@@ -92,6 +92,7 @@ detail::LayerContents batch_norm_contents(const std::string& name, int64_t num_f
           .has_weight = options.affine,
           .has_bias = options.affine,
           .has_running_stats = options.track_running_stats,
+          .dtype = options.dtype,
           .options = fmt::format("affine={}, track_running_stats={}", options.affine, options.track_running_stats)};
 }
 
@@ -104,6 +105,7 @@ detail::LayerContents instance_norm_contents(const std::string& name, int64_t nu
           .has_weight = options.affine,
           .has_bias = options.affine,
           .has_running_stats = options.track_running_stats,
+          .dtype = options.dtype,
           .options = fmt::format("affine={}, track_running_stats={}", options.affine, options.track_running_stats)};
 }
 
@@ -119,6 +121,7 @@ detail::LayerContents group_norm_contents(int64_t num_groups, int64_t num_channe
   return {.feature_shape = {num_channels},
           .has_weight = options.affine,
           .has_bias = options.affine,
+          .dtype = options.dtype,
           .options = fmt::format("affine={}", options.affine)};
 }
 
@@ -128,6 +131,7 @@ detail::LayerContents layer_norm_contents(std::vector<int64_t> normalized_shape,
   return {.feature_shape = std::move(normalized_shape),
           .has_weight = options.elementwise_affine,
           .has_bias = options.elementwise_affine && options.bias,
+          .dtype = options.dtype,
           .options = fmt::format("elementwise_affine={}, bias={}", options.elementwise_affine, options.bias)};
 }
 
@@ -136,6 +140,7 @@ detail::LayerContents rms_norm_contents(std::vector<int64_t> normalized_shape, c
   if (options.eps) detail::check_eps("RMSNorm", *options.eps);
   return {.feature_shape = std::move(normalized_shape),
           .has_weight = options.elementwise_affine,
+          .dtype = options.dtype,
           .options = fmt::format("elementwise_affine={}", options.elementwise_affine)};
 }
 }  // namespace
@@ -233,7 +238,7 @@ TensorView InstanceNorm::batched(const TensorView& view) const {
   std::ranges::copy(view.shape(), shape.begin() + 1);
   std::ranges::copy(view.strides(), strides.begin() + 1);
   const size_t rank = static_cast<size_t>(view.dim()) + 1;
-  return TensorView(view.data(), std::span(shape.data(), rank), std::span(strides.data(), rank));
+  return TensorView({view.data_ptr(), view.dtype()}, std::span(shape.data(), rank), std::span(strides.data(), rank));
 }
 
 bool InstanceNorm::run_forward(const TensorView& x, const std::optional<TensorView>&, const TensorView& y,

@@ -22,6 +22,8 @@ bool dense_in(const TensorView& t, Layout layout) {
   return layout == Layout::nchw ? t.is_contiguous() : t.is_channels_last();
 }
 
+const char* name_of(DType dtype) { return name(dtype); }
+
 std::string strides_string(const TensorView& t) { return fmt::format("[{}]", fmt::join(t.strides(), ", ")); }
 
 std::string contiguous_strides_string(std::span<const int64_t> shape) {
@@ -29,7 +31,7 @@ std::string contiguous_strides_string(std::span<const int64_t> shape) {
 }
 
 void check_data(const char* function, const char* name, const TensorView& t) {
-  if (!t.data()) throw Error(fmt::format("{}: {} has a null data pointer", function, name));
+  if (!t.data_ptr()) throw Error(fmt::format("{}: {} has a null data pointer", function, name));
 }
 
 void check_not_empty(const char* function, const TensorView& x) {
@@ -132,6 +134,50 @@ void check_like_input(const char* function, const TensorRefs& t, const Geometry&
   }
 }
 
+// The element types: x, and those like it in its dtype; weight and bias (and their gradients, as PyTorch makes them
+// the parameter's) float32 or x's dtype, all four the same; the statistics float32 whatever x's dtype.
+void check_dtypes(const char* function, const TensorRefs& t) {
+  const DType x = t.input->dtype();
+  for (auto [name, view] : {std::pair{"output", t.output},
+                            {"residual", t.residual},
+                            {"grad_output", t.grad_output},
+                            {"grad_input", t.grad_input},
+                            {"grad_residual", t.grad_residual}}) {
+    if (view && view->dtype() != x) {
+      throw Error(fmt::format("{}: {} has dtype {}, expected {} (the dtype of input)", function, name,
+                              name_of(view->dtype()), name_of(x)));
+    }
+  }
+  const char* first_name = nullptr;
+  const TensorView* first = nullptr;
+  for (auto [name, view] : {std::pair{"weight", t.weight},
+                            {"bias", t.bias},
+                            {"grad_weight", t.grad_weight},
+                            {"grad_bias", t.grad_bias}}) {
+    if (!view) continue;
+    if (view->dtype() != DType::float32 && view->dtype() != x) {
+      throw Error(fmt::format("{}: {} has dtype {}, expected float32 or {} (the dtype of input)", function, name,
+                              name_of(view->dtype()), name_of(x)));
+    }
+    if (first && view->dtype() != first->dtype()) {
+      throw Error(fmt::format("{}: {} has dtype {}, expected {} (the dtype of {}: the parameters and their "
+                              "gradients share one)",
+                              function, name, name_of(view->dtype()), name_of(first->dtype()), first_name));
+    }
+    if (!first) first = view, first_name = name;
+  }
+  for (auto [name, view] : {std::pair{"running_mean", t.running_mean},
+                            {"running_var", t.running_var},
+                            {"save_mean", t.save_mean},
+                            {"save_invstd", t.save_invstd}}) {
+    if (view && view->dtype() != DType::float32) {
+      throw Error(fmt::format("{}: {} has dtype {}, expected float32 (statistics are float32 whatever the dtype "
+                              "of input, {})",
+                              function, name, name_of(view->dtype()), name_of(x)));
+    }
+  }
+}
+
 // The per-channel (or, for rows, per-element) tensors where given.
 constexpr std::pair<const char*, const TensorView* TensorRefs::*> kParameters[] = {
     {"weight", &TensorRefs::weight},
@@ -212,14 +258,14 @@ struct Named {
 std::pair<const char*, const char*> extent_in_memory(const TensorView& t) {
   int64_t last = 0;
   for (int64_t d = 0; d < t.dim(); d++) last += (t.size(d) - 1) * t.stride(d);
-  const char* first = reinterpret_cast<const char*>(t.data());
-  return {first, first + (last + 1) * static_cast<int64_t>(sizeof(float))};
+  const char* first = static_cast<const char*>(t.data_ptr());
+  return {first, first + (last + 1) * t.element_size()};
 }
 
 void check_no_overlap(const char* function, const Named& out, const Named& in) {
   if (!out.view || !in.view) return;
   const bool in_place_allowed = out.in_place_of == in.view;
-  if (in_place_allowed && out.view->data() == in.view->data() && std::ranges::equal(out.view->strides(), in.view->strides())) return;
+  if (in_place_allowed && out.view->data_ptr() == in.view->data_ptr() && std::ranges::equal(out.view->strides(), in.view->strides())) return;
   auto [a0, a1] = extent_in_memory(*out.view);
   auto [b0, b1] = extent_in_memory(*in.view);
   if (a0 < b1 && b0 < a1) {
@@ -247,6 +293,7 @@ std::array<Dim, 3> Geometry::dims() const {
 Geometry check_channels_call(const char* function, const TensorRefs& t, Direction direction, Norm norm,
                              Epilogue epilogue, int64_t num_groups) {
   const Geometry g = check_channels_input(function, *t.input);
+  check_dtypes(function, t);
   const bool relu = epilogue == Epilogue::relu || epilogue == Epilogue::add_relu;
   const bool add = epilogue == Epilogue::add_relu;
   if (direction == Direction::backward) {
@@ -280,6 +327,7 @@ Geometry check_channels_call(const char* function, const TensorRefs& t, Directio
 
 Geometry check_rows_call(const char* function, const TensorRefs& t, const std::vector<int64_t>& normalized_shape) {
   const Geometry g = check_rows_input(function, *t.input, normalized_shape);
+  check_dtypes(function, t);
   check_like_input(function, t, g);
   for (auto [name, member] : kParameters) {
     const TensorView* view = t.*member;

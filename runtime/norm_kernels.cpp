@@ -3,6 +3,7 @@
 #include <cmath>
 #include <limits>
 #include <string_view>
+#include <type_traits>
 
 #include "runtime/bind.h"
 #include "runtime/plan.h"
@@ -12,8 +13,22 @@ namespace fusednorm::detail {
 namespace {
 
 PlanRequest request(const char* function, Direction direction, const KernelSettings& s, const Geometry& g,
-                    bool affine) {
-  return {function, s.norm, direction, g.layout, s.epilogue, affine, DType::float32, g.elements()};
+                    bool affine, DType dtype) {
+  return {function, s.norm, direction, g.layout, s.epilogue, affine, dtype, g.elements()};
+}
+
+// 16-bit values widened to float32 into `to`, and float32 rounded (to nearest even) into 16 bits.
+template <typename Half>
+const float* widened(const Half* from, float* to, int64_t n) {
+  for (int64_t i = 0; i < n; i++) to[i] = to_float(from[i]);
+  return to;
+}
+template <typename Half>
+void narrowed(const float* from, Half* to, int64_t n) {
+  for (int64_t i = 0; i < n; i++) {
+    if constexpr (std::is_same_v<Half, bfloat16>) to[i] = to_bfloat16(from[i]);
+    else to[i] = to_float16(from[i]);
+  }
 }
 
 // The caller's memory, or scratch where the argument is absent.
@@ -35,12 +50,43 @@ std::array<Dim, 3> kernel_dims(const Plan& plan, const KernelSettings& s, const 
   return {{{g.channels, 1}, {g.count(), g.channels}, {1, g.channels * g.spatial}}};
 }
 
+// x and the tensors like it, in x's dtype (checked), where given.
+void bind_like_input(Binder& args, Arg arg, const TensorView* t, std::span<const Dim> dims) {
+  if (t) args.tensor(arg, t->data_ptr(), t->dtype(), dims);
+}
+
+// A parameter as the kernels take it, float32: the caller's, widened into scratch where it is 16-bit (a few
+// thousand values at most, not worth a kernel per parameter dtype), or `identity` where absent.
+const float* parameter(const TensorView* t, BackendContext& backend, int64_t size, float identity) {
+  if (!t) return backend.filled(size, identity);
+  switch (t->dtype()) {
+    case DType::float32: return t->data();
+    case DType::bfloat16: return widened(t->data<bfloat16>(), backend.scratch(size), size);
+    case DType::float16: return widened(t->data<float16>(), backend.scratch(size), size);
+  }
+  return nullptr;
+}
+
+// A parameter gradient's float32 values: the caller's memory where it is float32, else scratch that
+// commit_gradient() rounds into the caller's after the kernel.
+float* gradient(const TensorView* t, BackendContext& backend, int64_t size) {
+  return t && t->dtype() == DType::float32 ? t->data() : backend.scratch(size);
+}
+void commit_gradient(const TensorView* t, const float* values) {
+  if (!t) return;
+  switch (t->dtype()) {
+    case DType::float32: return;  // written in place
+    case DType::bfloat16: return narrowed(values, t->data<bfloat16>(), t->numel());
+    case DType::float16: return narrowed(values, t->data<float16>(), t->numel());
+  }
+}
+
 // What every kernel of the norm takes besides its direction's tensors: the epilogue's tensors where given, and
 // the norm's scalars (bound by slot: a kernel without them ignores them).
 void bind_common(Binder& args, const TensorRefs& t, const KernelSettings& s, std::span<const Dim> dims) {
-  args.tensor(Arg::x, t.input->data(), dims);
-  if (t.residual) args.tensor(Arg::z, t.residual->data(), dims);
-  if (t.grad_residual) args.tensor(Arg::dz, t.grad_residual->data(), dims);
+  bind_like_input(args, Arg::x, t.input, dims);
+  bind_like_input(args, Arg::z, t.residual, dims);
+  bind_like_input(args, Arg::dz, t.grad_residual, dims);
   args.scalar(Arg::eps, static_cast<float>(s.eps));
   args.scalar(Arg::groups, static_cast<int32_t>(s.groups));
 }
@@ -49,8 +95,8 @@ void bind_common(Binder& args, const TensorRefs& t, const KernelSettings& s, std
 void bind_affine(Binder& args, BackendContext& backend, const TensorRefs& t, const KernelSettings& s,
                  const Geometry& g) {
   const int64_t size = g.parameters();
-  args.vector(Arg::weight, t.weight ? t.weight->data() : backend.filled(size, 1.0f), size);
-  if (s.norm != Norm::rms) args.vector(Arg::bias, t.bias ? t.bias->data() : backend.filled(size, 0.0f), size);
+  args.vector(Arg::weight, parameter(t.weight, backend, size, 1.0f), size);
+  if (s.norm != Norm::rms) args.vector(Arg::bias, parameter(t.bias, backend, size, 0.0f), size);
 }
 
 }  // namespace
@@ -60,14 +106,15 @@ void run_forward_training(const char* function, const TensorRefs& t, const Kerne
   check_forward_disjoint(function, t, /*commits_running=*/true);
   backend.check(function, Direction::forward_training, t, s, g);
   const bool affine = t.weight || t.bias;
-  const Plan& plan = plan_call(request(function, Direction::forward_training, s, g, affine), backend);
+  const Plan& plan =
+      plan_call(request(function, Direction::forward_training, s, g, affine, t.input->dtype()), backend);
   const StatisticsShape stats = statistics_shape(s, g);
   const int64_t channels = g.channels;
 
   const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
   Binder args(backend);
   bind_common(args, t, s, dims);
-  args.tensor(Arg::y, t.output->data(), dims);
+  bind_like_input(args, Arg::y, t.output, dims);
   if (affine) bind_affine(args, backend, t, s, g);
   const float* invstd = data_or_scratch(t.save_invstd, backend, stats.count());
   args.statistics(Arg::saved_invstd, invstd, stats.groups, stats.blocks);
@@ -100,11 +147,12 @@ void run_forward_inference(const char* function, const TensorRefs& t, const Kern
   check_forward_disjoint(function, t, /*commits_running=*/false);
   backend.check(function, Direction::forward_inference, t, s, g);
   const bool affine = t.weight || t.bias;
-  const Plan& plan = plan_call(request(function, Direction::forward_inference, s, g, affine), backend);
+  const Plan& plan =
+      plan_call(request(function, Direction::forward_inference, s, g, affine, t.input->dtype()), backend);
   const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
   Binder args(backend);
   bind_common(args, t, s, dims);
-  args.tensor(Arg::y, t.output->data(), dims);
+  bind_like_input(args, Arg::y, t.output, dims);
   if (affine) bind_affine(args, backend, t, s, g);
   args.vector(Arg::running_mean, t.running_mean->data(), g.channels);
   args.vector(Arg::running_var, t.running_var->data(), g.channels);
@@ -117,15 +165,15 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
   backend.check(function, Direction::backward, t, s, g);
   // bias is given only where the backward reads it (SiLU recomputes v = xhat * weight + bias).
   const bool affine = t.weight || t.bias || t.grad_weight || t.grad_bias;
-  const Plan& plan = plan_call(request(function, Direction::backward, s, g, affine), backend);
+  const Plan& plan = plan_call(request(function, Direction::backward, s, g, affine, t.input->dtype()), backend);
   const StatisticsShape stats = statistics_shape(s, g);
 
   const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
   Binder args(backend);
   bind_common(args, t, s, dims);
-  args.tensor(Arg::dy, t.grad_output->data(), dims);
-  args.tensor(Arg::dx, t.grad_input->data(), dims);
-  if (t.output) args.tensor(Arg::y, t.output->data(), dims);
+  bind_like_input(args, Arg::dy, t.grad_output, dims);
+  bind_like_input(args, Arg::dx, t.grad_input, dims);
+  bind_like_input(args, Arg::y, t.output, dims);
   args.scalar(Arg::training, s.training);
   if (s.training) {
     if (t.save_mean) args.statistics(Arg::mean, t.save_mean->data(), stats.groups, stats.blocks);
@@ -140,13 +188,20 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
     args.statistics(Arg::mean, t.running_mean->data(), g.channels, 1);
     args.statistics(Arg::invstd, invstd, g.channels, 1);
   }
+  float *grad_weight = nullptr, *grad_bias = nullptr;
   if (affine) {
     bind_affine(args, backend, t, s, g);
     const int64_t size = g.parameters();
-    args.vector(Arg::grad_weight, data_or_scratch(t.grad_weight, backend, size), size);
-    if (s.norm != Norm::rms) args.vector(Arg::grad_bias, data_or_scratch(t.grad_bias, backend, size), size);
+    grad_weight = gradient(t.grad_weight, backend, size);
+    args.vector(Arg::grad_weight, grad_weight, size);
+    if (s.norm != Norm::rms) {
+      grad_bias = gradient(t.grad_bias, backend, size);
+      args.vector(Arg::grad_bias, grad_bias, size);
+    }
   }
   run_plan(plan, args, g.sizes);
+  commit_gradient(t.grad_weight, grad_weight);
+  commit_gradient(t.grad_bias, grad_bias);
 }
 
 }  // namespace fusednorm::detail

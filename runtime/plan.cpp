@@ -620,7 +620,7 @@ std::vector<VariantInfo> variants() {
   std::vector<VariantInfo> result;
   for (const detail::KernelVariant& v : detail::all_variants()) {
     result.push_back({v.name, detail::to_string(v.norm), detail::to_string(v.direction), name(v.layout),
-                      name(v.epilogue), v.affine, detail::to_string(v.isa), v.schedule,
+                      name(v.epilogue), v.affine, name(v.dtype), detail::to_string(v.isa), v.schedule,
                       detail::runs_here(v, settings), detail::kernel_name(v)});
   }
   return result;

@@ -1,4 +1,4 @@
-// safetensors reading and writing, for the dtypes layer state uses (F32, I64). The format: an 8-byte
+// safetensors reading and writing, for the dtypes layer state uses (F32, BF16, F16, I64). The format: an 8-byte
 // little-endian header length N, N bytes of JSON, then the tensors' bytes at the header's data_offsets.
 #include "fusednorm/state_dict.h"
 
@@ -6,8 +6,6 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
-#include <bit>
-#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -15,19 +13,44 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
-#include <string_view>
 #include <tuple>
 
 #include "fusednorm/error.h"
+#include "fusednorm/tensor.h"
 #include "runtime/checks.h"
 
 namespace fusednorm {
 
-StateTensor StateTensor::from_floats(std::vector<float> values) {
+namespace {
+// The 16-bit dtypes' bits of a float32 value (rounded to nearest even), and back (exact).
+uint16_t bits_of(StateTensor::DType dtype, float value) {
+  return dtype == StateTensor::DType::bfloat16 ? to_bfloat16(value).bits : to_float16(value).bits;
+}
+float value_of(StateTensor::DType dtype, uint16_t bits) {
+  return dtype == StateTensor::DType::bfloat16 ? to_float(bfloat16{bits}) : to_float(float16{bits});
+}
+}  // namespace
+
+StateTensor StateTensor::from_floats(std::vector<float> values, DType dtype) {
+  if (dtype == DType::int64) throw Error("StateTensor::from_floats: dtype is int64, expected a floating dtype");
   StateTensor t;
+  t.dtype = dtype;
   t.shape = {static_cast<int64_t>(values.size())};
   t.f32 = std::move(values);
+  if (dtype != DType::float32) {
+    for (float& v : t.f32) v = value_of(dtype, bits_of(dtype, v));
+  }
   return t;
+}
+
+const char* to_string(StateTensor::DType dtype) {
+  switch (dtype) {
+    case StateTensor::DType::float32: return "float32";
+    case StateTensor::DType::int64: return "int64";
+    case StateTensor::DType::bfloat16: return "bfloat16";
+    case StateTensor::DType::float16: return "float16";
+  }
+  return "?";
 }
 
 StateTensor StateTensor::scalar_int64(int64_t value) {
@@ -77,33 +100,21 @@ Json parse_header(const std::string& text, const std::string& path) {
   }
 }
 
-// The tensor dtypes read: F32 and I64 as they are; F16 and BF16 widened to float32 (exactly).
+// The tensor dtypes of the format read and written.
 struct FileDType {
   const char* name;
   StateTensor::DType dtype;
   uint64_t bytes;
 };
 constexpr FileDType kFileDTypes[] = {{"F32", StateTensor::DType::float32, 4},
-                                     {"F16", StateTensor::DType::float32, 2},
-                                     {"BF16", StateTensor::DType::float32, 2},
+                                     {"F16", StateTensor::DType::float16, 2},
+                                     {"BF16", StateTensor::DType::bfloat16, 2},
                                      {"I64", StateTensor::DType::int64, 8}};
 
-float from_float16(uint16_t h) {
-  const bool negative = h & 0x8000;
-  const uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff;
-  float magnitude;
-  if (exponent == 0x1f) {
-    // Infinity, or NaN with its payload's top bits (as the hardware conversion keeps them).
-    return std::bit_cast<float>((negative ? 0x80000000u : 0u) | 0x7f800000u | (mantissa << 13));
-  } else if (exponent == 0) {
-    magnitude = std::ldexp(static_cast<float>(mantissa), -24);  // zero or subnormal: exact in float
-  } else {
-    magnitude = std::ldexp(static_cast<float>(mantissa | 0x400), static_cast<int>(exponent) - 25);
-  }
-  return negative ? -magnitude : magnitude;
+const FileDType& file_dtype(StateTensor::DType dtype) {
+  return *std::find_if(std::begin(kFileDTypes), std::end(kFileDTypes),
+                       [&](const FileDType& type) { return type.dtype == dtype; });
 }
-
-float from_bfloat16(uint16_t b) { return std::bit_cast<float>(static_cast<uint32_t>(b) << 16); }
 
 uint16_t little_endian_16(const char* p) {
   return static_cast<uint16_t>(static_cast<unsigned char>(p[0]) | static_cast<unsigned char>(p[1]) << 8);
@@ -184,11 +195,7 @@ StateTensor read_tensor(const Entry& entry, const char* p) {
   if (entry.type->bytes == 4) {
     if (n) std::memcpy(t.f32.data(), p, n * 4);
   } else {
-    const bool half = std::string_view(entry.type->name) == "F16";
-    for (size_t i = 0; i < n; i++) {
-      const uint16_t bits = little_endian_16(p + 2 * i);
-      t.f32[i] = half ? from_float16(bits) : from_bfloat16(bits);
-    }
+    for (size_t i = 0; i < n; i++) t.f32[i] = value_of(t.dtype, little_endian_16(p + 2 * i));
   }
   return t;
 }
@@ -199,16 +206,26 @@ void save_state_dict(const StateDict& state, const std::string& path) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   std::string data;
   for (const auto& [name, t] : state) {
-    const bool f32 = t.dtype == StateTensor::DType::float32;
-    const size_t bytes = static_cast<size_t>(t.numel()) * (f32 ? 4 : 8);
-    if ((f32 ? t.f32.size() * 4 : t.i64.size() * 8) != bytes) {
-      throw Error(fmt::format("save_state_dict: '{}' has {} values, expected {} (shape {})", name,
-                              f32 ? t.f32.size() : t.i64.size(), t.numel(), fmt::join(t.shape, ", ")));
+    const FileDType& type = file_dtype(t.dtype);
+    const size_t values = t.is_floating() ? t.f32.size() : t.i64.size();
+    if (static_cast<int64_t>(values) != t.numel()) {
+      throw Error(fmt::format("save_state_dict: '{}' has {} values, expected {} (shape {})", name, values, t.numel(),
+                              fmt::join(t.shape, ", ")));
     }
-    header[name] = {
-        {"dtype", f32 ? "F32" : "I64"}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
-    const char* p = f32 ? reinterpret_cast<const char*>(t.f32.data()) : reinterpret_cast<const char*>(t.i64.data());
-    if (bytes) data.append(p, bytes);  // x86-64 and arm-64 are little-endian, as the format is
+    const size_t bytes = values * type.bytes;
+    header[name] = {{"dtype", type.name}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
+    // x86-64 and arm-64 are little-endian, as the format is. 16-bit values are rounded to nearest even (exact for
+    // those from_floats or load_state_dict made).
+    if (t.dtype == StateTensor::DType::float32) {
+      if (bytes) data.append(reinterpret_cast<const char*>(t.f32.data()), bytes);
+    } else if (t.dtype == StateTensor::DType::int64) {
+      if (bytes) data.append(reinterpret_cast<const char*>(t.i64.data()), bytes);
+    } else {
+      for (float v : t.f32) {
+        const uint16_t bits = bits_of(t.dtype, v);
+        data.append(reinterpret_cast<const char*>(&bits), 2);
+      }
+    }
   }
   std::string text;
   try {

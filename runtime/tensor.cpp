@@ -4,6 +4,8 @@
 #include <fmt/ranges.h>
 
 #include <algorithm>
+#include <bit>
+#include <cmath>
 #include <cstdlib>
 #include <limits>
 #include <stdexcept>
@@ -48,8 +50,12 @@ void check_rank(std::span<const int64_t> shape) {
 
 }  // namespace
 
-TensorView::TensorView(float* data, std::span<const int64_t> shape, std::span<const int64_t> strides)
-    : data_(data), rank_(shape.size()) {
+TensorView::TensorView(ElementPointer data, std::span<const int64_t> shape, std::span<const int64_t> strides)
+    : data_(data.data), dtype_(data.dtype), rank_(shape.size()) {
+  if (!parse_kind<DType>(name(dtype_))) {
+    throw Error(
+        fmt::format("TensorView: dtype is {}, expected float32, bfloat16 or float16", static_cast<int>(dtype_)));
+  }
   check_rank(shape);
   for (int64_t extent : shape) {
     if (extent < 0) throw Error(fmt::format("TensorView: shape {} has a negative extent", shape_string(shape)));
@@ -81,16 +87,37 @@ TensorView::TensorView(float* data, std::span<const int64_t> shape, std::span<co
   }
 }
 
-TensorView TensorView::channels_last(float* data, std::span<const int64_t> shape) {
+TensorView TensorView::channels_last(ElementPointer data, std::span<const int64_t> shape) {
   check_rank(shape);
   Extents strides{};
   channels_last_strides(shape, strides);
   return TensorView(data, shape, std::span<const int64_t>(strides.data(), shape.size()));
 }
 
-TensorView TensorView::with_layout(float* data, std::span<const int64_t> shape, Layout layout) {
+TensorView TensorView::with_layout(ElementPointer data, std::span<const int64_t> shape, Layout layout) {
   return layout == Layout::nchw ? TensorView(data, shape) : channels_last(data, shape);
 }
+
+void TensorView::throw_dtype_mismatch(DType asked) const {
+  throw Error(fmt::format("TensorView: data<{}>() of a view of dtype {}, expected data<{}>() or data_ptr()",
+                          name(asked), name(dtype_), name(dtype_)));
+}
+
+// IEEE rounding through the compilers' _Float16 (GCC 12 and Clang on x86-64 and arm-64, with or without F16C);
+// bfloat16 by hand: round to nearest even on the upper 16 bits; a NaN keeps its upper bits (so that a bfloat16
+// NaN widened and narrowed again is the same bits), made quiet only where they alone would read as infinity.
+float to_float(bfloat16 value) { return std::bit_cast<float>(static_cast<uint32_t>(value.bits) << 16); }
+float to_float(float16 value) { return static_cast<float>(std::bit_cast<_Float16>(value.bits)); }
+bfloat16 to_bfloat16(float value) {
+  const uint32_t bits = std::bit_cast<uint32_t>(value);
+  if (std::isnan(value)) {
+    const auto upper = static_cast<uint16_t>(bits >> 16);
+    return {static_cast<uint16_t>(upper & 0x7f ? upper : upper | 0x40)};
+  }
+  const uint32_t rounding = 0x7fff + ((bits >> 16) & 1);
+  return {static_cast<uint16_t>((bits + rounding) >> 16)};
+}
+float16 to_float16(float value) { return {std::bit_cast<uint16_t>(static_cast<_Float16>(value))}; }
 
 size_t TensorView::checked_dim(int64_t d) const {
   if (d < 0 || static_cast<size_t>(d) >= rank_) {

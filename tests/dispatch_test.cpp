@@ -101,7 +101,12 @@ std::string run_like(const VariantInfo& v) {
   const Epilogue epilogue = epilogue_named(v.epilogue);
   const bool backward = v.direction == "backward", batch = v.norm == "batch_norm";
   const bool relu = epilogue == Epilogue::relu || epilogue == Epilogue::add_relu, add = epilogue == Epilogue::add_relu;
-  auto like_x = [&](std::vector<float>& data) { return TensorView::with_layout(data.data(), m.shape, layout); };
+  // x and the tensors like it in the variant's dtype: 16-bit views over the float buffers (half their bytes; the
+  // values do not matter here).
+  const DType dtype = parse_kind<DType>(v.dtype).value();
+  auto like_x = [&](std::vector<float>& data) {
+    return TensorView::with_layout({data.data(), dtype}, m.shape, layout);
+  };
   auto given = [](bool when, TensorView view) { return when ? std::optional<TensorView>(view) : std::nullopt; };
   auto parameter = [&](bool when, std::vector<float>& data) {
     return given(v.affine && when, is_rows(v.norm) ? TensorView(data.data(), m.normalized_shape)
@@ -184,8 +189,8 @@ TEST(DispatchTest, SupportedIsasAreKnownAndBestFirst) {
 }
 
 // Each variant's name says what it computes (oneDNN's habit): <norm>[_<epilogue>]_<direction>[_<layout>]_<affine|
-// plain>_<isa>[_<autoscheduler>], without a layout for LayerNorm and RMSNorm (rows), without an epilogue for none
-// and without a schedule for hand (e.g. batch_norm_forward_training_nchw_affine_avx2_adams2019); and every
+// plain>[_<dtype>]_<isa>[_<autoscheduler>], without a layout for LayerNorm and RMSNorm (rows), without an epilogue
+// for none, without a dtype for float32 and without a schedule for hand (e.g. batch_norm_forward_training_nchw_affine_avx2_adams2019); and every
 // variant of a supported instruction set runs here when max_isa allows it.
 TEST(DispatchTest, VariantsDescribeThemselves) {
   const std::vector<std::string> isas = supported_isas();
@@ -203,7 +208,10 @@ TEST(DispatchTest, VariantsDescribeThemselves) {
     } else {
       expected += "_" + v.layout;
     }
-    expected += std::string(v.affine ? "_affine_" : "_plain_") + v.isa;
+    EXPECT_TRUE(parse_kind<DType>(v.dtype)) << v.dtype;
+    expected += v.affine ? "_affine" : "_plain";
+    if (v.dtype != "float32") expected += "_" + v.dtype;
+    expected += "_" + v.isa;
     if (v.schedule != "hand") {
       std::string schedule = v.schedule;
       for (char& ch : schedule) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -290,6 +298,7 @@ TEST(DispatchTest, VerboseReportExplainsEveryCandidate) {
                           .layout = "nhwc",
                           .epilogue = "none",
                           .affine = true,
+                          .dtype = "float32",
                           .isa = isas.back(),
                           .schedule = "hand",
                           .runs_here = true};
@@ -401,11 +410,13 @@ TEST(DispatchTest, SetScheduleRunsThatScheduleOrThrows) {
 // apart (generators/CMakeLists.txt, FUSEDNORM_BUILD_AUTOSCHEDULED).
 TEST(DispatchTest, VariantTableListsExactlyTheBuiltVariants) {
   using Cell = std::tuple<std::string, std::string, std::string>;  // norm, direction, epilogue
-  std::map<Cell, std::set<std::string>> built, documented;
+  using Table = std::map<Cell, std::set<std::string>>;
+  std::map<std::string, Table> built;  // by dtype
+  Table documented;
   for (const fusednorm::VariantInfo& v : fusednorm::variants()) {
     if (v.schedule != "hand") continue;
     const bool rows = v.norm == "layer_norm" || v.norm == "rms_norm";
-    built[{v.norm, v.direction, v.epilogue}].insert(rows ? "rows" : v.layout);
+    built[v.dtype][{v.norm, v.direction, v.epilogue}].insert(rows ? "rows" : v.layout);
   }
   std::ifstream doc(FUSEDNORM_VARIANT_TABLE_DOC);
   ASSERT_TRUE(doc) << "cannot open " << FUSEDNORM_VARIANT_TABLE_DOC;
@@ -437,9 +448,12 @@ TEST(DispatchTest, VariantTableListsExactlyTheBuiltVariants) {
       }
     }
   }
-  // Every documented cell is built on every instruction set this build has, affine and not: dispatch's tests
-  // and tests/norm_conformance_test run each of them.
-  EXPECT_EQ(documented, built);
+  // Every documented cell is built in every dtype this build has, affine and not: dispatch's tests and
+  // tests/norm_conformance_test run each of them.
+  ASSERT_TRUE(built.contains("float32"));
+  for (const auto& [dtype, table] : built) {
+    EXPECT_EQ(documented, table) << "dtype " << dtype;
+  }
 }
 
 int main(int argc, char** argv) {

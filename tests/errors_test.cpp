@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 #include <optional>
+#include <span>
 #include <string>
 #include <typeinfo>
 #include <vector>
@@ -958,6 +959,50 @@ std::vector<ErrorCase> error_cases() {
       },
       {"batch_norm: grad_input overlaps output in memory, expected disjoint memory"}, training_with(Epilogue::relu));
 
+  // Element types: the float buffers viewed as 16-bit (half their bytes), which a refusal must leave unwritten.
+  auto as = [](std::vector<float>& data, DType dtype, std::span<const int64_t> shape) {
+    return TensorView({data.data(), dtype}, shape);
+  };
+  const std::vector<int64_t> channels = {kChannels};
+  forward("output_dtype_other_than_input",
+          [=](Buffers& b, auto& t) { t.output = as(b.y, DType::bfloat16, kShape); },
+          {"batch_norm: output has dtype bfloat16, expected float32 (the dtype of input)"});
+  forward("weight_dtype_neither_float32_nor_input",
+          [=](Buffers& b, auto& t) {
+            t.input = as(b.x, DType::bfloat16, kShape);
+            t.output = as(b.y, DType::bfloat16, kShape);
+            t.weight = as(b.weight, DType::float16, channels);
+          },
+          {"batch_norm: weight has dtype float16, expected float32 or bfloat16 (the dtype of input)"});
+  forward("bias_dtype_other_than_weight",
+          [=](Buffers& b, auto& t) {
+            t.input = as(b.x, DType::float16, kShape);
+            t.output = as(b.y, DType::float16, kShape);
+            t.bias = as(b.bias, DType::float16, channels);
+          },
+          {"batch_norm: bias has dtype float16, expected float32 (the dtype of weight: the parameters and their "
+           "gradients share one)"});
+  forward("running_mean_16_bit",
+          [=](Buffers& b, auto& t) {
+            t.input = as(b.x, DType::bfloat16, kShape);
+            t.output = as(b.y, DType::bfloat16, kShape);
+            t.running_mean = as(b.running_mean, DType::bfloat16, channels);
+          },
+          {"batch_norm: running_mean has dtype bfloat16, expected float32 (statistics are float32 whatever the "
+           "dtype of input, bfloat16)"});
+  backward("grad_input_dtype_other_than_input",
+           [=](Buffers& b, auto& t) { t.grad_input = as(b.grad_input, DType::float16, kShape); },
+           {"batch_norm: grad_input has dtype float16, expected float32 (the dtype of input)"});
+  backward("grad_weight_dtype_other_than_weight",
+           [=](Buffers& b, auto& t) {
+             t.input = as(b.x, DType::bfloat16, kShape);
+             t.grad_output = as(b.grad_output, DType::bfloat16, kShape);
+             t.grad_input = as(b.grad_input, DType::bfloat16, kShape);
+             t.grad_weight = as(b.grad_weight, DType::bfloat16, channels);
+           },
+           {"batch_norm: grad_weight has dtype bfloat16, expected float32 (the dtype of weight: the parameters and "
+            "their gradients share one)"});
+
   add_family_cases(cases);
 
   // Views that cannot be made, and instruction sets that do not exist.
@@ -982,6 +1027,11 @@ std::vector<ErrorCase> error_cases() {
                      TensorView::channels_last(b.x.data(), shape);
                    },
                    {"TensorView: shape [1, 1, 1, 1, 1, 1, 1, 1, 1] has 9 dimensions, expected at most 8"}});
+  cases.push_back({"tensor_view_data_of_another_dtype",
+                   [](Buffers& b) {
+                     TensorView({b.x.data(), DType::bfloat16}, {2, 3}).data();
+                   },
+                   {"TensorView: data<float32>() of a view of dtype bfloat16, expected data<bfloat16>() or data_ptr()"}});
   cases.push_back({"set_max_isa_bogus",
                    [](Buffers&) { set_max_isa("bogus"); },
                    {"set_max_isa: isa is 'bogus', expected one of "

@@ -735,7 +735,7 @@ std::vector<LayerErrorCase> layer_error_cases() {
          t.i64 = {1, 2, 3, 4};
          s["bn.weight"] = t;
        },
-       {"BatchNorm2d: load_from: 'bn.weight' is int64 [4], expected float32 [4]"});
+       {"BatchNorm2d: load_from: 'bn.weight' is int64 [4], expected float32, bfloat16 or float16 [4]"});
   // Tensors built by hand whose values do not fill their shape.
   load("running_mean_values", 4, {}, [](StateDict& s) { s["bn.running_mean"].f32.pop_back(); },
        {"BatchNorm2d: load_from: 'bn.running_mean' has 3 values, expected 4 (shape [4])"});
@@ -1018,9 +1018,10 @@ std::string uint16_bytes(const std::vector<uint16_t>& values) {
   return out;
 }
 
-// F16 and BF16 tensors (PyTorch's torch.float16 and torch.bfloat16 state) load as float32, exactly: normal,
-// subnormal, largest, infinite and NaN values, and into a layer.
-TEST(StateDictTest, LoadsFloat16AndBfloat16AsFloat32) {
+// F16 and BF16 tensors (PyTorch's torch.float16 and torch.bfloat16 state) load keeping their dtype, their values
+// widened exactly: normal, subnormal, largest, infinite and NaN values; they save back bit for bit, and load into a
+// layer of float32 parameters.
+TEST(StateDictTest, LoadsAndSavesFloat16AndBfloat16) {
   const float inf = std::numeric_limits<float>::infinity();
   // float16: 1, -2, 65504 (the largest), 2^-24 (the smallest subnormal), -2^-14 (the smallest normal), 1/3 rounded,
   // +-inf, NaN.
@@ -1043,15 +1044,31 @@ TEST(StateDictTest, LoadsFloat16AndBfloat16AsFloat32) {
   const StateDict state = load_state_dict(path);
 
   const StateTensor& half = state.at("half");
-  EXPECT_EQ(half.dtype, StateTensor::DType::float32);
+  EXPECT_EQ(half.dtype, StateTensor::DType::float16);
   ASSERT_EQ(half.f32.size(), 9u);
   EXPECT_EQ(bits(std::vector<float>(half.f32.begin(), half.f32.end() - 1)), bits(half_values));
   EXPECT_TRUE(std::isnan(half.f32.back()));
   const StateTensor& bf16 = state.at("bf16");
+  EXPECT_EQ(bf16.dtype, StateTensor::DType::bfloat16);
   EXPECT_EQ(bf16.shape, (std::vector<int64_t>{2, 3}));
   ASSERT_EQ(bf16.f32.size(), 6u);
   EXPECT_EQ(bits(std::vector<float>(bf16.f32.begin(), bf16.f32.end() - 1)), bits(bf16_values));
   EXPECT_TRUE(std::isnan(bf16.f32.back()));
+
+  // Saved again, each tensor's bytes are the ones PyTorch wrote, under the same dtype.
+  const std::string again = dir.file("again.safetensors");
+  save_state_dict(state, again);
+  std::ifstream in(again, std::ios::binary);
+  const std::string file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const HandTensor& t : tensors) {
+    EXPECT_NE(file.find("\"" + t.name + "\":{\"dtype\":\"" + t.dtype + "\""), std::string::npos) << t.name;
+    EXPECT_NE(file.find(t.data), std::string::npos) << t.name;
+  }
+  const StateDict reloaded = load_state_dict(again);
+  for (const auto& [name, t] : state) {
+    EXPECT_EQ(reloaded.at(name).dtype, t.dtype) << name;
+    EXPECT_EQ(bits(reloaded.at(name).f32), bits(t.f32)) << name;
+  }
 
   BatchNorm2d layer(3);
   layer.load_from(state, "bn.");
@@ -1287,6 +1304,7 @@ struct FamilyCase {
   bool track_running_stats = false;      // InstanceNorm
   std::optional<double> momentum = 0.1;  // InstanceNorm
   std::optional<double> rms_eps = std::nullopt;
+  DType dtype = DType::float32;  // of the parameters
 };
 
 void PrintTo(const FamilyCase& c, std::ostream* os) { *os << c.name; }
@@ -1302,25 +1320,28 @@ std::unique_ptr<NormLayer> make_family_layer(const FamilyCase& c) {
       BatchNormLayerOptions options;
       options.affine = c.affine;
       options.epilogue = c.epilogue;
+      options.dtype = c.dtype;
       return make_layer(c.shape.size(), channels, options);
     }
     case Kind::instance: {
       const InstanceNormLayerOptions options{
-          .momentum = c.momentum, .affine = c.affine, .track_running_stats = c.track_running_stats};
+          .momentum = c.momentum, .affine = c.affine, .track_running_stats = c.track_running_stats, .dtype = c.dtype};
       const size_t spatial = c.shape.size() - (c.unbatched ? 1 : 2);
       if (spatial == 3) return std::make_unique<InstanceNorm3d>(channels, options);
       if (spatial == 2) return std::make_unique<InstanceNorm2d>(channels, options);
       return std::make_unique<InstanceNorm1d>(channels, options);
     }
     case Kind::group:
-      return std::make_unique<GroupNorm>(c.groups, channels,
-                                         GroupNormLayerOptions{.affine = c.affine, .epilogue = c.epilogue});
+      return std::make_unique<GroupNorm>(
+          c.groups, channels, GroupNormLayerOptions{.affine = c.affine, .epilogue = c.epilogue, .dtype = c.dtype});
     case Kind::layer:
-      return std::make_unique<LayerNorm>(trailing(c.shape, c.normalized_dims),
-                                         LayerNormLayerOptions{.elementwise_affine = c.affine, .bias = c.bias});
+      return std::make_unique<LayerNorm>(
+          trailing(c.shape, c.normalized_dims),
+          LayerNormLayerOptions{.elementwise_affine = c.affine, .bias = c.bias, .dtype = c.dtype});
     case Kind::rms:
-      return std::make_unique<RMSNorm>(trailing(c.shape, c.normalized_dims),
-                                       RMSNormLayerOptions{.eps = c.rms_eps, .elementwise_affine = c.affine});
+      return std::make_unique<RMSNorm>(
+          trailing(c.shape, c.normalized_dims),
+          RMSNormLayerOptions{.eps = c.rms_eps, .elementwise_affine = c.affine, .dtype = c.dtype});
   }
   return nullptr;
 }
@@ -1514,6 +1535,192 @@ TEST_P(FamilyLayerTest, ForwardAndBackwardMatchTheReferenceAndGradientsAccumulat
 }
 
 INSTANTIATE_TEST_SUITE_P(Layers, FamilyLayerTest, ::testing::ValuesIn(family_cases()), case_name<FamilyCase>);
+
+// The 16-bit twin of FamilyLayerTest: x, z and dy in bfloat16 or float16, rounded before the reference sees them,
+// y, dx and dz poisoned; the layer's parameters float32 (autocast's) or in the dtype of x. Tolerances:
+// test::storage_tolerance, derived in test_data.h.
+struct HalfFamilyCase {
+  std::string name;
+  FamilyCase c;
+  DType dtype;           // of x and the tensors like it
+  bool half_parameters;  // the layer's dtype is the inputs'
+};
+void PrintTo(const HalfFamilyCase& c, std::ostream* os) { *os << c.name; }
+
+std::vector<HalfFamilyCase> half_family_cases() {
+  std::vector<HalfFamilyCase> result;
+  for (DType dtype : {DType::bfloat16, DType::float16}) {
+    for (bool half_parameters : {false, true}) {
+      for (FamilyCase c : family_cases()) {
+        c.name += std::string("_") + name(dtype) + (half_parameters ? "_parameters" : "");
+        if (half_parameters) c.dtype = dtype;
+        result.push_back({c.name, c, dtype, half_parameters});
+      }
+    }
+  }
+  return result;
+}
+
+bool runs_here(DType dtype) {
+  for (const VariantInfo& v : variants()) {
+    if (v.dtype == name(dtype) && v.runs_here) return true;
+  }
+  return false;
+}
+
+// A FamilyBatch whose x, z and dy are rounded to `dtype` (the reference reads them), and the 16-bit tensors the
+// layer is called with; after each call its outputs widened into the batch's y, dx and dz.
+struct HalfFamilyBatch {
+  HalfFamilyBatch(const FamilyCase& c, DType dtype_, Random& rng) : b(c, rng), dtype(dtype_) {
+    for (std::vector<float>* v : {&b.x, &b.z, &b.dy}) test::round_to(dtype, *v);
+    x = narrow(b.x), z = narrow(b.z), dy = narrow(b.dy), y = narrow(b.y), dx = narrow(b.dx), dz = narrow(b.dz);
+  }
+  std::vector<uint16_t> narrow(const std::vector<float>& values) const {
+    std::vector<uint16_t> bits(values.size());
+    for (size_t i = 0; i < values.size(); i++) bits[i] = test::to_bits(dtype, values[i]);
+    return bits;
+  }
+  void widen(const std::vector<uint16_t>& bits, std::vector<float>& values) const {
+    for (size_t i = 0; i < bits.size(); i++) values[i] = test::from_bits(dtype, bits[i]);
+  }
+  TensorView view(std::vector<uint16_t>& data) const {
+    return TensorView::with_layout({data.data(), dtype}, b.c.shape, b.c.layout);
+  }
+  void forward(NormLayer& layer) {
+    if (b.c.epilogue == Epilogue::add_relu) {
+      layer.forward(view(x), view(z), view(y));
+    } else {
+      layer.forward(view(x), view(y));
+    }
+    widen(y, b.y);
+  }
+  void backward(NormLayer& layer) {
+    if (b.c.epilogue == Epilogue::add_relu) {
+      layer.backward(view(dy), view(dx), view(dz));
+    } else {
+      layer.backward(view(dy), view(dx));
+    }
+    widen(dx, b.dx);
+    widen(dz, b.dz);
+  }
+
+  FamilyBatch b;
+  DType dtype;
+  std::vector<uint16_t> x, z, dy, y, dx, dz;
+};
+
+class HalfFamilyLayerTest : public ::testing::TestWithParam<HalfFamilyCase> {};
+
+// Two forward / backward pairs, as FamilyLayerTest's. The parameter gradients are float32 sums with float32
+// parameters; with 16-bit ones each batch's gradient is rounded to the dtype, and so is each sum (as PyTorch
+// accumulates .grad), which the expected sums repeat on the reference's values: one rounding of the batch's
+// gradient (u) and one of the sum (u) apart, at most 2u + kFloat32Tolerance of the scale.
+TEST_P(HalfFamilyLayerTest, ForwardAndBackwardMatchTheReferenceOnRoundedInputs) {
+  const HalfFamilyCase& p = GetParam();
+  if (!runs_here(p.dtype)) GTEST_SKIP() << "no " << name(p.dtype) << " kernel of this build runs on this CPU";
+  Random rng(test::seed_for_current_test());
+  std::unique_ptr<NormLayer> layer = make_family_layer(p.c);
+  ASSERT_EQ(layer->dtype(), p.half_parameters ? p.dtype : DType::float32);
+  randomize_parameters(*layer, rng);
+  // The reference's parameters are the ones the kernels see: rounded to the layer's dtype.
+  std::vector<float> weight = layer->weight(), bias = layer->bias();
+  test::round_to(layer->dtype(), weight);
+  test::round_to(layer->dtype(), bias);
+  const DType grad_dtype = layer->dtype();
+  const double u = test::unit_roundoff(p.dtype);
+  std::vector<double> sum_dweight(weight.size(), 0.0), sum_dbias(bias.size(), 0.0);
+  for (int pair = 0; pair < 2; pair++) {
+    SCOPED_TRACE("pair " + std::to_string(pair));
+    HalfFamilyBatch h(p.c, p.dtype, rng);
+    h.forward(*layer);
+    std::vector<float> kept_weight = layer->weight(), kept_bias = layer->bias();
+    layer->weight() = weight;
+    layer->bias() = bias;
+    const reference::Forward ref = h.b.reference_forward(*layer);
+    EXPECT_TRUE(close("y", h.b.y, ref.y, test::storage_tolerance(p.dtype)));
+    h.backward(*layer);
+    const reference::Backward ref_backward = h.b.reference_backward(*layer, ref);
+    layer->weight() = kept_weight;
+    layer->bias() = kept_bias;
+    EXPECT_TRUE(close("dx", h.b.dx, ref_backward.dx, test::storage_tolerance(p.dtype)));
+    if (p.c.epilogue == Epilogue::add_relu) {
+      EXPECT_TRUE(close("dz", h.b.dz, ref_backward.dz, test::storage_tolerance(p.dtype)));
+    }
+    for (size_t i = 0; i < sum_dweight.size(); i++) {
+      sum_dweight[i] = test::stored(grad_dtype, sum_dweight[i] + test::stored(grad_dtype, ref_backward.dweight[i]));
+    }
+    for (size_t i = 0; i < sum_dbias.size(); i++) {
+      sum_dbias[i] = test::stored(grad_dtype, sum_dbias[i] + test::stored(grad_dtype, ref_backward.dbias[i]));
+    }
+    const double tolerance =
+        p.half_parameters ? test::storage_tolerance(p.dtype, test::kFloat32Tolerance + 2 * u) : test::kFloat32Tolerance;
+    EXPECT_TRUE(close("grad_weight", layer->grad_weight(), sum_dweight, tolerance));
+    EXPECT_TRUE(close("grad_bias", layer->grad_bias(), sum_dbias, tolerance));
+    // A 16-bit layer's gradients are values of its dtype.
+    std::vector<float> grads = layer->grad_weight();
+    grads.insert(grads.end(), layer->grad_bias().begin(), layer->grad_bias().end());
+    std::vector<float> rounded = grads;
+    test::round_to(grad_dtype, rounded);
+    EXPECT_EQ(bits(grads), bits(rounded));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Layers, HalfFamilyLayerTest, ::testing::ValuesIn(half_family_cases()),
+                         case_name<HalfFamilyCase>);
+
+// A 16-bit layer: its parameters are saved in its dtype (PyTorch's BF16 / F16 entries) and its running statistics
+// in float32; they load back bit for bit, and into a float32 layer; inputs of the other 16-bit dtype are refused
+// with the layer unchanged (its parameters are not theirs: PyTorch refuses these too).
+TEST(HalfLayerTest, StateDictKeepsTheParametersDtypeAndOtherInputsAreRefused) {
+  if (!runs_here(DType::bfloat16)) GTEST_SKIP() << "no bfloat16 kernel of this build runs on this CPU";
+  Random rng(test::seed_for_current_test());
+  BatchNorm2d layer(3, {.dtype = DType::bfloat16});
+  layer.weight() = test::random_vector(3, rng, 0.5, 2.0);
+  layer.bias() = test::random_vector(3, rng, -1.0, 1.0);
+  const std::vector<int64_t> shape = {2, 3, 4, 5};
+  std::vector<bfloat16> x(120), y(120);
+  for (bfloat16& v : x) v = to_bfloat16(static_cast<float>(test::random_vector(1, rng, -2.0, 2.0)[0]));
+  layer.forward(TensorView(x.data(), shape), TensorView(y.data(), shape));
+
+  StateDict state;
+  layer.save_to(state, "bn.");
+  EXPECT_EQ(state.at("bn.weight").dtype, StateTensor::DType::bfloat16);
+  EXPECT_EQ(state.at("bn.bias").dtype, StateTensor::DType::bfloat16);
+  EXPECT_EQ(state.at("bn.running_mean").dtype, StateTensor::DType::float32);
+  EXPECT_EQ(state.at("bn.running_var").dtype, StateTensor::DType::float32);
+  std::vector<float> weight = layer.weight();
+  test::round_to(DType::bfloat16, weight);
+  EXPECT_EQ(bits(state.at("bn.weight").f32), bits(weight));
+
+  TempDir dir;
+  save_state_dict(state, dir.file("bf16.safetensors"));
+  const StateDict loaded = load_state_dict(dir.file("bf16.safetensors"));
+  BatchNorm2d again(3, {.dtype = DType::bfloat16});
+  again.load_from(loaded, "bn.");
+  EXPECT_EQ(bits(again.weight()), bits(weight));
+  EXPECT_EQ(bits(again.running_mean()), bits(layer.running_mean()));
+  BatchNorm2d wide(3);
+  wide.load_from(loaded, "bn.");
+  EXPECT_EQ(bits(wide.weight()), bits(weight));
+  // A float32 state loads into the bfloat16 layer rounded, as PyTorch's copy_ rounds it.
+  StateDict float_state;
+  wide.weight() = test::random_vector(3, rng, 0.5, 2.0);
+  wide.save_to(float_state, "bn.");
+  again.load_from(float_state, "bn.");
+  std::vector<float> expected = wide.weight();
+  test::round_to(DType::bfloat16, expected);
+  EXPECT_EQ(bits(again.weight()), bits(expected));
+
+  const LayerState before = state_of(layer);
+  std::vector<float16> x16(120), y16(120);
+  expect_error([&] { layer.forward(TensorView(x16.data(), shape), TensorView(y16.data(), shape)); },
+               {"weight has dtype bfloat16", "float16 (the dtype of input)"});
+  expect_same_state(state_of(layer), before, "after the refused forward");
+}
+
+TEST(HalfLayerTest, ConstructorRefusesADtypeOutsideTheEnum) {
+  expect_error([] { LayerNorm({4}, {.dtype = static_cast<DType>(7)}); }, {"LayerNorm: dtype is 7"});
+}
 
 // PyTorch's initial parameters (weight 1, bias 0, gradients 0) and which a layer has.
 TEST(FamilyLayerTest, StartsWithPyTorchsParameters) {

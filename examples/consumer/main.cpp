@@ -1,7 +1,7 @@
 // Runs the kernels this project generated with fusednorm_add_kernel() (GroupNorm + SiLU, NHWC): forward and
 // backward in float32 through the installed runtime's functional API, which registered them and must run them
-// rather than its own, and the forward with float16 storage called raw over halide_buffer_t (the API takes
-// float32). Compares them with a float64 reference, and checks that bad arguments to the generated kernels,
+// rather than its own, and the forward with float16 storage called raw over halide_buffer_t (registration takes
+// float32 kernels). Compares them with a float64 reference, and checks that bad arguments to the generated kernels,
 // caught by the API's checks or by the kernel itself, arrive as fusednorm::Error. Exits non-zero otherwise.
 #include <HalideBuffer.h>
 #include <fusednorm/dispatch.h>

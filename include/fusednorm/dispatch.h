@@ -15,6 +15,7 @@ struct VariantInfo {
   std::string layout;     // "nchw", "nhwc" ("nchw" for layer_norm and rms_norm: rows, no token in the name)
   std::string epilogue;   // "none", "relu", "add_relu", "silu" (the name's token, except none)
   bool affine;
+  std::string dtype;     // of x and the tensors like it: "float32", "bfloat16", "float16"
   std::string isa;       // "avx512", "avx2", "sse41"
   std::string schedule;  // "hand" or an autoscheduler
   bool runs_here;        // the CPU supports its instruction set (and max_isa allows it)

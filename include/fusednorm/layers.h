@@ -23,6 +23,7 @@ struct LayerContents {
   bool has_weight = false;
   bool has_bias = false;
   bool has_running_stats = false;  // running_mean, running_var, num_batches_tracked
+  DType dtype = DType::float32;    // of weight, bias and their gradients
   std::string options;             // for messages, e.g. "affine=true, track_running_stats=false"
 };
 }  // namespace detail
@@ -55,15 +56,24 @@ class NormLayer {
   void zero_grad();
 
   // Parameters, initialised as PyTorch does: weight 1, bias 0. Empty when the layer has none (affine false, or
-  // LayerNorm's bias=false; RMSNorm never has a bias).
+  // LayerNorm's bias=false; RMSNorm never has a bias). Held as float32 values whatever dtype(): a 16-bit layer
+  // rounds them to its dtype at each call and in save_to, and its gradients are rounded to it as they accumulate
+  // (as PyTorch's .grad of a module in that dtype).
   std::vector<float>& weight() { return weight_; }
   std::vector<float>& bias() { return bias_; }
   const std::vector<float>& grad_weight() const { return grad_weight_; }
   const std::vector<float>& grad_bias() const { return grad_bias_; }
   Epilogue epilogue() const { return epilogue_; }
+  // The parameters' dtype (the options' dtype). Inputs may be float32, bfloat16 or float16 whatever it is, except
+  // that 16-bit parameters take inputs of their own dtype only (as PyTorch's kernels do). Running statistics are
+  // float32.
+  DType dtype() const { return contents_.dtype; }
 
   // PyTorch's state_dict keys under `prefix` (e.g. "bn1." gives "bn1.weight"). load is strict, as PyTorch's
-  // default: a missing or unexpected key of this layer, or a shape or dtype mismatch, throws and changes nothing.
+  // default: a missing or unexpected key of this layer, or a shape mismatch, or an int64 where a floating tensor
+  // belongs, throws and changes nothing. Floating tensors of any dtype load (rounded to the parameters' dtype, as
+  // PyTorch's load_state_dict copies them); save_to writes the parameters in their dtype, the running statistics
+  // in float32.
   void save_to(StateDict& state, const std::string& prefix = "") const;
   void load_from(const StateDict& state, const std::string& prefix = "");
 
@@ -112,7 +122,10 @@ class NormLayer {
   void forward_with(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y);
   void backward_with(const TensorView& dy, const TensorView& dx, const std::optional<TensorView>& dz);
   void check_residual(bool given, const char* call, const char* argument) const;
-  std::optional<TensorView> parameter_view(std::vector<float>& values, const char* what) const;
+  std::optional<TensorView> parameter_view(std::vector<float>& values, std::vector<uint16_t>& bits,
+                                           const char* what) const;
+  void accumulate(std::vector<float>& grad, const std::vector<float>& batch,
+                  const std::vector<uint16_t>& batch_bits) const;
 
   std::string name_;
   detail::LayerContents contents_;
@@ -127,6 +140,8 @@ class NormLayer {
   bool has_saved_ = false;
   // The batch's parameter gradients, which backward adds to grad_weight_ and grad_bias_.
   std::vector<float> batch_grad_weight_, batch_grad_bias_;
+  // A 16-bit layer's: its parameters rounded for the calls, and the batch's gradients as the calls write them.
+  std::vector<uint16_t> weight_bits_, bias_bits_, batch_grad_weight_bits_, batch_grad_bias_bits_;
 };
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -142,6 +157,8 @@ struct BatchNormLayerOptions {
   RunningVarianceUpdate running_variance_update = RunningVarianceUpdate::unbiased;
   // none, relu or add_relu (forward(x, z, y) and backward(dy, dx, dz)); silu is GroupNorm's only.
   Epilogue epilogue = Epilogue::none;
+  // Of weight and bias (PyTorch's dtype=): float32, as autocast keeps them, or the inputs' 16-bit dtype.
+  DType dtype = DType::float32;
 };
 
 class BatchNorm : public NormLayer {
@@ -203,6 +220,7 @@ struct InstanceNormLayerOptions {
   std::optional<double> momentum = 0.1;
   bool affine = false;
   bool track_running_stats = false;
+  DType dtype = DType::float32;  // of weight and bias, as BatchNormLayerOptions'
 };
 
 // Statistics per (sample, channel) over the spatial dimensions. With track_running_stats, training also updates
@@ -263,6 +281,7 @@ struct GroupNormLayerOptions {
   bool affine = true;
   // none, relu, add_relu (forward(x, z, y) and backward(dy, dx, dz)) or silu.
   Epilogue epilogue = Epilogue::none;
+  DType dtype = DType::float32;  // of weight and bias, as BatchNormLayerOptions'
 };
 
 // (N, C, *spatial) with up to 3 spatial dimensions, dense NCHW or NHWC; statistics per (sample, group of
@@ -293,7 +312,8 @@ class GroupNorm : public NormLayer {
 struct LayerNormLayerOptions {
   double eps = 1e-5;
   bool elementwise_affine = true;
-  bool bias = true;  // with elementwise_affine only
+  bool bias = true;              // with elementwise_affine only
+  DType dtype = DType::float32;  // of weight and bias, as BatchNormLayerOptions'
 };
 
 class LayerNorm : public NormLayer {
@@ -317,6 +337,7 @@ struct RMSNormLayerOptions {
   // std::nullopt is PyTorch's eps=None: torch.finfo(torch.float32).eps = 2^-23.
   std::optional<double> eps = std::nullopt;
   bool elementwise_affine = true;
+  DType dtype = DType::float32;  // of weight, as BatchNormLayerOptions'
 };
 
 // y = x / sqrt(mean(x^2) + eps) * weight, per row.

@@ -7,6 +7,7 @@
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <sstream>
 #include <string>
@@ -21,6 +22,56 @@ namespace fusednorm::test {
 
 // Relative error allowed for float32 storage (docs/USAGE.md, "Numerics").
 constexpr double kFloat32Tolerance = 1e-5;
+
+// 16-bit storage (bfloat16, float16), independently of the runtime's conversions: the inputs are rounded to the
+// storage type before the reference sees them, so the reference and the kernel start from the same values and
+// only the output's rounding separates them. The kernel computes in float32 (error at most kFloat32Tolerance of
+// the tensor's scale) and rounds each output to nearest, adding at most the unit roundoff u of the type times
+// the element's magnitude, itself at most the scale: u = 2^-8 for bfloat16 (8 significant bits), 2^-11 for
+// float16 (11). An output in the storage type is held to kFloat32Tolerance + u; the statistics and parameter
+// gradients, float32, to kFloat32Tolerance (their inputs are exact). Float16 subnormals (below 2^-14) carry an
+// absolute error of at most 2^-25, far below u of any tensor scale the tests use.
+constexpr double unit_roundoff(DType dtype) {
+  return dtype == DType::bfloat16 ? 0x1p-8 : dtype == DType::float16 ? 0x1p-11 : 0.0;
+}
+// `base`: the bound before the rounding (kFloat32Tolerance, or a gradient check's truncation).
+constexpr double storage_tolerance(DType dtype, double base = kFloat32Tolerance) {
+  return base + unit_roundoff(dtype) * (1 + base);
+}
+
+// The bits of v rounded to nearest even in the 16-bit type, and back: bfloat16 by hand (the upper half of a
+// float32, NaN kept NaN), float16 through the compiler's _Float16.
+inline uint16_t to_bits(DType dtype, float v) {
+  if (dtype == DType::float16) {
+    const _Float16 h = static_cast<_Float16>(v);
+    uint16_t bits;
+    std::memcpy(&bits, &h, sizeof bits);
+    return bits;
+  }
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  if (std::isnan(v)) return static_cast<uint16_t>((u >> 16) | 0x40);
+  return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+inline float from_bits(DType dtype, uint16_t bits) {
+  if (dtype == DType::float16) {
+    _Float16 h;
+    std::memcpy(&h, &bits, sizeof bits);
+    return static_cast<float>(h);
+  }
+  const uint32_t u = static_cast<uint32_t>(bits) << 16;
+  float v;
+  std::memcpy(&v, &u, sizeof v);
+  return v;
+}
+// v as the storage type holds it (float32: v itself).
+inline float stored(DType dtype, double v) {
+  const float f = static_cast<float>(v);
+  return dtype == DType::float32 ? f : from_bits(dtype, to_bits(dtype, f));
+}
+inline void round_to(DType dtype, std::vector<float>& values) {
+  for (float& v : values) v = stored(dtype, v);
+}
 
 // A seed from a case's name (FNV-1a): every case gets its own data, and a failing case reproduces alone.
 inline uint64_t seed_for(std::string_view name) {
