@@ -103,11 +103,10 @@ void TensorView::throw_dtype_mismatch(DType asked) const {
                           name(asked), name(dtype_), name(dtype_)));
 }
 
-// IEEE rounding through the compilers' _Float16 (GCC 12 and Clang on x86-64 and arm-64, with or without F16C);
-// bfloat16 by hand: round to nearest even on the upper 16 bits; a NaN keeps its upper bits (so that a bfloat16
-// NaN widened and narrowed again is the same bits), made quiet only where they alone would read as infinity.
+// By hand, on the bits (GCC 12 has no _Float16 in C++ on arm-64): round to nearest even. A NaN keeps the upper
+// bits of its payload (so that a 16-bit NaN widened and narrowed again is the same bits), made quiet only where
+// they alone would read as infinity.
 float to_float(bfloat16 value) { return std::bit_cast<float>(static_cast<uint32_t>(value.bits) << 16); }
-float to_float(float16 value) { return static_cast<float>(std::bit_cast<_Float16>(value.bits)); }
 bfloat16 to_bfloat16(float value) {
   const uint32_t bits = std::bit_cast<uint32_t>(value);
   if (std::isnan(value)) {
@@ -117,7 +116,40 @@ bfloat16 to_bfloat16(float value) {
   const uint32_t rounding = 0x7fff + ((bits >> 16) & 1);
   return {static_cast<uint16_t>((bits + rounding) >> 16)};
 }
-float16 to_float16(float value) { return {std::bit_cast<uint16_t>(static_cast<_Float16>(value))}; }
+
+float to_float(float16 value) {
+  const uint32_t sign = static_cast<uint32_t>(value.bits & 0x8000) << 16;
+  const uint32_t exponent = (value.bits >> 10) & 0x1f, mantissa = value.bits & 0x3ff;
+  if (exponent == 0x1f) return std::bit_cast<float>(sign | 0x7f800000u | mantissa << 13);  // infinity, NaN
+  if (exponent == 0) {  // zero or subnormal: mantissa x 2^-24, exact
+    const float magnitude = static_cast<float>(mantissa) * 0x1p-24f;
+    return sign ? -magnitude : magnitude;
+  }
+  return std::bit_cast<float>(sign | (exponent + 112) << 23 | mantissa << 13);  // rebias 15 -> 127
+}
+float16 to_float16(float value) {
+  const uint32_t bits = std::bit_cast<uint32_t>(value);
+  const auto sign = static_cast<uint16_t>((bits >> 16) & 0x8000);
+  const uint32_t magnitude = bits & 0x7fffffff;
+  if (magnitude > 0x7f800000) {  // NaN
+    const auto payload = static_cast<uint16_t>((magnitude >> 13) & 0x3ff);
+    return {static_cast<uint16_t>(sign | 0x7c00 | (payload ? payload : 0x200))};
+  }
+  if (magnitude >= 0x477ff000) return {static_cast<uint16_t>(sign | 0x7c00)};  // >= 65520 rounds to infinity
+  if (magnitude >= 0x38800000) {  // normal (>= 2^-14): drop 13 bits, rounding to nearest even; rebias 127 -> 15
+    const uint32_t rounded = magnitude + 0xfff + ((magnitude >> 13) & 1);
+    return {static_cast<uint16_t>(sign | (rounded - 0x38000000) >> 13)};
+  }
+  // Subnormal or zero: the value in units of 2^-24, from the float's significand shifted right, rounded to
+  // nearest even (below 2^-25, and 2^-25 itself, to zero).
+  const uint32_t exponent = magnitude >> 23;
+  if (exponent < 102) return {sign};
+  const uint32_t significand = (magnitude & 0x7fffff) | 0x800000, shift = 126 - exponent;  // 14 to 24
+  uint32_t units = significand >> shift;
+  const uint32_t rest = significand & ((1u << shift) - 1), half = 1u << (shift - 1);
+  if (rest > half || (rest == half && (units & 1))) units++;
+  return {static_cast<uint16_t>(sign | units)};
+}
 
 size_t TensorView::checked_dim(int64_t d) const {
   if (d < 0 || static_cast<size_t>(d) >= rank_) {

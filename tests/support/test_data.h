@@ -39,14 +39,21 @@ constexpr double storage_tolerance(DType dtype, double base = kFloat32Tolerance)
   return base + unit_roundoff(dtype) * (1 + base);
 }
 
-// The bits of v rounded to nearest even in the 16-bit type, and back: bfloat16 by hand (the upper half of a
-// float32, NaN kept NaN), float16 through the compiler's _Float16.
+// The bits of v rounded to nearest even in the 16-bit type, and back, independently of the runtime's bit
+// manipulation: bfloat16 on the float32 bits (its upper half, NaN kept NaN), float16 by arithmetic in double
+// (exact here: ldexp, frexp, and nearbyint's default rounding, to nearest even).
 inline uint16_t to_bits(DType dtype, float v) {
   if (dtype == DType::float16) {
-    const _Float16 h = static_cast<_Float16>(v);
-    uint16_t bits;
-    std::memcpy(&bits, &h, sizeof bits);
-    return bits;
+    const uint16_t sign = std::signbit(v) ? 0x8000 : 0;
+    const double a = std::abs(static_cast<double>(v));
+    if (std::isnan(v)) return sign | 0x7e00;
+    if (a >= 65520.0) return sign | 0x7c00;  // 65504 and half its ulp: to infinity
+    if (a < 0x1p-14) return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(a, 24))));
+    int e;
+    std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1)
+    const double fraction = std::nearbyint(std::ldexp(a, 11 - e)) - 1024;  // 10 bits after the leading 1
+    const int biased = e - 1 + 15 + (fraction == 1024 ? 1 : 0);
+    return static_cast<uint16_t>(sign | biased << 10 | (fraction == 1024 ? 0 : static_cast<int>(fraction)));
   }
   uint32_t u;
   std::memcpy(&u, &v, sizeof u);
@@ -55,9 +62,14 @@ inline uint16_t to_bits(DType dtype, float v) {
 }
 inline float from_bits(DType dtype, uint16_t bits) {
   if (dtype == DType::float16) {
-    _Float16 h;
-    std::memcpy(&h, &bits, sizeof bits);
-    return static_cast<float>(h);
+    const double sign = bits & 0x8000 ? -1.0 : 1.0;
+    const int exponent = (bits >> 10) & 0x1f, fraction = bits & 0x3ff;
+    if (exponent == 0x1f) {
+      return static_cast<float>(fraction ? std::numeric_limits<double>::quiet_NaN()
+                                         : sign * std::numeric_limits<double>::infinity());
+    }
+    if (exponent == 0) return static_cast<float>(sign * std::ldexp(fraction, -24));
+    return static_cast<float>(sign * std::ldexp(1024 + fraction, exponent - 25));
   }
   const uint32_t u = static_cast<uint32_t>(bits) << 16;
   float v;
