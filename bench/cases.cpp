@@ -171,11 +171,19 @@ std::optional<T> by_name(std::string_view text, const std::vector<T>& values, co
 BenchShape parse_problem(std::string_view spec) {
   auto fail = [&](const std::string& what) -> Error {
     return Error(
-        fmt::format("--problem '{}': {} (expected OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS], for example "
+        fmt::format("--problem '{}': {} (expected OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS][:DTYPE], for example "
                     "batch_norm:forward_training:nhwc:32x64x112x112)",
                     spec, what));
   };
-  const std::vector<std::string_view> fields = split(spec, ':');
+  std::vector<std::string_view> fields = split(spec, ':');
+  // A last field that names a dtype is the DTYPE.
+  DType dtype = DType::float32;
+  if (fields.size() > 4) {
+    if (const std::optional<DType> named = parse_kind<DType>(fields.back())) {
+      dtype = *named;
+      fields.pop_back();
+    }
+  }
   if (fields.size() < 4 || fields.size() > 5) throw fail(fmt::format("{} fields", fields.size()));
 
   const std::vector<Op>& ops = all_ops();
@@ -201,8 +209,18 @@ BenchShape parse_problem(std::string_view spec) {
                            fmt::join(op_layouts | std::views::transform(name_of), ", "), to_string(*op)));
   }
 
-  BenchShape problem{
-      .name = std::string(fields[3]), .shape = {}, .ops = {*op}, .direction = direction, .layout = layout};
+  if (dtype != DType::float32 && *op != Op::batch_norm && *op != Op::layer_norm && *op != Op::rms_norm &&
+      *op != Op::group_norm) {
+    throw fail(fmt::format("DTYPE is {}, expected float32 for {} (16-bit cases: batch_norm, layer_norm, rms_norm, "
+                           "group_norm)",
+                           name(dtype), to_string(*op)));
+  }
+  BenchShape problem{.name = std::string(fields[3]),
+                     .shape = {},
+                     .ops = {*op},
+                     .direction = direction,
+                     .layout = layout,
+                     .dtype = dtype};
   int64_t numel = 1;
   for (std::string_view extent : split(fields[3], 'x')) {
     const std::optional<int64_t> value = positive_integer(extent);

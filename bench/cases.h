@@ -61,6 +61,8 @@ struct BenchShape {
   // A problem from the command line (--problem) is one case: only this direction and layout.
   std::optional<Direction> direction = std::nullopt;
   std::optional<Layout> layout = std::nullopt;
+  // And its one dtype (float32 unless it names another); a shape list's shapes take every dtype of their ops.
+  std::optional<DType> dtype = std::nullopt;
 };
 
 // The lists --shapes names, in the order --help gives them; the default ones with and without --quick.
@@ -76,9 +78,10 @@ std::vector<BenchShape> without_repeated_cases(std::vector<BenchShape> shapes);
 // A positive decimal integer that is the whole of text (the command line's counts and extents), or nullopt.
 std::optional<int64_t> positive_integer(std::string_view text);
 
-// A problem given on the command line, benchdnn-style: "OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS]", for example
+// A problem given on the command line, benchdnn-style: "OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS][:DTYPE]"
+// (DTYPE float32, the default, or bfloat16 / float16 for the ops that have 16-bit cases), for example
 // "batch_norm:forward_training:nhwc:32x64x112x112", "group_norm:backward:nchw:8x320x64x64:g32",
-// "layer_norm:forward_training:rows:8192x1024", "rms_norm:backward:rows:16x8192" (the last dimension
+// "layer_norm:forward_training:rows:8192x1024:bfloat16", "rms_norm:backward:rows:16x8192" (the last dimension
 // normalized; ":d2" the last two), "instance_norm:backward:nhwc:8x64x128x128". SHAPE is
 // (N, C, *spatial) whatever the layout. Throws fusednorm::Error saying which field is wrong and what was expected.
 BenchShape parse_problem(std::string_view spec);

@@ -60,52 +60,70 @@ std::vector<BenchShape> benchmark_shapes(const Options& options) {
   return all;
 }
 
-// --filter matches a substring of "<op>/<direction>/<layout>/<shape name>".
+// The dtypes of the op's cases on the shape: a --problem's own, or float32 then half_dtypes(op).
+std::vector<DType> case_dtypes(const BenchShape& shape, Op op) {
+  if (shape.dtype) return {*shape.dtype};
+  std::vector<DType> result = {DType::float32};
+  for (DType dtype : half_dtypes(op)) result.push_back(dtype);
+  return result;
+}
+
+// --filter matches a substring of "<op>/<direction>/<layout>/<shape name>/<dtype>".
 // A --problem is its one direction and layout.
-bool selected(const Options& options, const BenchShape& shape, Op op, Layout layout, Direction direction) {
+bool selected(const Options& options, const BenchShape& shape, Op op, Layout layout, Direction direction,
+              DType dtype) {
   if (shape.direction.value_or(direction) != direction || shape.layout.value_or(layout) != layout) return false;
-  const std::string key =
-      fmt::format("{}/{}/{}/{}", to_string(op), name(direction), layout_name(op, layout), shape.name);
+  const std::string key = fmt::format("{}/{}/{}/{}/{}", to_string(op), name(direction), layout_name(op, layout),
+                                      shape.name, name(dtype));
   return key.find(options.filter) != std::string::npos;
 }
 
-std::vector<Direction> selected_directions(const Options& options, const BenchShape& shape, Op op, Layout layout) {
+std::vector<Direction> selected_directions(const Options& options, const BenchShape& shape, Op op, Layout layout,
+                                           DType dtype) {
   std::vector<Direction> result;
   for (Direction direction : directions(op)) {
-    if (selected(options, shape, op, layout, direction)) result.push_back(direction);
+    if (selected(options, shape, op, layout, direction, dtype)) result.push_back(direction);
   }
   return result;
 }
 
-// Calls f(op, layout, direction) for every selected case of the shape.
+// Calls f(op, layout, dtype, direction) for every selected case of the shape.
 template <typename F>
 void for_each_selected_case(const Options& options, const BenchShape& shape, const F& f) {
   for (Op op : shape.ops) {
     for (Layout layout : layouts(op)) {
-      for (Direction direction : selected_directions(options, shape, op, layout)) f(op, layout, direction);
+      for (DType dtype : case_dtypes(shape, op)) {
+        for (Direction direction : selected_directions(options, shape, op, layout, dtype)) {
+          f(op, layout, dtype, direction);
+        }
+      }
     }
   }
 }
 
 // The rows of a case: fusednorm, fusednorm in place (forwards), one per autoscheduler, naive, oneDNN (at most;
-// a blocked row is skipped for shapes it does not take, and the progress count then ends early), PyTorch.
-int rows_per_case(Op op, Direction direction, Layout layout) {
+// a blocked row is skipped for shapes it does not take, and the progress count then ends early), PyTorch. A
+// 16-bit case: fusednorm and oneDNN.
+int rows_per_case(Op op, Direction direction, Layout layout, DType dtype) {
+  const int onednn_rows = static_cast<int>(onednn::storages(op, layout).size());
+  if (dtype != DType::float32) return 1 + onednn_rows;
   return 2 + has_in_place_row(direction) + static_cast<int>(autoscheduled_schedules(op, direction, layout).size()) +
-         static_cast<int>(onednn::storages(op, layout).size()) + pytorch::has_row(op, direction);
+         onednn_rows + pytorch::has_row(op, direction);
 }
 
 int selected_rows(const Options& options, const BenchShape& shape) {
   int count = 0;
-  for_each_selected_case(options, shape, [&](Op op, Layout layout, Direction direction) {
-    count += rows_per_case(op, direction, layout);
+  for_each_selected_case(options, shape, [&](Op op, Layout layout, DType dtype, Direction direction) {
+    count += rows_per_case(op, direction, layout, dtype);
   });
   return count;
 }
 
 bool selects_in_place_rows(const Options& options, const BenchShape& shape) {
   bool any = false;
-  for_each_selected_case(options, shape,
-                         [&](Op, Layout, Direction direction) { any = any || has_in_place_row(direction); });
+  for_each_selected_case(options, shape, [&](Op, Layout, DType dtype, Direction direction) {
+    any = any || (has_in_place_row(direction) && dtype == DType::float32);
+  });
   return any;
 }
 
@@ -196,13 +214,15 @@ class Benchmark {
     measure_copy_ceilings(shape, numel, regime);
     for (Op op : shape.ops) {
       for (Layout layout : layouts(op)) {
-        const std::vector<Direction> chosen = selected_directions(options_, shape, op, layout);
-        if (chosen.empty()) continue;
-        progress_.status(fmt::format("{} {} {}: allocating and filling {} buffer set(s)", shape.name, to_string(op),
-                                     layout_name(op, layout), regime.buffer_sets));
-        Problem problem = make_problem(shape, op, layout, regime.buffer_sets);
-        Verifier verifier(problem);
-        for (Direction direction : chosen) measure_case(problem, verifier, direction, regime, in_place);
+        for (DType dtype : case_dtypes(shape, op)) {
+          const std::vector<Direction> chosen = selected_directions(options_, shape, op, layout, dtype);
+          if (chosen.empty()) continue;
+          progress_.status(fmt::format("{} {} {} {}: allocating and filling {} buffer set(s)", shape.name,
+                                       to_string(op), layout_name(op, layout), name(dtype), regime.buffer_sets));
+          Problem problem = make_problem(shape, op, layout, regime.buffer_sets, dtype);
+          Verifier verifier(problem);
+          for (Direction direction : chosen) measure_case(problem, verifier, direction, regime, in_place);
+        }
       }
     }
   }
@@ -244,22 +264,29 @@ class Benchmark {
   void measure_case(Problem& problem, Verifier& verifier, Direction direction, const CacheRegime& regime,
                     const CacheRegime& in_place) {
     const Op op = problem.op;
-    const std::string what =
-        fmt::format("{} {} {} {}", problem.shape.name, to_string(op), problem.layout_name(), name(direction));
+    const std::string what = fmt::format("{} {} {} {} {}", problem.shape.name, to_string(op), problem.layout_name(),
+                                         name(direction), name(problem.dtype));
     progress_.status(what + ": computing the float64 reference");
     verifier.prepare(direction);
-    std::vector<Implementation> implementations = {fusednorm_implementation(op, direction, problem.layout)};
-    if (has_in_place_row(direction)) {
-      implementations.push_back(fusednorm_implementation(op, direction, problem.layout, /*in_place=*/true));
+    const bool half = problem.dtype != DType::float32;
+    std::vector<Implementation> implementations = {
+        fusednorm_implementation(op, direction, problem.layout, /*in_place=*/false, "hand", problem.dtype)};
+    if (!half) {
+      if (has_in_place_row(direction)) {
+        implementations.push_back(fusednorm_implementation(op, direction, problem.layout, /*in_place=*/true));
+      }
+      for (const std::string& schedule : autoscheduled_schedules(op, direction, problem.layout)) {
+        implementations.push_back(
+            fusednorm_implementation(op, direction, problem.layout, /*in_place=*/false, schedule));
+      }
+      implementations.push_back(naive_implementation(direction));
     }
-    for (const std::string& schedule : autoscheduled_schedules(op, direction, problem.layout)) {
-      implementations.push_back(fusednorm_implementation(op, direction, problem.layout, /*in_place=*/false, schedule));
-    }
-    implementations.push_back(naive_implementation(direction));
     for (onednn::Storage storage : onednn::storages(op, problem.layout)) {
       if (auto impl = onednn::implementation(direction, problem, storage)) implementations.push_back(std::move(*impl));
     }
-    if (auto impl = pytorch::implementation(direction, problem)) implementations.push_back(std::move(*impl));
+    if (!half) {
+      if (auto impl = pytorch::implementation(direction, problem)) implementations.push_back(std::move(*impl));
+    }
     for (const Implementation& impl : implementations) {
       progress_.step(fmt::format("{} {}: verifying", what, impl.name));
       if (impl.prepare) impl.prepare(problem);
@@ -285,6 +312,7 @@ class Benchmark {
       // Every in-place buffer starts from a copy of x, whatever the rows before left in it.
       if (impl.in_place) problem.refill_in_place(row_regime.buffer_sets);
       row.op = to_string(op);
+      row.dtype = name(problem.dtype);
       row.epilogue = fusednorm::to_string(epilogue(op));
       row.direction = name(direction);
       // A blocked oneDNN row is reported under its own layout ("nChw16c"), not the case's.

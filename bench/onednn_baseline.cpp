@@ -8,6 +8,7 @@
 #include <memory>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <stdexcept>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -74,6 +75,7 @@ struct Baseline {
   Op op;
   Direction direction;
   Storage storage;
+  DType dtype = DType::float32;  // of x, y, dy, dx; 16-bit: plain storage only, on the sets' 16-bit buffers
   memory::desc plain_md, data_md, workspace_md;  // workspace_md: BN + ReLU in training, else empty
   dnnl::primitive primitive;
   dnnl::primitive forward_for_workspace;  // BN + ReLU's backward: the training forward that writes its mask
@@ -83,6 +85,7 @@ struct Baseline {
   };
   std::vector<SetTensors> sets;
   std::vector<float> variance;  // per statistic. training: the biased variance written; backward: the one read
+  std::string impl_info;        // oneDNN's name of the implementation it chose, e.g. "bnorm_jit:avx2", "ref:any"
 
   bool fused_relu() const { return epilogue(op) == Epilogue::relu; }
 
@@ -96,10 +99,11 @@ struct Baseline {
   void prepare(Problem& p) {
     sets.clear();
     dnnl::stream stream(cpu_engine());
+    const bool half = dtype != DType::float32;
     for (BufferSet& b : p.sets) {
-      memory x_plain(plain_md, cpu_engine(), b.x.data());
-      memory dy_plain(plain_md, cpu_engine(), b.grad_output.data());
-      memory out_plain(plain_md, cpu_engine(), b.output.data());
+      memory x_plain(plain_md, cpu_engine(), (half ? b.x16 : b.x).data());
+      memory dy_plain(plain_md, cpu_engine(), (half ? b.grad_output16 : b.grad_output).data());
+      memory out_plain(plain_md, cpu_engine(), (half ? b.output16 : b.output).data());
       SetTensors tensors{x_plain, dy_plain, out_plain, {}};
       if (storage == Storage::blocked) {
         tensors = {memory(data_md, cpu_engine()), memory(data_md, cpu_engine()), memory(data_md, cpu_engine()), {}};
@@ -184,6 +188,8 @@ struct Baseline {
 
   // Untimed, after a verification run: the blocked output back into the set's plain output buffer.
   void publish(Problem& p, int set) {
+    BufferSet& b = p.sets[static_cast<size_t>(set)];
+    if (dtype != DType::float32) return widen(b.output16, b.output, p.dims.numel(), dtype);
     if (storage == Storage::plain) return;
     dnnl::stream stream(cpu_engine());
     memory out_plain(plain_md, cpu_engine(), p.sets[static_cast<size_t>(set)].output.data());
@@ -210,15 +216,24 @@ void make_batch_norm_primitives(Baseline& b) {
     b.forward_for_workspace = dnnl::batch_normalization_forward(training);
   }
   switch (b.direction) {
-    case Direction::forward_training: b.primitive = dnnl::batch_normalization_forward(training); return;
-    case Direction::forward_inference:
-      b.primitive = dnnl::batch_normalization_forward(dnnl::batch_normalization_forward::primitive_desc(
-          {prop_kind::forward_inference, b.data_md, eps, flags | dnnl::normalization_flags::use_global_stats}, engine));
+    case Direction::forward_training:
+      b.primitive = dnnl::batch_normalization_forward(training);
+      b.impl_info = training.impl_info_str();
       return;
-    case Direction::backward:
-      b.primitive = dnnl::batch_normalization_backward(dnnl::batch_normalization_backward::primitive_desc(
-          {prop_kind::backward, b.data_md, b.data_md, eps, flags}, engine, training));
+    case Direction::forward_inference: {
+      const dnnl::batch_normalization_forward::primitive_desc inference(
+          {prop_kind::forward_inference, b.data_md, eps, flags | dnnl::normalization_flags::use_global_stats}, engine);
+      b.primitive = dnnl::batch_normalization_forward(inference);
+      b.impl_info = inference.impl_info_str();
       return;
+    }
+    case Direction::backward: {
+      const dnnl::batch_normalization_backward::primitive_desc backward(
+          {prop_kind::backward, b.data_md, b.data_md, eps, flags}, engine, training);
+      b.primitive = dnnl::batch_normalization_backward(backward);
+      b.impl_info = backward.impl_info_str();
+      return;
+    }
   }
   throw std::logic_error("onednn: unknown direction");
 }
@@ -232,10 +247,13 @@ void make_layer_norm_primitives(Baseline& b, int64_t rows) {
   const dnnl::layer_normalization_forward::primitive_desc training(
       {prop_kind::forward_training, b.data_md, stat_md, eps, kScaleShift}, engine);
   if (b.direction == Direction::backward) {
-    b.primitive = dnnl::layer_normalization_backward(dnnl::layer_normalization_backward::primitive_desc(
-        {prop_kind::backward, b.data_md, b.data_md, stat_md, eps, kScaleShift}, engine, training));
+    const dnnl::layer_normalization_backward::primitive_desc backward(
+        {prop_kind::backward, b.data_md, b.data_md, stat_md, eps, kScaleShift}, engine, training);
+    b.primitive = dnnl::layer_normalization_backward(backward);
+    b.impl_info = backward.impl_info_str();
   } else {
     b.primitive = dnnl::layer_normalization_forward(training);
+    b.impl_info = training.impl_info_str();
   }
 }
 
@@ -269,40 +287,63 @@ std::string layout_name(const Problem& problem, Storage storage) {
   return storage == Storage::plain ? problem.layout_name() : blocked_tag_name(problem.shape.shape.size());
 }
 
-std::optional<Implementation> implementation(Direction direction, const Problem& problem, Storage storage) {
-  auto baseline = std::make_shared<Baseline>();
-  baseline->op = problem.op;
-  baseline->direction = direction;
-  baseline->storage = storage;
+namespace {
+
+// The descriptors and primitives of the problem's op in `data_type`; false where oneDNN has no such op or layout.
+bool make_baseline(Baseline& b, const Problem& problem, Storage storage, memory::data_type data_type) {
   switch (problem.op) {
     case Op::batch_norm:
     case Op::batch_norm_relu: {
       const size_t ndims = problem.shape.shape.size();
       const std::optional<tag> plain = plain_tag(ndims, problem.layout);
       const std::optional<tag> data = storage == Storage::plain ? plain : blocked_tag(ndims);
-      if (!plain || !data) return std::nullopt;
+      if (!plain || !data) return false;
       const memory::dims dims(problem.shape.shape.begin(), problem.shape.shape.end());
-      baseline->plain_md = memory::desc(dims, memory::data_type::f32, *plain);
-      baseline->data_md = memory::desc(dims, memory::data_type::f32, *data);
-      make_batch_norm_primitives(*baseline);
-      break;
+      b.plain_md = memory::desc(dims, data_type, *plain);
+      b.data_md = memory::desc(dims, data_type, *data);
+      make_batch_norm_primitives(b);
+      return true;
     }
     case Op::layer_norm:
-      if (storage != Storage::plain) return std::nullopt;
+      if (storage != Storage::plain) return false;
       // The rows as oneDNN's 2-D (rows, features): it normalizes over the last dimension.
-      baseline->plain_md = memory::desc({problem.dims.n, problem.dims.c}, memory::data_type::f32, tag::ab);
-      baseline->data_md = baseline->plain_md;
-      make_layer_norm_primitives(*baseline, problem.dims.n);
-      break;
+      b.plain_md = memory::desc({problem.dims.n, problem.dims.c}, data_type, tag::ab);
+      b.data_md = b.plain_md;
+      make_layer_norm_primitives(b, problem.dims.n);
+      return true;
     case Op::group_norm:
     case Op::rms_norm:
-    case Op::instance_norm: return std::nullopt;
+    case Op::instance_norm: return false;
   }
+  return false;
+}
+}  // namespace
+
+std::optional<Implementation> implementation(Direction direction, const Problem& problem, Storage storage) {
+  auto baseline = std::make_shared<Baseline>();
+  baseline->op = problem.op;
+  baseline->direction = direction;
+  baseline->storage = storage;
+  baseline->dtype = problem.dtype;
+  if (problem.dtype != DType::float32 && storage != Storage::plain) return std::nullopt;
+  const memory::data_type data_type = problem.dtype == DType::bfloat16 ? memory::data_type::bf16
+                                      : problem.dtype == DType::float16 ? memory::data_type::f16
+                                                                        : memory::data_type::f32;
+  try {
+    if (!make_baseline(*baseline, problem, storage, data_type)) return std::nullopt;
+  } catch (const dnnl::error&) {
+    return std::nullopt;  // no implementation of this data type (oneDNN 2.6: f16 normalization on CPU)
+  }
+  // In 16 bits, oneDNN may offer only its reference loops (ref:any) where the CPU lacks the ISA its kernels
+  // need (avx512_core for bf16 in 2.6): not a library baseline, so no row.
+  if (problem.dtype != DType::float32 && std::string(baseline->impl_info).starts_with("ref")) return std::nullopt;
   return Implementation{.name = fmt::format("onednn/{}", layout_name(problem, storage)),
                         .kind = "library",
                         .run = [baseline](Problem& p, int set) { baseline->run(p, set); },
                         .prepare = [baseline](Problem& p) { baseline->prepare(p); },
                         .publish = [baseline](Problem& p, int set) { baseline->publish(p, set); }};
 }
+
+
 
 }  // namespace fusednorm::bench::onednn

@@ -34,8 +34,9 @@ Then the small calls: the seed's BatchNorm1d(64) layer on a [32, 64] batch, trai
 evaluation forward, in microseconds beside a copy of the same bytes (not with --problem alone).
 
   --quick          smaller shapes of the same kinds (ResNet-50 at batch 2, ...) and short timing
-  --filter TEXT    only rows whose "<op>/<direction>/<layout>/<shape name>" contains TEXT (layout: nchw,
-                   nhwc, rows), e.g. backward, layer_norm, batch_norm/, batch_norm_relu/backward/nhwc, stage4;
+  --filter TEXT    only rows whose "<op>/<direction>/<layout>/<shape name>/<dtype>" contains TEXT (layout:
+                   nchw, nhwc, rows; dtype: float32, bfloat16, float16), e.g. backward, layer_norm, batch_norm/,
+                   batch_norm_relu/backward/nhwc, stage4, bfloat16;
                    the small calls' is "small_call/batch_norm/<forward_training+backward or
                    forward_inference>/32x64" (--filter small_call: only them)
   --shapes LISTS   comma-separated shape lists of tests/support/shapes.h, each with its ops:
@@ -49,14 +50,16 @@ evaluation forward, in microseconds beside a copy of the same bytes (not with --
                    resnet50_batch2,mlp_bn1d_small,seed_bn1d,transformer_small,llm_small,unet_small,
                    style_small,cache
   --problem SPEC   one case given on the command line, benchdnn-style (repeatable; alone it replaces the
-                   default lists, with --shapes it is added to them): OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS]
-                   with SHAPE (N, C, *spatial) in any layout, e.g.
+                   default lists, with --shapes it is added to them):
+                   OP:DIRECTION:LAYOUT:SHAPE[:gGROUPS|:dDIMS][:DTYPE] with SHAPE (N, C, *spatial) in any
+                   layout and DTYPE float32 (default), bfloat16 or float16, e.g.
                      batch_norm:forward_training:nhwc:32x64x112x112
                      batch_norm_relu:backward:nchw:256x2048x7x7
                      group_norm:forward_training:nhwc:8x320x64x64:g32   (GROUPS required)
                      layer_norm:backward:rows:8192x1024                (the last DIMS dimensions, default 1)
                      rms_norm:backward:rows:16x8192                    (as layer_norm)
                      instance_norm:forward_training:nhwc:8x64x128x128
+                     layer_norm:forward_training:rows:8192x1024:bfloat16
   --threads N      threads for the kernels (HL_NUM_THREADS), the baseline and the copies (default: cores)
   --reps N         exactly N timed runs per row (default: at least 5 and about 0.5 s)
   --json PATH      where the JSON rows go (default: results.json in the current directory)

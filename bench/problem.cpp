@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "bench/copy_ceiling.h"
@@ -38,13 +39,21 @@ struct Views {
   bool in_place;
 
   BufferSet& buffers() const { return p.sets[static_cast<size_t>(set)]; }
-  TensorView full(const AlignedBuffer& buffer) const {
-    if (is_rows(p.op)) return TensorView(buffer.data(), p.shape.shape);
-    return TensorView::with_layout(buffer.data(), p.shape.shape, p.layout);
+  TensorView full(const AlignedBuffer& buffer, DType dtype = DType::float32) const {
+    const ElementPointer data(buffer.data(), dtype);
+    if (is_rows(p.op)) return TensorView(data, p.shape.shape);
+    return TensorView::with_layout(data, p.shape.shape, p.layout);
   }
-  TensorView x() const { return full(in_place ? p.in_place[static_cast<size_t>(set)] : buffers().x); }
-  TensorView y() const { return in_place ? x() : full(buffers().output); }  // y, or dx for the backward
-  TensorView dy() const { return full(buffers().grad_output); }
+  bool half() const { return p.dtype != DType::float32; }
+  TensorView x() const {
+    if (half()) return full(buffers().x16, p.dtype);
+    return full(in_place ? p.in_place[static_cast<size_t>(set)] : buffers().x);
+  }
+  TensorView y() const {  // y, or dx for the backward
+    if (half()) return full(buffers().output16, p.dtype);
+    return in_place ? x() : full(buffers().output);
+  }
+  TensorView dy() const { return half() ? full(buffers().grad_output16, p.dtype) : full(buffers().grad_output); }
   TensorView forward_y() const { return full(buffers().forward_output); }
   TensorView per_channel(std::vector<float>& v) const {
     return is_rows(p.op) ? TensorView(v.data(), p.normalized_shape) : TensorView(v.data(), {p.dims.c});
@@ -310,7 +319,49 @@ void Problem::refill_in_place(int count) {
   channels.prepare_inverse_inference();
 }
 
-Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_sets) {
+namespace {
+
+// The values of `data` rounded to `dtype` (16-bit), in place, and their bits into `bits`.
+void narrow(AlignedBuffer& data, AlignedBuffer& bits, int64_t n, DType dtype) {
+  float* from = data.data();
+  auto* to = reinterpret_cast<uint16_t*>(bits.data());
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    to[i] = dtype == DType::bfloat16 ? to_bfloat16(from[i]).bits : to_float16(from[i]).bits;
+    from[i] = dtype == DType::bfloat16 ? to_float(bfloat16{to[i]}) : to_float(float16{to[i]});
+  }
+}
+
+// A buffer of n 16-bit elements.
+AlignedBuffer half_buffer(int64_t n) { return AlignedBuffer((n + 1) / 2); }
+
+}  // namespace
+
+void widen(const AlignedBuffer& output16, AlignedBuffer& output, int64_t n, DType dtype) {
+  const auto* from = reinterpret_cast<const uint16_t*>(output16.data());
+  float* to = output.data();
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; i++) {
+    to[i] = dtype == DType::bfloat16 ? to_float(bfloat16{from[i]}) : to_float(float16{from[i]});
+  }
+}
+
+std::vector<DType> half_dtypes(Op op) {
+  if (op != Op::batch_norm && op != Op::layer_norm && op != Op::rms_norm && op != Op::group_norm) return {};
+  std::vector<DType> result;
+  const std::vector<VariantInfo> all = variants();
+  for (DType dtype : {DType::bfloat16, DType::float16}) {
+    const bool runs = std::any_of(all.begin(), all.end(), [&](const VariantInfo& v) {
+      return v.dtype == name(dtype) && v.norm == norm_name(op) && v.runs_here;
+    });
+    if (runs) result.push_back(dtype);
+  }
+  return result;
+}
+
+namespace {
+
+Problem make_problem_of(const BenchShape& shape, Op op, Layout layout, int buffer_sets) {
   Problem p{};
   p.shape = shape;
   p.op = op;
@@ -334,8 +385,10 @@ Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_s
 
   const int64_t numel = p.dims.numel(), channels = p.dims.c;
   for (int set = 0; set < buffer_sets; set++) {
-    BufferSet& b = p.sets.emplace_back(
-        BufferSet{AlignedBuffer(numel), AlignedBuffer(numel), AlignedBuffer(numel), AlignedBuffer()});
+    BufferSet& b = p.sets.emplace_back();
+    b.x = AlignedBuffer(numel);
+    b.grad_output = AlignedBuffer(numel);
+    b.output = AlignedBuffer(numel);
     if (needs_forward_output(op)) b.forward_output = AlignedBuffer(numel);
     const uint64_t seed = 1000 * static_cast<uint64_t>(set);
     fill_activations(b.x.data(), fill_dims, seed + 1);
@@ -357,6 +410,26 @@ Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_s
   return p;
 }
 
+}  // namespace
+
+Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_sets, DType dtype) {
+  Problem p = make_problem_of(shape, op, layout, buffer_sets);
+  p.dtype = dtype;
+  if (dtype == DType::float32) return p;
+  if (needs_forward_output(op)) {
+    throw Error(fmt::format("fusednorm_bench: {} has no {} cases", to_string(op), name(dtype)));
+  }
+  const int64_t numel = p.dims.numel();
+  for (BufferSet& b : p.sets) {
+    b.x16 = half_buffer(numel);
+    b.grad_output16 = half_buffer(numel);
+    b.output16 = half_buffer(numel);
+    narrow(b.x, b.x16, numel, dtype);
+    narrow(b.grad_output, b.grad_output16, numel, dtype);
+  }
+  return p;
+}
+
 void fill_forward_outputs_naive(Problem& p, size_t first) {
   ChannelTensors saved = p.channels;
   for (size_t set = first; set < p.sets.size(); set++) {
@@ -373,9 +446,9 @@ namespace {
 // The variant dispatch runs for a call of this op, direction and layout (affine) under `schedule`: the first that
 // fits and runs here (best ISA first), as in the dispatch; nullptr if none.
 const VariantInfo* variant_for(const std::vector<VariantInfo>& all, Op op, Direction direction, Layout layout,
-                               const std::string& schedule) {
+                               const std::string& schedule, DType dtype = DType::float32) {
   for (const VariantInfo& v : all) {
-    if (v.schedule == schedule && v.norm == norm_name(op) && v.direction == name(direction) &&
+    if (v.schedule == schedule && v.dtype == name(dtype) && v.norm == norm_name(op) && v.direction == name(direction) &&
         v.layout == fusednorm::to_string(layout) && v.epilogue == fusednorm::to_string(epilogue(op)) && v.affine &&
         v.runs_here) {
       return &v;
@@ -387,24 +460,33 @@ const VariantInfo* variant_for(const std::vector<VariantInfo>& all, Op op, Direc
 }  // namespace
 
 Implementation fusednorm_implementation(Op op, Direction direction, Layout layout, bool in_place,
-                                        const std::string& schedule) {
-  if (in_place && !has_in_place_row(direction)) {
-    throw Error(fmt::format("fusednorm_bench: {} {} has no in-place form", to_string(op), name(direction)));
+                                        const std::string& schedule, DType dtype) {
+  if (in_place && (!has_in_place_row(direction) || dtype != DType::float32)) {
+    throw Error(fmt::format("fusednorm_bench: {} {} {} has no in-place form", to_string(op), name(direction),
+                            name(dtype)));
   }
   const std::vector<VariantInfo> all = variants();
-  if (const VariantInfo* v = variant_for(all, op, direction, layout, schedule)) {
-    return {.name = fmt::format("fusednorm/{}/{}{}", v->schedule, v->isa, in_place ? "/inplace" : ""),
-            .kind = "fusednorm",
-            .schedule = schedule,
-            .in_place = in_place,
-            .run = [direction, in_place](Problem& p, int set) { run_fusednorm(direction, p, set, in_place); },
-            // Dispatch runs one schedule at a time; each fusednorm row sets its own before it is verified.
-            .prepare = [schedule](Problem&) { set_schedule(schedule); }};
+  if (const VariantInfo* v = variant_for(all, op, direction, layout, schedule, dtype)) {
+    Implementation impl{
+        .name = fmt::format("fusednorm/{}/{}{}", v->schedule, v->isa, in_place ? "/inplace" : ""),
+        .kind = "fusednorm",
+        .schedule = schedule,
+        .in_place = in_place,
+        .run = [direction, in_place](Problem& p, int set) { run_fusednorm(direction, p, set, in_place); },
+        // Dispatch runs one schedule at a time; each fusednorm row sets its own before it is verified.
+        .prepare = [schedule](Problem&) { set_schedule(schedule); }};
+    if (dtype != DType::float32) {
+      impl.publish = [](Problem& p, int set) {
+        BufferSet& b = p.sets[static_cast<size_t>(set)];
+        widen(b.output16, b.output, p.dims.numel(), p.dtype);
+      };
+    }
+    return impl;
   }
   throw Error(
-      fmt::format("fusednorm_bench: no affine {} {} {} kernel of schedule {} was built that runs on this "
+      fmt::format("fusednorm_bench: no affine {} {} {} {} kernel of schedule {} was built that runs on this "
                   "CPU (max_isa '{}')",
-                  to_string(op), name(direction), layout_name(op, layout), schedule, max_isa()));
+                  to_string(op), name(direction), layout_name(op, layout), name(dtype), schedule, max_isa()));
 }
 
 std::vector<std::string> autoscheduled_schedules(Op op, Direction direction, Layout layout) {

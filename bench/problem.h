@@ -23,6 +23,10 @@ struct BufferSet {
   AlignedBuffer x, grad_output, output;  // output: y (forwards) or dx (backward)
   // The forward's y the backward reads (BN + ReLU: the mask y > 0); empty for the other ops.
   AlignedBuffer forward_output;
+  // A 16-bit problem's tensors as its rows read and write them: x and grad_output hold the values of the float
+  // ones (which the reference reads), rounded to the dtype; output16 is the rows' y or dx, widened into output
+  // to be verified. Empty for float32 problems.
+  AlignedBuffer x16, grad_output16, output16;
 };
 
 // The per-channel tensors (per normalized feature for LayerNorm and RMSNorm: the reference's c; RMSNorm has no
@@ -50,6 +54,9 @@ struct Problem {
   BenchShape shape;
   Op op;
   Layout layout;
+  // Of x, y, dy and dx: float32, or bfloat16 / float16 (cases of their own: FusedNorm and oneDNN rows only).
+  // Parameters and statistics are float32 either way.
+  DType dtype = DType::float32;
   // (N, C, S); LayerNorm, RMSNorm: (rows, features, 1) in Layout::nchw, as the reference sees rows.
   reference::Dims dims;
   std::vector<int64_t> normalized_shape;  // LayerNorm, RMSNorm: the trailing dimensions of shape.shape normalized
@@ -60,7 +67,7 @@ struct Problem {
   std::vector<AlignedBuffer> in_place;
   std::vector<int> in_place_runs;  // runs on each buffer since it was refilled
 
-  int64_t tensor_bytes() const { return dims.numel() * static_cast<int64_t>(sizeof(float)); }
+  int64_t tensor_bytes() const { return dims.numel() * element_size(dtype); }
   // Which elements share statistics, for the reference and the baselines.
   reference::Grouping grouping() const;
   int64_t statistics() const { return grouping().count(); }
@@ -74,7 +81,14 @@ struct Problem {
 // Allocates and fills `buffer_sets` sets of random inputs (each set its own values) and the per-channel
 // tensors: weight near 1, bias near 0, running variance in [0.5, 2]. x: each channel (rows: each row) with
 // its own mean and spread; for BN + ReLU, set 0's x is moved off the ReLU's kink (see make_problem).
-Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_sets);
+Problem make_problem(const BenchShape& shape, Op op, Layout layout, int buffer_sets, DType dtype = DType::float32);
+
+// The 16-bit dtypes timed for the op: bfloat16 and float16 for BatchNorm, LayerNorm, RMSNorm and GroupNorm where a
+// kernel of theirs runs here; none for the others.
+std::vector<DType> half_dtypes(Op op);
+
+// The 16-bit buffer of `output16` widened into `output` (n elements of `dtype`).
+void widen(const AlignedBuffer& output16, AlignedBuffer& output, int64_t n, DType dtype);
 
 struct Implementation {
   std::string name;        // "fusednorm/<schedule>/<isa>", ".../inplace", "naive", "onednn/<layout>"
@@ -93,7 +107,7 @@ struct Implementation {
 // The kernel dispatch picks for this op, direction and layout (affine, best instruction set allowed) under
 // `schedule` (set_schedule, in prepare); in place, with output == input (forwards only).
 Implementation fusednorm_implementation(Op op, Direction direction, Layout layout, bool in_place = false,
-                                        const std::string& schedule = "hand");
+                                        const std::string& schedule = "hand", DType dtype = DType::float32);
 // The schedules other than hand (the autoschedulers) with an affine kernel of this op, direction and layout that
 // runs here, in the order of built_schedules().
 std::vector<std::string> autoscheduled_schedules(Op op, Direction direction, Layout layout);

@@ -31,7 +31,7 @@ const Row* ceiling_of(const std::vector<Row>& rows, const Row& row, const std::s
 
 // Rows of the same case but for the layout: op, shape and direction.
 bool same_operation(const Row& a, const Row& b) {
-  return a.op == b.op && a.shape_name == b.shape_name && a.direction == b.direction;
+  return a.op == b.op && a.dtype == b.dtype && a.shape_name == b.shape_name && a.direction == b.direction;
 }
 
 // The naive baseline of the same op, shape, direction and layout, if it was timed (a wrong result is not).
@@ -94,7 +94,7 @@ Json json_row(const Row& r) {
           {"direction", json_value(r.direction)},
           {"epilogue", r.epilogue},
           {"layout", json_value(r.layout)},
-          {"dtype", "float32"},
+          {"dtype", r.dtype},
           {"shape", r.shape},
           {"shape_name", r.shape_name},
           {"impl", r.impl},
@@ -126,16 +126,20 @@ const Line kHeader = {"op",   "direction", "layout",  "shape",    "impl",      "
 constexpr std::array<bool, kColumns> kRightAligned = {false, false, false, false, false, false, true,
                                                       true,  true,  true,  true,  true,  true};
 
+// The op, and the dtype where it is not float32: "batch_norm bfloat16".
+std::string op_text(const Row& r) { return r.dtype == "float32" ? r.op : r.op + " " + r.dtype; }
+
 std::vector<Line> table_lines(const std::vector<Row>& rows) {
   std::vector<Line> lines;
   for (const Row& r : rows) {
     if (!r.error.empty()) {  // the error itself is in the footnote
-      lines.push_back({r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
+      lines.push_back({op_text(r), r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl,
+                       r.kind,
                        r.error.starts_with(kWrongResult) ? "wrong" : "refused", "-", "-", "-", "-", "-", "-"});
       continue;
     }
     lines.push_back(
-        {r.op, r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
+        {op_text(r), r.direction.value_or("-"), r.layout.value_or("-"), shape_string(r.shape), r.impl, r.kind,
          fmt::format("{:.3f}", r.timing.median_ms), fmt::format("{:.1f}", r.gbps()),
          ratio_text(r.ratio_to_ceiling, r.ceiling_disturbed), ratio_text(r.ratio_to_baseline, r.baseline_disturbed),
          ratio_text(r.ratio_to_library, r.library_disturbed), ratio_text(r.ratio_to_pytorch, r.pytorch_disturbed),
@@ -169,7 +173,7 @@ std::string footnote(const std::vector<Row>& rows) {
   for (const Row& r : rows) {
     if (r.error.empty()) continue;
     const bool wrong = r.error.starts_with(kWrongResult);
-    text += fmt::format("\n{}: {} {} {} {} {} {}: {}", wrong ? "wrong" : "refused", r.impl, r.op,
+    text += fmt::format("\n{}: {} {} {} {} {} {}: {}", wrong ? "wrong" : "refused", r.impl, op_text(r),
                         r.direction.value_or("-"), r.layout.value_or("-"), r.shape_name, shape_string(r.shape),
                         wrong ? r.error.substr(std::string_view(kWrongResult).size()) : r.error);
   }
@@ -191,7 +195,8 @@ struct TargetLine {
 std::vector<TargetLine> target_lines(const std::vector<Row>& rows) {
   std::vector<TargetLine> lines;
   for (const Row& r : rows) {
-    if (r.kind != "fusednorm" || r.op != "batch_norm" || r.direction != "forward_training" || r.layout != "nchw") {
+    if (r.kind != "fusednorm" || r.op != "batch_norm" || r.dtype != "float32" || r.direction != "forward_training" ||
+        r.layout != "nchw") {
       continue;
     }
     if (r.schedule != "hand" || !r.error.empty()) continue;  // the target is the hand schedule's

@@ -17,6 +17,7 @@ struct Row {
   // "batch_norm", "batch_norm_relu", "layer_norm", "group_norm", or "copy" for the ceilings
   std::string op;
   std::string epilogue = "none";         // the op's: "relu" for batch_norm_relu
+  std::string dtype = "float32";         // of x, y, dy, dx: "float32", "bfloat16", "float16"
   std::optional<std::string> direction;  // "forward_training", "forward_inference", "backward"; none for copies
   std::optional<std::string> layout;     // "nchw", "nhwc", "rows", oneDNN's blocked "nChw16c"; none for copies
   std::string shape_name;                // "resnet50.conv1": ratios compare rows of the same shape name

@@ -14,7 +14,14 @@ namespace {
 struct Comparison {
   const char* output;
   double error;
+  double tolerance = kTolerance;
 };
+
+// A 16-bit output (y, dx) is rounded to its type after a float32 computation on the same (rounded) inputs as the
+// reference's: kTolerance plus the type's unit roundoff, 2^-8 (bfloat16) or 2^-11 (float16).
+double output_tolerance(DType dtype) {
+  return kTolerance + (dtype == DType::bfloat16 ? 0x1p-8 : dtype == DType::float16 ? 0x1p-11 : 0.0);
+}
 
 bool has_running_statistics(Op op) { return op == Op::batch_norm || op == Op::batch_norm_relu; }
 
@@ -111,7 +118,8 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
   switch (direction) {
     case Direction::forward_training: {
       const reference::Forward& r = *forward_;
-      comparisons = {{"y", relative_error(output, r.y)}, {"save_invstd", relative_error(ch.save_invstd, r.invstd)}};
+      comparisons = {{"y", relative_error(output, r.y), output_tolerance(problem_.dtype)},
+                     {"save_invstd", relative_error(ch.save_invstd, r.invstd)}};
       if (centred(problem_.op)) comparisons.push_back({"save_mean", relative_error(ch.save_mean, r.mean)});
       if (has_running_statistics(problem_.op)) {
         comparisons.push_back({"running_mean", relative_error(ch.running_mean, r.running_mean)});
@@ -119,9 +127,11 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
       }
       break;
     }
-    case Direction::forward_inference: comparisons = {{"y", relative_error(output, inference_y_)}}; break;
+    case Direction::forward_inference:
+      comparisons = {{"y", relative_error(output, inference_y_), output_tolerance(problem_.dtype)}};
+      break;
     case Direction::backward:
-      comparisons = {{"dx", relative_error(output, backward_->dx)},
+      comparisons = {{"dx", relative_error(output, backward_->dx), output_tolerance(problem_.dtype)},
                      {"grad_weight", relative_error(ch.grad_weight, backward_->dweight)}};
       if (centred(problem_.op)) comparisons.push_back({"grad_bias", relative_error(ch.grad_bias, backward_->dbias)});
       break;
@@ -129,12 +139,12 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
   ch.reset_running_statistics();
 
   for (const Comparison& c : comparisons) {
-    if (!(c.error < kTolerance)) {
+    if (!(c.error < c.tolerance)) {
       throw VerificationError(fmt::format(
-          "verification failed: {} {} {} {} {} {}: {} differs from the float64 reference by {:.3g} "
+          "verification failed: {} {} {} {} {} {} {}: {} differs from the float64 reference by {:.3g} "
           "(max |{} - reference| / max |reference|), expected < {:g}",
-          to_string(problem_.op), name(direction), problem_.layout_name(), problem_.shape.name,
-          shape_string(problem_.shape.shape), implementation.name, c.output, c.error, c.output, kTolerance));
+          to_string(problem_.op), name(problem_.dtype), name(direction), problem_.layout_name(), problem_.shape.name,
+          shape_string(problem_.shape.shape), implementation.name, c.output, c.error, c.output, c.tolerance));
     }
   }
 }

@@ -87,6 +87,73 @@ def autoscheduler_wins(rows):
     return wins
 
 
+# Issue 16's 16-bit criteria: (label, op, shape prefix, direction, layout, measure, target). Measures: "x f32", the
+# 16-bit row's fraction of the copy ceiling over the float32 row's (same shape, same run); "x onednn", oneDNN's
+# row of the same dtype and layout, its time over FusedNorm's.
+HALF_TARGETS = [
+    ("BatchNorm forward training NCHW", "batch_norm", "resnet50.", "forward_training", "nchw", "x f32", 0.9),
+    ("BatchNorm forward training NHWC", "batch_norm", "resnet50.", "forward_training", "nhwc", "x f32", 0.9),
+    ("BatchNorm backward NCHW", "batch_norm", "resnet50.", "backward", "nchw", "x f32", 0.9),
+    ("BatchNorm backward NHWC", "batch_norm", "resnet50.", "backward", "nhwc", "x f32", 0.9),
+    ("BatchNorm forward training NCHW vs oneDNN", "batch_norm", "resnet50.", "forward_training", "nchw", "x onednn",
+     1.2),
+    ("BatchNorm forward training NHWC vs oneDNN", "batch_norm", "resnet50.", "forward_training", "nhwc", "x onednn",
+     1.2),
+    ("BatchNorm backward NCHW vs oneDNN", "batch_norm", "resnet50.", "backward", "nchw", "x onednn", 1.2),
+    ("BatchNorm backward NHWC vs oneDNN", "batch_norm", "resnet50.", "backward", "nhwc", "x onednn", 1.2),
+    ("LayerNorm forward training vs oneDNN", "layer_norm", "transformer.", "forward_training", "rows", "x onednn", 1.2),
+    ("LayerNorm backward vs oneDNN", "layer_norm", "transformer.", "backward", "rows", "x onednn", 1.2),
+    ("LayerNorm forward training", "layer_norm", "transformer.", "forward_training", "rows", "x f32", None),
+    ("LayerNorm backward", "layer_norm", "transformer.", "backward", "rows", "x f32", None),
+    ("RMSNorm forward training", "rms_norm", "transformer.", "forward_training", "rows", "x f32", None),
+    ("RMSNorm backward", "rms_norm", "transformer.", "backward", "rows", "x f32", None),
+    ("GroupNorm forward training NCHW", "group_norm", "unet.", "forward_training", "nchw", "x f32", None),
+    ("GroupNorm backward NHWC", "group_norm", "unet.", "backward", "nhwc", "x f32", None),
+]
+
+
+def half_median(rows, dtype, op, prefix, direction, layout, measure):
+    def find(kind, row_dtype, shape, impl=None):
+        for row in rows:
+            if (row.get("op") == op and row.get("dtype", "float32") == row_dtype and row.get("kind") == kind
+                    and row["shape_name"] == shape and row.get("direction") == direction
+                    and row.get("layout") == layout and not row.get("inplace") and row.get("ms")
+                    and (impl is None or row.get("impl") == impl)
+                    and (kind != "fusednorm" or row.get("schedule") == "hand")):
+                return row
+        return None
+    shapes = sorted({row["shape_name"] for row in rows if row["shape_name"].startswith(prefix)})
+    values = []
+    for shape in shapes:
+        half = find("fusednorm", dtype, shape)
+        if half is None:
+            continue
+        if measure == "x f32":
+            wide = find("fusednorm", "float32", shape)
+            if wide is not None and wide.get("ratio_to_ceiling") and half.get("ratio_to_ceiling"):
+                values.append(half["ratio_to_ceiling"] / wide["ratio_to_ceiling"])
+        else:
+            library = find("library", dtype, shape, f"onednn/{layout}")
+            if library is not None:
+                values.append(library["ms"] / half["ms"])
+    return (statistics.median(values), len(values)) if values else (None, 0)
+
+
+def print_half(runs):
+    print("\n16-bit (issue 16): medians over the shapes of each run; x f32: the 16-bit row's fraction of the copy "
+          "ceiling over the float32 row's; x onednn: oneDNN's time (same dtype and layout) over FusedNorm's")
+    for dtype in ("bfloat16", "float16"):
+        print(f"\n{dtype:56s} {'target':>7s} " + " ".join(f"{'run ' + str(i + 1):>7s}" for i in range(len(runs))))
+        for label, op, prefix, direction, layout, measure, target in HALF_TARGETS:
+            values = [half_median(data["rows"], dtype, op, prefix, direction, layout, measure)[0] for _, data in runs]
+            cells = " ".join(f"{v:7.2f}" if v is not None else f"{'-':>7s}" for v in values)
+            present = [v for v in values if v is not None]
+            verdict = ("reported" if target is None else "no rows" if not present
+                       else "meets" if max(present) >= target else "below")
+            target_text = f"{target:.2f}" if target is not None else "-"
+            print(f"{label + ' (' + measure + ')':56s} {target_text:>7s} {cells}  {verdict}")
+
+
 def main(paths):
     if not paths:
         print(__doc__.strip())
@@ -119,6 +186,7 @@ def main(paths):
         best_text = f"{best:7.2f}" if best is not None else f"{'-':>7s}"
         print(f"{label:44s} {target_text:>7s} {cells} {best_text}  {verdict}")
     print("\n(medians over the ResNet-50 shapes of each run; ratios to copy_nt, or oneDNN's time over FusedNorm's)")
+    print_half(runs)
     for (path, data) in runs:
         wins = autoscheduler_wins(data["rows"])
         print(f"\n{path}: autoscheduled rows faster than the hand schedule ({len(wins)})")

@@ -60,6 +60,12 @@ def series_name(row):
     return None
 
 
+def op_of(row):
+    """The row's op, with its dtype where that is not float32: "batch_norm_bfloat16"."""
+    dtype = row.get("dtype", "float32")
+    return row["op"] if dtype == "float32" else f"{row['op']}_{dtype}"
+
+
 def kernels(rows):
     """{(op, direction, layout): [rows]}, the layout of a case's plain layout; blocked library rows join every
     plain layout of their op and direction that has rows."""
@@ -67,18 +73,18 @@ def kernels(rows):
     for row in rows:
         if row["kind"] == "ceiling" or row["layout"] not in PLAIN_LAYOUTS:
             continue
-        result.setdefault((row["op"], row["direction"], row["layout"]), []).append(row)
+        result.setdefault((op_of(row), row["direction"], row["layout"]), []).append(row)
     for row in rows:
         if row["kind"] == "library" and row["layout"] not in PLAIN_LAYOUTS:
             for (op, direction, layout), members in result.items():
-                if op == row["op"] and direction == row["direction"] and layout in ("nchw", "nhwc"):
+                if op == op_of(row) and direction == row["direction"] and layout in ("nchw", "nhwc"):
                     members.append(row)
     return result
 
 
 def row_key(row):
     """What identifies a row across runs."""
-    return (row["op"], row["direction"], row["layout"], row["shape_name"], row["impl"], row["inplace"])
+    return (op_of(row), row["direction"], row["layout"], row["shape_name"], row["impl"], row["inplace"])
 
 
 def point(rows):

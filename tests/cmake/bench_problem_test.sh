@@ -38,6 +38,14 @@ fi
 other=$(grep -E '^(batch_norm|batch_norm_relu|group_norm|layer_norm|rms_norm|instance_norm) ' "$work/out.txt" |
         grep -vE '^(batch_norm_relu +backward +nhwc|group_norm +forward_training +nchw|layer_norm +backward +rows|rms_norm +backward +rows|instance_norm +forward_training +nhwc) ')
 [[ -z $other ]] || fail "rows of cases not asked for: $other"
+# A 16-bit case (:bfloat16), where the CPU runs a 16-bit kernel (AVX2 or NEON): its hand row alone, verified,
+# and no float32 row of it.
+out16=$(cd "$work" && "$bench" --reps 1 --problem layer_norm:forward_training:rows:6x40:bfloat16 2>&1)
+if [[ $out16 != *"no affine layer_norm forward_training rows bfloat16 kernel"* ]]; then
+  grep -qE '^layer_norm bfloat16 +forward_training +rows +\[6, 40\] +fusednorm/hand/[a-z0-9]+ +fusednorm +[0-9.]+ ' <<<"$out16" ||
+    { echo "$out16"; fail "no timed bfloat16 hand row for layer_norm:forward_training:rows:6x40:bfloat16"; }
+  ! grep -qE '^layer_norm +forward_training' <<<"$out16" || fail "a float32 row beside the bfloat16 problem"
+fi
 # --problem alone replaces the shape lists, and the small calls that come with them.
 ! grep -q '^Small calls: ' "$work/out.txt" || fail "small calls beside --problem alone"
 
@@ -57,6 +65,8 @@ expect_refused layer_norm:backward:rows:3x5:d2 "layer_norm takes :dDIMS"
 expect_refused rms:backward:rows:3x5 "OP is 'rms', expected one of batch_norm, batch_norm_relu, layer_norm"
 expect_refused rms_norm:backward:nchw:3x5 "LAYOUT is 'nchw', expected one of rows for rms_norm"
 expect_refused rms_norm:backward:rows:3x5:d2 "rms_norm takes :dDIMS"
+expect_refused instance_norm:forward_training:nchw:3x5x2:bfloat16 "DTYPE is bfloat16, expected float32 for instance_norm"
+expect_refused layer_norm:backward:rows:3x5:d1:bfloat16:x "7 fields"
 expect_refused instance_norm:forward_inference:nchw:3x5x2 "DIRECTION is 'forward_inference', expected one of forward_training, backward"
 expect_refused instance_norm:backward:nchw:3x5x2:g5 "instance_norm takes no fifth field, got 'g5'"
 
