@@ -53,6 +53,14 @@ inline Halide::Expr at(const Halide::Func& tensor, Layout layout, Halide::Expr s
   return e.type() == Halide::Float(32) ? e : Halide::cast<float>(e);
 }
 
+// A float32 value as the storage type holds it. Halide 21's float16 conversion where the target has no instruction
+// for it (arm-64 without arm_fp16) turned NaN into infinity, so a float16 NaN is selected explicitly (0x7e00).
+inline Halide::Expr stored(const NormSpec& spec, Halide::Expr v) {
+  if (spec.dtype != DType::float16) return Halide::cast(spec.storage_type(), v);
+  const Halide::Expr nan = Halide::reinterpret(Halide::Float(16), Halide::cast(Halide::UInt(16), 0x7e00));
+  return Halide::select(Halide::is_nan(v), nan, Halide::cast(Halide::Float(16), v));
+}
+
 // Defines f(args) from one value or several (a Tuple); Halide takes a single value only as an Expr.
 inline void define(Halide::FuncRef ref, const std::vector<Halide::Expr>& values) {
   if (values.size() == 1) {
@@ -278,7 +286,7 @@ struct ForwardTrainingAlgorithm {
     Expr normalized = spec.centred() ? strict_float(d - coefficients(a.c, b)[1]) : d;
     Expr v = normalized * coefficients(a.c, b)[2] * affine.element_weight(spec, a.s) + affine.bias_at(spec, a.s, a.c);
     Expr residual = spec.epilogue == Epilogue::add_relu ? at(z, spec.layout, a.s, a.c, a.n) : Expr();
-    y(a.storage(spec.layout)) = cast(spec.storage_type(), apply_epilogue(spec.epilogue, v, residual));
+    y(a.storage(spec.layout)) = stored(spec, apply_epilogue(spec.epilogue, v, residual));
 
     if (spec.centred()) {
       saved_statistics(a.g, a.b) = {cast<float>(st(a.g, a.b)[2]), st(a.g, a.b)[1]};
@@ -321,7 +329,7 @@ struct ForwardInferenceAlgorithm {
                  affine.channel_weight(spec, a.c);
     Expr v = (at(x, spec.layout, a.s, a.c, a.n) - running_mean(a.c)) * scale(a.c) + affine.bias_at(spec, a.s, a.c);
     Expr residual = spec.epilogue == Epilogue::add_relu ? at(z, spec.layout, a.s, a.c, a.n) : Expr();
-    y(a.storage(spec.layout)) = cast(spec.storage_type(), apply_epilogue(spec.epilogue, v, residual));
+    y(a.storage(spec.layout)) = stored(spec, apply_epilogue(spec.epilogue, v, residual));
   }
 };
 
@@ -390,9 +398,8 @@ struct BackwardAlgorithm {
     Expr g = gradient_through_epilogue(a, p, x, dy, y, mean, invstd, affine, a.s);
     Expr h = g * coefficients(a.c, b)[2] * affine.element_weight(spec, a.s);
     dx(a.storage(spec.layout)) =
-        cast(spec.storage_type(),
-             coefficients(a.c, b)[1] * ((h - coefficients(a.c, b)[3]) - xhat * coefficients(a.c, b)[4]));
-    if (spec.epilogue == Epilogue::add_relu) dz(a.storage(spec.layout)) = cast(spec.storage_type(), g);
+        stored(spec, coefficients(a.c, b)[1] * ((h - coefficients(a.c, b)[3]) - xhat * coefficients(a.c, b)[4]));
+    if (spec.epilogue == Epilogue::add_relu) dz(a.storage(spec.layout)) = stored(spec, g);
 
     if (!spec.affine) return;
     if (spec.affine_per_element()) {
