@@ -964,28 +964,30 @@ std::vector<ErrorCase> error_cases() {
     return TensorView({data.data(), dtype}, shape);
   };
   const std::vector<int64_t> channels = {kChannels};
+  // x and y (the forwards) in `dtype`.
+  auto forward_in = [=](Buffers& b, auto& t, DType dtype) {
+    t.input = as(b.x, dtype, kShape);
+    t.output = as(b.y, dtype, kShape);
+  };
   forward("output_dtype_other_than_input",
           [=](Buffers& b, auto& t) { t.output = as(b.y, DType::bfloat16, kShape); },
           {"batch_norm: output has dtype bfloat16, expected float32 (the dtype of input)"});
   forward("weight_dtype_neither_float32_nor_input",
           [=](Buffers& b, auto& t) {
-            t.input = as(b.x, DType::bfloat16, kShape);
-            t.output = as(b.y, DType::bfloat16, kShape);
+            forward_in(b, t, DType::bfloat16);
             t.weight = as(b.weight, DType::float16, channels);
           },
           {"batch_norm: weight has dtype float16, expected float32 or bfloat16 (the dtype of input)"});
   forward("bias_dtype_other_than_weight",
           [=](Buffers& b, auto& t) {
-            t.input = as(b.x, DType::float16, kShape);
-            t.output = as(b.y, DType::float16, kShape);
+            forward_in(b, t, DType::float16);
             t.bias = as(b.bias, DType::float16, channels);
           },
           {"batch_norm: bias has dtype float16, expected float32 (the dtype of weight: the parameters and their "
            "gradients share one)"});
   forward("running_mean_16_bit",
           [=](Buffers& b, auto& t) {
-            t.input = as(b.x, DType::bfloat16, kShape);
-            t.output = as(b.y, DType::bfloat16, kShape);
+            forward_in(b, t, DType::bfloat16);
             t.running_mean = as(b.running_mean, DType::bfloat16, channels);
           },
           {"batch_norm: running_mean has dtype bfloat16, expected float32 (statistics are float32 whatever the "
