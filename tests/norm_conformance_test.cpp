@@ -20,8 +20,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <list>
@@ -1233,6 +1235,49 @@ TEST(ReferenceTest, HandComputedValues) {
   EXPECT_DOUBLE_EQ(reference::epilogue_gradient(Epilogue::silu, 2, 0, 0), 1);
   EXPECT_EQ(reference::epilogue_gradient(Epilogue::add_relu, 2, -5, 0.25), 2);
   EXPECT_EQ(reference::epilogue_gradient(Epilogue::relu, 2, 5, 0), 0);
+}
+
+// The tests' 16-bit rounding (tests/support/test_data.h) against values worked out by hand, and the runtime's
+// conversions (fusednorm/tensor.h) against it: every float16 and bfloat16 pattern back to float, and floats
+// across the whole range (every 251st bit pattern, and each half's midpoints with its neighbours) to both.
+TEST(ReferenceTest, StorageRoundingByHandAndAgainstTheRuntime) {
+  EXPECT_EQ(test::to_bits(DType::float16, 1.0f), 0x3c00);
+  EXPECT_EQ(test::to_bits(DType::float16, -2.0f), 0xc000);
+  EXPECT_EQ(test::to_bits(DType::float16, 65504.0f), 0x7bff);
+  EXPECT_EQ(test::to_bits(DType::float16, 65519.0f), 0x7bff);
+  EXPECT_EQ(test::to_bits(DType::float16, 65520.0f), 0x7c00);
+  EXPECT_EQ(test::to_bits(DType::float16, 0x1p-24f), 0x0001);  // the smallest subnormal
+  EXPECT_EQ(test::to_bits(DType::float16, 0x1p-25f), 0x0000);  // half of it: a tie, to even zero
+  EXPECT_EQ(test::to_bits(DType::float16, 1 + 0x1p-11f), 0x3c00);  // tie between 1 and 1 + 2^-10: to even 1
+  EXPECT_EQ(test::to_bits(DType::float16, 1 + 3 * 0x1p-11f), 0x3c02);  // tie: to even 1 + 2^-9
+  EXPECT_EQ(test::to_bits(DType::float16, -0.0f), 0x8000);
+  EXPECT_EQ(test::from_bits(DType::float16, 0x3555), 0x1.554p-2f);
+  EXPECT_EQ(test::to_bits(DType::bfloat16, 1 + 0x1p-8f), 0x3f80);
+  EXPECT_EQ(test::to_bits(DType::bfloat16, 1 + 3 * 0x1p-8f), 0x3f82);
+
+  auto same = [](float a, float b) { return (std::isnan(a) && std::isnan(b)) || std::memcmp(&a, &b, 4) == 0; };
+  for (uint32_t bits = 0; bits < 0x10000; ++bits) {
+    const auto b = static_cast<uint16_t>(bits);
+    ASSERT_TRUE(same(to_float(std::bit_cast<float16>(b)), test::from_bits(DType::float16, b))) << std::hex << b;
+    ASSERT_TRUE(same(to_float(std::bit_cast<bfloat16>(b)), test::from_bits(DType::bfloat16, b))) << std::hex << b;
+  }
+  auto check = [](float v) {
+    const uint16_t half = std::bit_cast<uint16_t>(to_float16(v)), brain = std::bit_cast<uint16_t>(to_bfloat16(v));
+    if (std::isnan(v)) {  // a NaN of the same sign; the payload is the runtime's to keep
+      ASSERT_TRUE((half & 0x7c00) == 0x7c00 && (half & 0x3ff) && (half & 0x8000) == (std::signbit(v) ? 0x8000 : 0));
+      ASSERT_TRUE((brain & 0x7f80) == 0x7f80 && (brain & 0x7f) && (brain & 0x8000) == (std::signbit(v) ? 0x8000 : 0));
+      return;
+    }
+    ASSERT_EQ(half, test::to_bits(DType::float16, v)) << v;
+    ASSERT_EQ(brain, test::to_bits(DType::bfloat16, v)) << v;
+  };
+  for (uint64_t bits = 0; bits <= 0xffffffffu; bits += 251) check(std::bit_cast<float>(static_cast<uint32_t>(bits)));
+  for (uint32_t bits = 0; bits < 0x7c00; ++bits) {
+    const float v = test::from_bits(DType::float16, static_cast<uint16_t>(bits));
+    const float next = test::from_bits(DType::float16, static_cast<uint16_t>(bits + 1));
+    const float mid = static_cast<float>((static_cast<double>(v) + next) / 2);  // exact: 12 significant bits
+    for (float w : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, 1e9f), -mid}) check(w);
+  }
 }
 
 }  // namespace

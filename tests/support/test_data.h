@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
@@ -40,23 +41,30 @@ constexpr double storage_tolerance(DType dtype, double base = kFloat32Tolerance)
 }
 
 // The bits of v rounded to nearest even in the 16-bit type, and back, independently of the runtime's bit
-// manipulation: bfloat16 on the float32 bits (its upper half, NaN kept NaN), float16 by arithmetic in double
-// (exact here: ldexp, frexp, and nearbyint's default rounding, to nearest even).
+// manipulation: bfloat16 on the float32 bits (its upper half, NaN kept NaN); float16 by arithmetic in double,
+// where every step is exact but the one rounding, which the hardware does to nearest even.
+namespace detail {
+// 2^k, for |k| < 1023.
+inline double pow2(int k) { return std::bit_cast<double>(static_cast<uint64_t>(1023 + k) << 52); }
+// x rounded to an integer, to nearest even, for 0 <= x < 2^51: adding 2^52 leaves no bit below the units.
+inline double round_to_integer(double x) { return (x + 0x1p52) - 0x1p52; }
+}  // namespace detail
+
 inline uint16_t to_bits(DType dtype, float v) {
   if (dtype == DType::float16) {
     const uint16_t sign = std::signbit(v) ? 0x8000 : 0;
     const double a = std::abs(static_cast<double>(v));
     if (std::isnan(v)) return sign | 0x7e00;
     if (a >= 65520.0) return sign | 0x7c00;  // 65504 and half its ulp: to infinity
-    if (a < 0x1p-14) return static_cast<uint16_t>(sign | static_cast<uint16_t>(std::nearbyint(std::ldexp(a, 24))));
-    int e;
-    std::frexp(a, &e);  // a = m 2^e, m in [0.5, 1)
-    const double fraction = std::nearbyint(std::ldexp(a, 11 - e)) - 1024;  // 10 bits after the leading 1
-    const int biased = e - 1 + 15 + (fraction == 1024 ? 1 : 0);
-    return static_cast<uint16_t>(sign | biased << 10 | (fraction == 1024 ? 0 : static_cast<int>(fraction)));
+    // Subnormal: a count of 2^-24 (1024 of them, if it rounds up, is the smallest normal's encoding).
+    if (a < 0x1p-14) return static_cast<uint16_t>(sign | static_cast<int>(detail::round_to_integer(a * 0x1p24)));
+    // Normal: a = m 2^e, m in [1, 2); 11 significant bits, the leading one implicit. A carry (m rounds to 2)
+    // adds one to the exponent field, which is the right encoding.
+    const int e = static_cast<int>((std::bit_cast<uint32_t>(v) >> 23) & 0xff) - 127;
+    const int significand = static_cast<int>(detail::round_to_integer(a * detail::pow2(10 - e)));  // [1024, 2048]
+    return static_cast<uint16_t>(sign | (((e + 15) << 10) + significand - 1024));
   }
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
+  const uint32_t u = std::bit_cast<uint32_t>(v);
   if (std::isnan(v)) return static_cast<uint16_t>((u >> 16) | 0x40);
   return static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
 }
@@ -68,13 +76,10 @@ inline float from_bits(DType dtype, uint16_t bits) {
       return static_cast<float>(fraction ? std::numeric_limits<double>::quiet_NaN()
                                          : sign * std::numeric_limits<double>::infinity());
     }
-    if (exponent == 0) return static_cast<float>(sign * std::ldexp(fraction, -24));
-    return static_cast<float>(sign * std::ldexp(1024 + fraction, exponent - 25));
+    if (exponent == 0) return static_cast<float>(sign * fraction * 0x1p-24);
+    return static_cast<float>(sign * (1024 + fraction) * detail::pow2(exponent - 25));
   }
-  const uint32_t u = static_cast<uint32_t>(bits) << 16;
-  float v;
-  std::memcpy(&v, &u, sizeof v);
-  return v;
+  return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
 }
 // v as the storage type holds it (float32: v itself).
 inline float stored(DType dtype, double v) {
