@@ -70,7 +70,7 @@ constexpr Isa kAllIsas[] = {Isa::neon};
 #if defined(__x86_64__)
 // F16C (CPUID leaf 1, ECX bit 29): GCC's __builtin_cpu_supports knows it, clang 14's does not. Asked once:
 // CPUID traps to the hypervisor in a virtual machine, and planning asks for every variant it considers (27% of
-// a 16-bit conformance case's time on the CI machine when it asked each time).
+// a 16-bit conformance case's time on the 2-core development VM when it asked each time).
 bool cpu_has_f16c() {
   static const bool has = [] {
     unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
