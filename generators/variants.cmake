@@ -104,15 +104,19 @@ function(fusednorm_variant)
   else ()
     set(table builtin)
   endif ()
-  add_halide_library(${name}
-    FROM FusedNorm::halide_generators::fusednorm_generators
-    GENERATOR normalization_${arg_DIRECTION}
-    FUNCTION_NAME ${name}
-    USE_RUNTIME fusednorm_halide_runtime
-    TARGETS ${target}
-    PARAMS norm=${arg_NORM} layout=${arg_LAYOUT} epilogue=${arg_EPILOGUE} affine=${affine} dtype=${dtype}
-           ${arg_PARAMS}
-    ${outputs})
+  if (FUSEDNORM_KERNELS_FROM AND table STREQUAL "builtin")
+    _fusednorm_import_variant(${name})
+  else ()
+    add_halide_library(${name}
+      FROM FusedNorm::halide_generators::fusednorm_generators
+      GENERATOR normalization_${arg_DIRECTION}
+      FUNCTION_NAME ${name}
+      USE_RUNTIME fusednorm_halide_runtime
+      TARGETS ${target}
+      PARAMS norm=${arg_NORM} layout=${arg_LAYOUT} epilogue=${arg_EPILOGUE} affine=${affine} dtype=${dtype}
+             ${arg_PARAMS}
+      ${outputs})
+  endif ()
 
   if (table STREQUAL "autoscheduled")
     # Public registration rows: the component autoscheduled registers them like any downstream kernel.
@@ -131,6 +135,22 @@ function(fusednorm_variant)
   set_property(GLOBAL APPEND PROPERTY FUSEDNORM_${table}_VARIANT_TARGETS ${name})
   set_property(GLOBAL APPEND_STRING PROPERTY FUSEDNORM_${table}_VARIANT_INCLUDES "#include \"${name}.h\"\n")
   set_property(GLOBAL APPEND_STRING PROPERTY FUSEDNORM_${table}_VARIANT_ROWS "${row}")
+endfunction()
+
+# _fusednorm_import_variant(<name>): the kernel <name> as the build FUSEDNORM_KERNELS_FROM names made it, its object
+# and header, in place of generating it here (an imported object library, which fusednorm_embed_kernels() links).
+function(_fusednorm_import_variant name)
+  set(object "${FUSEDNORM_KERNELS_FROM}/${name}${CMAKE_CXX_OUTPUT_EXTENSION}")
+  if (NOT EXISTS "${object}" OR NOT EXISTS "${FUSEDNORM_KERNELS_FROM}/${name}.h")
+    message(FATAL_ERROR "fusednorm_variant(${name}): FUSEDNORM_KERNELS_FROM is '${FUSEDNORM_KERNELS_FROM}', which "
+                        "has no ${name}${CMAKE_CXX_OUTPUT_EXTENSION} and ${name}.h: build that build's kernels first "
+                        "(make test builds the preset release before the sanitizer presets)")
+  endif ()
+  add_library(${name} OBJECT IMPORTED GLOBAL)
+  # After this build's own generators folder on the include path (a target's own directories come first), so
+  # that this build's variant table is the one included.
+  set_target_properties(${name} PROPERTIES IMPORTED_OBJECTS "${object}"
+                                           INTERFACE_INCLUDE_DIRECTORIES "${FUSEDNORM_KERNELS_FROM}")
 endfunction()
 
 # fusednorm_write_variant_table(<table> <template> <output> <targets variable>): sets <targets variable> to the
