@@ -5,7 +5,7 @@
 #include <fmt/format-inl.h>
 
 #if FMT_VERSION < 90000 || FMT_VERSION >= 100000
-#error "runtime/fmt.cpp instantiates fmt 9's implementation (Debian 12's libfmt-dev 9.1): this fmt is another major version"
+#error "runtime/fmt.cpp is fmt 9's src/format.cc (Debian 12's libfmt-dev 9.1): this fmt is another major version"
 #endif
 
 FMT_BEGIN_NAMESPACE
