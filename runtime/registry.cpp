@@ -75,6 +75,56 @@ Isa isa_of_target(std::string_view target, const char* name) {
 #endif
 }
 
+// The storage type of a kernel's tensor argument, or nothing for another element type.
+std::optional<DType> dtype_of(const halide_type_t& type) {
+  if (type.lanes != 1) return std::nullopt;
+  if (type.code == halide_type_float && type.bits == 32) return DType::float32;
+  if (type.code == halide_type_float && type.bits == 16) return DType::float16;
+  if (type.code == halide_type_bfloat && type.bits == 16) return DType::bfloat16;
+  return std::nullopt;
+}
+
+std::string type_name(const halide_type_t& type) {
+  if (std::optional<DType> dtype = dtype_of(type)) return std::string(name(*dtype));
+  const char* code = type.code == halide_type_int      ? "int"
+                     : type.code == halide_type_uint   ? "uint"
+                     : type.code == halide_type_float  ? "float"
+                     : type.code == halide_type_bfloat ? "bfloat"
+                                                       : "handle";
+  return fmt::format("{}{}{}", code, int(type.bits), type.lanes == 1 ? "" : fmt::format("x{}", int(type.lanes)));
+}
+
+// The kernel's storage type, from its metadata: x's element type, which z, y, dy, dx and dz share (as the
+// API's tensors do); its statistics and parameters are float32 (docs/KERNELS.md).
+DType storage_of(const halide_filter_metadata_t& metadata, const char* kernel) {
+  const halide_filter_argument_t* x = nullptr;
+  for (int i = 0; i < metadata.num_arguments; i++) {
+    if (std::string_view(metadata.arguments[i].name) == "x") x = &metadata.arguments[i];
+  }
+  if (!x) {
+    throw Error(fmt::format("register_kernels: kernel {} has no argument x, expected FusedNorm's arguments", kernel));
+  }
+  const std::optional<DType> storage = dtype_of(x->type);
+  if (!storage) {
+    throw Error(fmt::format("register_kernels: kernel {} stores x as {}, expected float32, bfloat16 or float16", kernel,
+                            type_name(x->type)));
+  }
+  for (int i = 0; i < metadata.num_arguments; i++) {
+    const halide_filter_argument_t& a = metadata.arguments[i];
+    if (a.kind == halide_argument_kind_input_scalar) continue;
+    const std::string_view argument = a.name;
+    const bool tensor = argument == "x" || argument == "z" || argument == "y" || argument == "dy" || argument == "dx" ||
+                        argument == "dz";
+    const DType expected = tensor ? *storage : DType::float32;
+    if (dtype_of(a.type) != expected) {
+      throw Error(fmt::format("register_kernels: kernel {} has {} of type {}, expected {} ({})", kernel, argument,
+                              type_name(a.type), name(expected),
+                              tensor ? "x's type" : "statistics and parameters are float32"));
+    }
+  }
+  return *storage;
+}
+
 KernelVariant checked(const KernelRegistration& k) {
   if (!k.name || !*k.name) throw Error("register_kernels: a kernel has no name");
   const char* name = k.name;
@@ -106,13 +156,7 @@ KernelVariant checked(const KernelRegistration& k) {
   }
   const halide_filter_metadata_t* metadata = k.metadata();
   v.isa = isa_of_target(metadata->target ? metadata->target : "", name);
-  for (int i = 0; i < metadata->num_arguments; i++) {
-    const halide_filter_argument_t& a = metadata->arguments[i];
-    if (std::string_view(a.name) == "x" && !(a.type.code == halide_type_float && a.type.bits == 32)) {
-      throw Error(fmt::format("register_kernels: kernel {} stores x as {}{}, expected float32 (the API's tensors)",
-                              name, a.type.code == halide_type_bfloat ? "bfloat" : "float", a.type.bits));
-    }
-  }
+  v.dtype = storage_of(*metadata, name);
   return v;
 }
 

@@ -3,18 +3,22 @@
 // dispatch, so nothing may dispatch before it. A built-in kernel's entry points, registered under a new name,
 // stand in for a generated one.
 //
-// - Refusals: bad fields, a taken name -- fusednorm::Error naming the kernel, the field and what was expected,
-//   and nothing registered, not even the good kernels of the same call. (A float16 kernel's refusal needs a
-//   float16 kernel, which the runtime does not build: examples/consumer has one, called raw.)
+// - Refusals: bad fields, a taken name, argument types that are not one storage type for the tensors and float32
+//   for the rest (the built-in kernel's metadata with one type changed) -- fusednorm::Error naming the kernel, the
+//   field and what was expected, and nothing registered, not even the good kernels of the same call.
 // - The registered kernel runs ahead of the built-in ones (dispatch's report names it), with the built-in
-//   kernel's results against the float64 reference; registering it again changes nothing.
+//   kernel's results against the float64 reference; registering it again changes nothing. Where the build has
+//   16-bit kernels, a bfloat16 one registered the same way runs on bfloat16 tensors.
 // - Registration after the first dispatch is refused.
+#include <HalideRuntime.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fusednorm/batch_norm.h"
@@ -34,6 +38,16 @@
 #endif
 extern "C" int BUILT_IN(_argv)(void** args);
 extern "C" const halide_filter_metadata_t* BUILT_IN(_metadata)();
+// Its bfloat16 twin, where the build has 16-bit kernels (avx2 on x86-64).
+#if defined(FUSEDNORM_TEST_HALF_KERNELS)
+#if defined(__x86_64__)
+#define BUILT_IN_BFLOAT16(suffix) batch_norm_forward_training_nchw_affine_bfloat16_avx2##suffix
+#else
+#define BUILT_IN_BFLOAT16(suffix) batch_norm_forward_training_nchw_affine_bfloat16_neon##suffix
+#endif
+extern "C" int BUILT_IN_BFLOAT16(_argv)(void** args);
+extern "C" const halide_filter_metadata_t* BUILT_IN_BFLOAT16(_metadata)();
+#endif
 
 namespace fusednorm {
 namespace {
@@ -42,6 +56,24 @@ using ::testing::HasSubstr;
 
 KernelRegistration good(const char* name = "registry_test_batch_norm") {
   return {name, "batch", "forward_training", "nchw", "none", true, "hand", &BUILT_IN(_argv), &BUILT_IN(_metadata)};
+}
+
+// The built-in kernel's metadata with argument `argument`'s element type replaced: a kernel of mixed types.
+halide_filter_metadata_t retyped_metadata;
+std::vector<halide_filter_argument_t> retyped_arguments;
+const halide_filter_metadata_t* retyped() { return &retyped_metadata; }
+KernelRegistration with_type(const char* name, std::string_view argument, halide_type_t type) {
+  const halide_filter_metadata_t* built_in = BUILT_IN(_metadata)();
+  retyped_arguments.assign(built_in->arguments, built_in->arguments + built_in->num_arguments);
+  const auto found = std::find_if(retyped_arguments.begin(), retyped_arguments.end(),
+                                  [&](const halide_filter_argument_t& a) { return a.name == argument; });
+  EXPECT_NE(found, retyped_arguments.end()) << argument;
+  if (found != retyped_arguments.end()) found->type = type;
+  retyped_metadata = *built_in;
+  retyped_metadata.arguments = retyped_arguments.data();
+  KernelRegistration k = good(name);
+  k.metadata = &retyped;
+  return k;
 }
 
 std::string refusal(const std::vector<KernelRegistration>& kernels) {
@@ -83,10 +115,26 @@ TEST(RegistryTest, RefusesBadKernelsThenRunsTheRegisteredOneAheadOfTheBuiltIn) {
   twin.call_argv = [](void**) { return 0; };
   EXPECT_THAT(refusal({good(), twin}), HasSubstr("kernel registry_test_batch_norm is already a name"));
 
+  // Element types: x one of the storage types, z, y, dy, dx, dz x's, the statistics and parameters float32.
+  const halide_type_t f16(halide_type_float, 16), bf16(halide_type_bfloat, 16), u8(halide_type_uint, 8);
+  EXPECT_THAT(refusal({good(), with_type("bytes", "x", u8)}),
+              HasSubstr("kernel bytes stores x as uint8, expected float32, bfloat16 or float16"));
+  EXPECT_THAT(refusal({good(), with_type("mixed", "y", f16)}),
+              HasSubstr("kernel mixed has y of type float16, expected float32 (x's type)"));
+  EXPECT_THAT(refusal({good(), with_type("half_weight", "weight", bf16)}),
+              HasSubstr("kernel half_weight has weight of type bfloat16, expected float32 (statistics and parameters "
+                        "are float32)"));
+
   // None of the refused calls registered anything: the kernel registers now, and again without effect.
   const KernelRegistration kernel = good();
   register_kernels(&kernel, 1);
   register_kernels(&kernel, 1);
+#if defined(FUSEDNORM_TEST_HALF_KERNELS)
+  const KernelRegistration kernel_bfloat16{
+      "registry_test_batch_norm_bfloat16", "batch", "forward_training", "nchw", "none", true, "hand",
+      &BUILT_IN_BFLOAT16(_argv), &BUILT_IN_BFLOAT16(_metadata)};
+  register_kernels(&kernel_bfloat16, 1);
+#endif
   const std::vector<VariantInfo> listed = variants();  // closes the list
   EXPECT_EQ(std::count_if(listed.begin(), listed.end(), [](const VariantInfo& v) { return v.name == "bad_norm"; }), 0);
   const auto mine = std::find_if(listed.begin(), listed.end(),
@@ -120,6 +168,44 @@ TEST(RegistryTest, RefusesBadKernelsThenRunsTheRegisteredOneAheadOfTheBuiltIn) {
   EXPECT_TRUE(test::close("y", y, want.y, 1e-5));
   EXPECT_TRUE(test::close("save_mean", mean, want.mean, 1e-5));
   EXPECT_TRUE(test::close("save_invstd", invstd, want.invstd, 1e-5));
+
+#if defined(FUSEDNORM_TEST_HALF_KERNELS)
+  // The bfloat16 one is listed as bfloat16 and runs on bfloat16 tensors: the reference sees x as rounded to
+  // bfloat16, and y, stored in bfloat16, is held to the storage type's bound (tests/support/test_data.h).
+  const auto mine_bfloat16 = std::find_if(listed.begin(), listed.end(), [](const VariantInfo& v) {
+    return v.name == "registry_test_batch_norm_bfloat16";
+  });
+  ASSERT_NE(mine_bfloat16, listed.end());
+  EXPECT_EQ(mine_bfloat16->dtype, "bfloat16");
+  EXPECT_EQ(mine->dtype, "float32");
+  if (mine_bfloat16->runs_here) {
+    std::vector<float> x16 = x;
+    test::round_to(DType::bfloat16, x16);
+    std::vector<uint16_t> x_bits(x16.size()), y_bits(x16.size(), 0x7fc0);  // y: NaN until written
+    std::transform(x16.begin(), x16.end(), x_bits.begin(), [](float v) { return test::to_bits(DType::bfloat16, v); });
+    mean = test::poisoned(d.c);
+    invstd = test::poisoned(d.c);
+    batch_norm_forward({.input = TensorView(reinterpret_cast<bfloat16*>(x_bits.data()), shape),
+                        .output = TensorView(reinterpret_cast<bfloat16*>(y_bits.data()), shape),
+                        .weight = TensorView(weight.data(), {d.c}),
+                        .bias = TensorView(bias.data(), {d.c}),
+                        .save_mean = TensorView(mean.data(), {d.c}),
+                        .save_invstd = TensorView(invstd.data(), {d.c})},
+                       {.training = true});
+    EXPECT_THAT(last_dispatch_report(), HasSubstr("ran registry_test_batch_norm_bfloat16 (schedule hand"));
+    const reference::ForwardTraining want16 = reference::batch_norm_forward_training(
+        x16.data(), d, weight.data(), bias.data(), nullptr, nullptr, 0.1, 1e-5);
+    std::vector<float> y16(y_bits.size());
+    std::transform(y_bits.begin(), y_bits.end(), y16.begin(),
+                   [](uint16_t bits) { return test::from_bits(DType::bfloat16, bits); });
+    EXPECT_TRUE(test::close("y (bfloat16)", y16, want16.y, test::storage_tolerance(DType::bfloat16)));
+    EXPECT_TRUE(test::close("save_mean (bfloat16 x)", mean, want16.mean, 1e-5));
+    EXPECT_TRUE(test::close("save_invstd (bfloat16 x)", invstd, want16.invstd, 1e-5));
+  } else {
+    std::printf("registry_test_batch_norm_bfloat16 (%s) does not run on this CPU: its call is not checked\n",
+                mine_bfloat16->isa.c_str());
+  }
+#endif
 
   // After the first dispatch the list is fixed.
   const KernelRegistration late = good("registry_test_late");
