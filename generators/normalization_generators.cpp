@@ -377,6 +377,7 @@ class Backward : public NormalizationGenerator<Backward> {
     if (dz) funcs.elementwise_outputs = {*dz};
     ChannelSums sums = alg.channel_sums;
     if (param_grads && s.affine_per_element()) {
+      cx.column_sums = true;
       schedule_column_sums(alg.param_sums, alg.over_rows, *dx, cx);
     } else if (param_grads) {
       funcs.per_block.push_back(alg.param_sums);

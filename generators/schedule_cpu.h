@@ -28,6 +28,7 @@ struct CpuScheduleContext {
   int vector_width;
   int block_bytes;         // block_bytes_for(target)
   int tensors_reread = 1;  // tensors the statistics read and the elementwise pass reads again
+  bool column_sums = false;  // rows with schedule_column_sums (LayerNorm's and RMSNorm's parameter gradients)
 };
 
 // What the blocked schedules compute per block, besides the elementwise output.
@@ -143,8 +144,17 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   schedule_sums_over_contiguous_s(sums, elementwise, co, cx);
 }
 
-// Rows per block of schedule_row_blocked: about kElementsPerTask elements.
-inline Halide::Expr rows_per_row_block(const Problem& p) { return Halide::max(1, kElementsPerTask / Halide::max(p.spatial, 1)); }
+// Rows per block of schedule_row_blocked: about kElementsPerTask elements. With column sums, also at least a
+// kColumnSumBlocks-th of the rows: each block adds its rows into a float64 partial of every column, allocated per
+// call, and at 256 blocks of 4096 columns (16 MiB of partials) LayerNorm backward [4096, 4096] took 32 ms against
+// 16 ms with 32 blocks (2-core AMD EPYC VM, 2026-12-07, docs/PERFORMANCE.md). The cost: at most 32 parallel tasks.
+constexpr int kColumnSumBlocks = 32;
+inline Halide::Expr rows_per_row_block(const CpuScheduleContext& cx) {
+  using Halide::max;
+  const Problem& p = cx.problem;
+  Halide::Expr rows = max(1, kElementsPerTask / max(p.spatial, 1));
+  return cx.column_sums ? max(rows, (p.batch + kColumnSumBlocks - 1) / kColumnSumBlocks) : rows;
+}
 
 // LayerNorm and RMSNorm rows, (s, 1, n): a parallel loop over blocks of rows, each block's statistics and then
 // its elementwise output while it is in L2, and its per-row outputs in the same loop.
@@ -154,7 +164,7 @@ inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, co
   const Axes& a = cx.axes;
   const Problem& p = cx.problem;
   Var no("no"), ni("ni");
-  Expr rows_per_block = rows_per_row_block(p);
+  Expr rows_per_block = rows_per_row_block(cx);
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {
     f.split(a.n, no, ni, rows_per_block, TailStrategy::GuardWithIf)
         .reorder(a.s, a.c, ni, no)
@@ -187,7 +197,7 @@ inline void schedule_column_sums(Halide::Func sums, Halide::RDom rows, Halide::F
   Var no("no"), ni("ni");
   // The blocks' axis is n, as in the elementwise loop: compute_with fuses loops of the same names.
   Func per_block = sums.update()
-                       .split(rows.x, rblock, rrow, rows_per_row_block(cx.problem), TailStrategy::GuardWithIf)
+                       .split(rows.x, rblock, rrow, rows_per_row_block(cx), TailStrategy::GuardWithIf)
                        .rfactor(rblock, a.n);
   per_block.compute_root().vectorize(a.s, vec, TailStrategy::GuardWithIf);
   per_block.update()
