@@ -92,12 +92,15 @@ MachineInfo describe_machine() {
   MachineInfo m;
   m.cpu_model = cpu_model();
   m.cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
-  if (long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); l3 > 0) {
-    m.llc_bytes = l3;
-    m.llc_source = "L3, sysconf";
-  } else if (int64_t sysfs = llc_from_sysfs(); sysfs > 0) {
+  // sysfs first: the cache cpu0 shares, as the kernel reads it. glibc's sysconf can report more than the cores see:
+  // on a 2-core AMD EPYC VM, 256 MiB (the whole package's L3) where sysfs had the 32 MiB of the cores' complex,
+  // which timed 200 MB working sets as cache-resident.
+  if (int64_t sysfs = llc_from_sysfs(); sysfs > 0) {
     m.llc_bytes = sysfs;
     m.llc_source = "sysfs";
+  } else if (long l3 = sysconf(_SC_LEVEL3_CACHE_SIZE); l3 > 0) {
+    m.llc_bytes = l3;
+    m.llc_source = "L3, sysconf";
   } else {
     // Larger than most client L3s: erring large times more shapes cold, which is the safe side.
     m.llc_bytes = 64 << 20;
