@@ -144,7 +144,9 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   schedule_sums_over_contiguous_s(sums, elementwise, co, cx);
 }
 
-// Rows per block of schedule_row_blocked: about kElementsPerTask elements. With column sums, also at least a
+// Rows per block of schedule_row_blocked: about kElementsPerTask elements, but at least two blocks where there are
+// two rows (one block is one thread: a cache-resident [256, 256] LayerNorm backward took 0.07-0.10 ms in one block,
+// 0.05 in two; eight blocks were slower on [16, 8192]). With column sums, also at least a
 // kColumnSumBlocks-th of the rows: each block adds its rows into a float64 partial of every column, allocated per
 // call, and at 256 blocks of 4096 columns (16 MiB of partials) LayerNorm backward [4096, 4096] took 32 ms against
 // 16 ms with 32 blocks (2-core AMD EPYC VM, 2026-12-07, docs/PERFORMANCE.md). The cost: at most 32 parallel tasks.
@@ -152,7 +154,7 @@ constexpr int kColumnSumBlocks = 32;
 inline Halide::Expr rows_per_row_block(const CpuScheduleContext& cx) {
   using Halide::max;
   const Problem& p = cx.problem;
-  Halide::Expr rows = max(1, kElementsPerTask / max(p.spatial, 1));
+  Halide::Expr rows = max(1, min(kElementsPerTask / max(p.spatial, 1), (p.batch + 1) / 2));
   return cx.column_sums ? max(rows, (p.batch + kColumnSumBlocks - 1) / kColumnSumBlocks) : rows;
 }
 
