@@ -364,9 +364,11 @@ struct BackwardAlgorithm {
   // binade, and with a dy whose mean is not zero those errors add up instead of cancelling (grad_weight was
   // off by 4e-5 at 2 x 2 x 2048 x 2048). The centre is the mean rounded to a multiple of the spacing of
   // values up to |mean| + 8 sigma, so x - centre is exact for them; the remainder enters once, in float64.
+  // parameter_sums: whether param_sums and param_grads are defined (the affine backward; backward_reduce, which
+  // takes no weight and outputs the sums alone).
   BackwardAlgorithm(const Axes& a, const Problem& p, const Halide::Func& x, const Halide::Func& dy,
                     const Halide::Func& y, const Halide::Func& mean, const Halide::Func& invstd,
-                    const Affine& affine, Halide::Expr training)
+                    const Affine& affine, Halide::Expr training, bool parameter_sums)
       : channel_sums(make_sums(a, p, x, dy, y, mean, invstd, affine)),
         group_sums(a, p, channel_sums,
                    p.spec.affine_per_element() ? std::function<Halide::Expr(Halide::Expr)>()
@@ -388,20 +390,9 @@ struct BackwardAlgorithm {
                               select(training, group_terms(group, a.b)[1], 0.0f)};
     terms = group_terms;
 
-    // dx = invstd * ((h - mean(h)) - xhat * mean(h * xhat)): h and mean(h) are subtracted before the scaling, as the
-    // forward subtracts the mean before it, so that they cancel exactly where they are equal (a LayerNorm row of one
-    // element has dx = 0). Scaled first, invstd * h and invstd * mean(h) were rounded apart (and on CUDA one of them
-    // fused into an FMA): dx of 2e-5 where 0 is exact, and 6e-5 of dx's scale for GroupNorm groups of two elements
-    // (H200, 2026-12-04).
-    Expr b = p.sample_of(a.n);
-    Expr xhat = (at(x, spec.layout, a.s, a.c, a.n) - coefficients(a.c, b)[0]) * coefficients(a.c, b)[1];
-    Expr g = gradient_through_epilogue(a, p, x, dy, y, mean, invstd, affine, a.s);
-    Expr h = g * coefficients(a.c, b)[2] * affine.element_weight(spec, a.s);
-    dx(a.storage(spec.layout)) =
-        stored(spec, coefficients(a.c, b)[1] * ((h - coefficients(a.c, b)[3]) - xhat * coefficients(a.c, b)[4]));
-    if (spec.epilogue == Epilogue::add_relu) dz(a.storage(spec.layout)) = stored(spec, g);
+    define_input_gradients(a, p, x, dy, y, mean, invstd, affine, coefficients, dx, dz);
 
-    if (!spec.affine) return;
+    if (!parameter_sums) return;
     if (spec.affine_per_element()) {
       // Column sums over the rows, in float64: R is up to millions of rows.
       over_rows = RDom(0, p.batch, "rrow");
@@ -429,6 +420,27 @@ struct BackwardAlgorithm {
   }
 
   Halide::Func terms;  // (g, b): the group's {mean(h), mean(h * xhat)}, for the schedule
+
+  // dx (and dz for add_relu) from coefficients(c, b) = {mean, invstd, weight(c), mean(h), mean(h * xhat)}:
+  // dx = invstd * ((h - mean(h)) - xhat * mean(h * xhat)). h and mean(h) are subtracted before the scaling, as the
+  // forward subtracts the mean before it, so that they cancel exactly where they are equal (a LayerNorm row of one
+  // element has dx = 0). Scaled first, invstd * h and invstd * mean(h) were rounded apart (and on CUDA one of them
+  // fused into an FMA): dx of 2e-5 where 0 is exact, and 6e-5 of dx's scale for GroupNorm groups of two elements
+  // (H200, 2026-12-04).
+  static void define_input_gradients(const Axes& a, const Problem& p, const Halide::Func& x, const Halide::Func& dy,
+                                     const Halide::Func& y, const Halide::Func& mean, const Halide::Func& invstd,
+                                     const Affine& affine, const Halide::Func& coefficients, Halide::Func dx,
+                                     Halide::Func dz) {
+    using namespace Halide;
+    const NormSpec& spec = p.spec;
+    Expr b = p.sample_of(a.n);
+    Expr xhat = (at(x, spec.layout, a.s, a.c, a.n) - coefficients(a.c, b)[0]) * coefficients(a.c, b)[1];
+    Expr g = gradient_through_epilogue(a, p, x, dy, y, mean, invstd, affine, a.s);
+    Expr h = g * coefficients(a.c, b)[2] * affine.element_weight(spec, a.s);
+    dx(a.storage(spec.layout)) =
+        stored(spec, coefficients(a.c, b)[1] * ((h - coefficients(a.c, b)[3]) - xhat * coefficients(a.c, b)[4]));
+    if (spec.epilogue == Epilogue::add_relu) dz(a.storage(spec.layout)) = stored(spec, g);
+  }
 
  private:
   // f(axis) = sum of the terms over their RDom, in float64.
@@ -499,6 +511,22 @@ struct BackwardAlgorithm {
       return std::vector<Expr>{h * d, h};
     };
     return ChannelSums(a, gradient_terms, p.spatial, sum_chunk_length(p));
+  }
+};
+
+// The backward's elementwise half with the means of h and h * xhat given per channel (SyncBatchNorm: over every
+// process's batch, runtime/sync_batch_norm.cpp): dx and dz as BackwardAlgorithm computes them. BatchNorm's only.
+struct BackwardElementwiseAlgorithm {
+  Halide::Func coefficients{"gradient_coefficients"};  // (c, b): as BackwardAlgorithm's
+  Halide::Func dx{"input_gradient"};
+  Halide::Func dz{"residual_gradient"};  // add_relu
+
+  BackwardElementwiseAlgorithm(const Axes& a, const Problem& p, const Halide::Func& x, const Halide::Func& dy,
+                               const Halide::Func& y, const Halide::Func& mean, const Halide::Func& invstd,
+                               const Affine& affine, const Halide::Func& h_mean, const Halide::Func& h_xhat_mean) {
+    coefficients(a.c, a.b) = {mean(a.c, a.b), invstd(a.c, a.b), affine.channel_weight(p.spec, a.c), h_mean(a.c, a.b),
+                              h_xhat_mean(a.c, a.b)};
+    BackwardAlgorithm::define_input_gradients(a, p, x, dy, y, mean, invstd, affine, coefficients, dx, dz);
   }
 };
 

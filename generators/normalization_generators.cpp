@@ -70,8 +70,18 @@ class NormalizationGenerator : public Generator<T> {
     if (s.affine_per_element() && s.layout == Layout::nhwc) {
       throw CompileError("layer and rms norms take rows, (D, 1, R): layout must be nchw");
     }
-    if (direction == Direction::forward_inference && !s.has_inference_kernel()) {
-      throw CompileError("forward_inference exists for norm=batch only (the others always use their own statistics)");
+    if (batch_only(direction) && s.norm != Norm::batch) {
+      throw CompileError(std::string(fusednorm::name(direction)) + " exists for norm=batch only");
+    }
+    if (direction == Direction::backward_reduce && !s.affine) {
+      throw CompileError("backward_reduce outputs the parameter gradients' sums: affine must be true");
+    }
+  }
+  // SyncBatchNorm's split kernels: hand-scheduled, CPU.
+  void check_split_kernel() {
+    if (this->using_autoscheduler() || on_gpu()) {
+      throw CompileError("the split kernels (statistics, backward_reduce, backward_elementwise) have hand CPU "
+                         "schedules only");
     }
   }
 
@@ -330,7 +340,7 @@ class Backward : public NormalizationGenerator<Backward> {
     Func output = y ? Func(*y) : Func("no_output");
     Affine params = affine_funcs();
     BackwardAlgorithm alg(axes, p, *x, *dy, output, mean ? Func(*mean) : zero_mean, *invstd, params,
-                          training ? Expr(*training) : Expr(true));
+                          training ? Expr(*training) : Expr(true), s.affine);
     *dx = alg.dx;
     if (dz) *dz = alg.dz;
     if (param_grads) *param_grads = alg.param_grads;
@@ -399,9 +409,124 @@ class Backward : public NormalizationGenerator<Backward> {
   GeneratorOutput<Func>* param_grads = nullptr;
 };
 
+// SyncBatchNorm's statistics: per channel {K, mean - K, biased variance} of this batch (K: the shift of
+// Statistics, the channel's first element), float32 each, for a combine across processes that keeps mean - K
+// exact to float32 when the mean is far from zero (runtime/sync_batch_norm.cpp).
+class PartialStatistics : public NormalizationGenerator<PartialStatistics> {
+ public:
+  void configure() {
+    check_spec(Direction::statistics);
+    x = add_tensor("x");
+    partial = add_output<Func>("partial_statistics", {Float(32), Float(32), Float(32)}, 1);
+  }
+
+  void generate() {
+    check_split_kernel();
+    const Problem p = problem(*x);
+    Statistics st(axes, p, *x, Expr(0.0f));
+    Func values("partial_statistics_values");
+    values(axes.c) = {st.shift(axes.c, 0), st.stats(axes.c, 0)[0], cast<float>(st.stats(axes.c, 0)[3])};
+    *partial = values;
+    BlockedFuncs funcs;
+    funcs.per_block = {st.shift, st.channel_shift, st.group_sums.sums, st.stats};
+    funcs.sample_sums = {st.group_sums.sums};
+    ChannelSums sums = st.channel_sums;
+    schedule_channel_reductions(spec().layout, *partial, sums, funcs, cpu_context(p));
+  }
+
+ private:
+  Tensor* x = nullptr;
+  GeneratorOutput<Func>* partial = nullptr;
+};
+
+// SyncBatchNorm's backward, first half: this batch's {sum(g * xhat), sum(g)} per channel (the parameter gradients
+// of its part of the batch) with the given statistics, mean and invstd (C, 1).
+class BackwardReduce : public NormalizationGenerator<BackwardReduce> {
+ public:
+  void configure() {
+    check_spec(Direction::backward_reduce);
+    x = add_tensor("x");
+    dy = add_tensor("dy");
+    if (spec().epilogue_needs_output_in_backward()) y = add_tensor("y");
+    mean = add_statistic("mean");
+    invstd = add_statistic("invstd");
+    param_grads = add_output<Func>("param_grads", {Float(32), Float(32)}, 1);
+  }
+
+  void generate() {
+    check_split_kernel();
+    const Problem p = problem(*x);
+    Func output = y ? Func(*y) : Func("no_output");
+    Affine identity = affine_funcs();
+    BackwardAlgorithm alg(axes, p, *x, *dy, output, *mean, *invstd, identity, Expr(false), true);
+    *param_grads = alg.param_grads;
+    CpuScheduleContext cx = cpu_context(p);
+    BlockedFuncs funcs;
+    funcs.per_block = {alg.centre, alg.channel_centre, alg.param_sums};
+    funcs.sample_sums = {alg.param_sums};
+    ChannelSums sums = alg.channel_sums;
+    schedule_channel_reductions(spec().layout, *param_grads, sums, funcs, cx);
+  }
+
+ private:
+  Tensor* x = nullptr;
+  Tensor* dy = nullptr;
+  Tensor* y = nullptr;
+  Statistic* mean = nullptr;
+  Statistic* invstd = nullptr;
+  GeneratorOutput<Func>* param_grads = nullptr;
+};
+
+// SyncBatchNorm's backward, second half: dx (and dz) from the statistics and h_mean, h_xhat_mean (C, 1), the means
+// of h = weight * g and of h * xhat over the whole batch.
+class BackwardElementwise : public NormalizationGenerator<BackwardElementwise> {
+ public:
+  void configure() {
+    check_spec(Direction::backward_elementwise);
+    const NormSpec s = spec();
+    x = add_tensor("x");
+    dy = add_tensor("dy");
+    if (s.epilogue_needs_output_in_backward()) y = add_tensor("y");
+    mean = add_statistic("mean");
+    invstd = add_statistic("invstd");
+    h_mean = add_statistic("h_mean");
+    h_xhat_mean = add_statistic("h_xhat_mean");
+    add_affine(s.epilogue == Epilogue::silu);
+    dx = add_tensor_output("dx");
+    if (s.epilogue == Epilogue::add_relu) dz = add_tensor_output("dz");
+  }
+
+  void generate() {
+    check_split_kernel();
+    const Problem p = problem(*x);
+    Func output = y ? Func(*y) : Func("no_output");
+    BackwardElementwiseAlgorithm alg(axes, p, *x, *dy, output, *mean, *invstd, affine_funcs(), *h_mean,
+                                     *h_xhat_mean);
+    *dx = alg.dx;
+    if (dz) *dz = alg.dz;
+    CpuScheduleContext cx = cpu_context(p);
+    schedule_elementwise(*dx, spec().layout, {alg.coefficients}, cx);
+    if (dz) schedule_rows(*dz, spec().layout, cx);
+  }
+
+ private:
+  Tensor* x = nullptr;
+  Tensor* dy = nullptr;
+  Tensor* y = nullptr;
+  Statistic* mean = nullptr;
+  Statistic* invstd = nullptr;
+  Statistic* h_mean = nullptr;
+  Statistic* h_xhat_mean = nullptr;
+  GeneratorOutput<Buffer<>>* dx = nullptr;
+  GeneratorOutput<Buffer<>>* dz = nullptr;
+};
+
 }  // namespace
 }  // namespace fusednorm
 
 HALIDE_REGISTER_GENERATOR(fusednorm::ForwardTraining, normalization_forward_training)
 HALIDE_REGISTER_GENERATOR(fusednorm::ForwardInference, normalization_forward_inference)
 HALIDE_REGISTER_GENERATOR(fusednorm::Backward, normalization_backward)
+HALIDE_REGISTER_GENERATOR(fusednorm::PartialStatistics, normalization_statistics)
+HALIDE_REGISTER_GENERATOR(fusednorm::BackwardReduce, normalization_backward_reduce)
+HALIDE_REGISTER_GENERATOR(fusednorm::BackwardElementwise, normalization_backward_elementwise)

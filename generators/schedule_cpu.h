@@ -164,7 +164,6 @@ inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, co
                                  const CpuScheduleContext& cx) {
   using namespace Halide;
   const Axes& a = cx.axes;
-  const Problem& p = cx.problem;
   Var no("no"), ni("ni");
   Expr rows_per_block = rows_per_row_block(cx);
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {
@@ -222,11 +221,9 @@ inline void vectorize_first_axis(Halide::Func f, int vector_width) {
   f.vectorize(f.args()[0], vector_width, Halide::TailStrategy::GuardWithIf);
 }
 
-// NHWC: channels are innermost, so a block of channels is strided across all of x and cannot stay in cache.
-// Two passes: chunk and tail sums, parallel over samples and vectorised over c, merged per channel and per
-// group, then the elementwise pass, parallel over rows and vectorised over c.
-inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, const BlockedFuncs& funcs,
-                                   const CpuScheduleContext& cx) {
+// NHWC's reductions: chunk and tail sums, parallel over samples and vectorised over c, merged per channel and per
+// group (schedule_nhwc_two_pass's first pass).
+inline void schedule_nhwc_sums(ChannelSums& sums, const BlockedFuncs& funcs, const CpuScheduleContext& cx) {
   using namespace Halide;
   const Axes& a = cx.axes;
   const int vec = cx.vector_width;
@@ -285,7 +282,35 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, 
     f.vectorize(inner, vec, TailStrategy::GuardWithIf);
     f.update().reorder(order).vectorize(inner, vec, TailStrategy::GuardWithIf);
   }
-  for (Func f : with_more(elementwise, funcs.elementwise_outputs)) schedule_rows(f, Layout::nhwc, cx);
+}
+
+// NHWC: channels are innermost, so a block of channels is strided across all of x and cannot stay in cache.
+// Two passes: the sums (schedule_nhwc_sums), then the elementwise pass, parallel over rows and vectorised over c.
+inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, const BlockedFuncs& funcs,
+                                   const CpuScheduleContext& cx) {
+  schedule_nhwc_sums(sums, funcs, cx);
+  for (Halide::Func f : with_more(elementwise, funcs.elementwise_outputs)) schedule_rows(f, Layout::nhwc, cx);
+}
+
+// Reductions alone, into per-channel outputs (SyncBatchNorm's statistics and backward_reduce kernels): NCHW in
+// parallel blocks of channels of about kElementsPerTask elements, each channel's sums along contiguous s; NHWC as
+// the two-pass schedule's first pass.
+inline void schedule_channel_reductions(Layout layout, Halide::Func output, ChannelSums& sums,
+                                        const BlockedFuncs& funcs, const CpuScheduleContext& cx) {
+  using namespace Halide;
+  const Axes& a = cx.axes;
+  const Problem& p = cx.problem;
+  if (layout == Layout::nhwc) {
+    schedule_nhwc_sums(sums, funcs, cx);
+    vectorize_first_axis(output, cx.vector_width);
+    return;
+  }
+  Var co("co"), ci("ci");
+  Expr channel_elements = max(cast<int64_t>(p.spatial) * p.batch, 1);
+  Expr block = cast<int>(clamp(cast<int64_t>(kElementsPerTask) / channel_elements, 1, p.channels));
+  output.split(a.c, co, ci, block, TailStrategy::GuardWithIf).parallel(co);
+  for (Func f : funcs.per_block) f.compute_at(output, co);
+  schedule_sums_over_contiguous_s(sums, output, co, cx);
 }
 
 // The schedule of a kernel that reduces and then writes elementwise: rows for parameters that follow s,

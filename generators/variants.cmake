@@ -48,7 +48,8 @@ function(fusednorm_variant_name variable)
 endfunction()
 
 # fusednorm_variant(NORM batch|instance|group|layer|rms
-#                   DIRECTION forward_training|forward_inference|backward
+#                   DIRECTION forward_training|forward_inference|backward|statistics|backward_reduce|
+#                             backward_elementwise
 #                   LAYOUT nchw|nhwc  EPILOGUE none|relu|add_relu|silu  AFFINE <bool>
 #                   [DTYPE float32|bfloat16|float16]  ISA avx512|avx2|sse41|neon|cuda
 #                   [AUTOSCHEDULER Mullapudi2016|Li2018|Adams2019]

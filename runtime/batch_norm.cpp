@@ -15,6 +15,25 @@ namespace fusednorm {
 
 namespace detail {
 
+double batch_norm_momentum(const char* function, const BatchNormForwardTensors& t, const BatchNormOptions& options) {
+  if (options.momentum) {
+    detail::check_momentum(function, *options.momentum, " (or std::nullopt for a cumulative moving average)");
+  }
+  if (t.running_mean && !options.momentum && !t.num_batches_tracked) {
+    throw Error(
+        fmt::format("{}: num_batches_tracked is null, expected a counter: momentum is std::nullopt "
+                    "(cumulative moving average, momentum = 1 / num_batches_tracked)",
+                    function));
+  }
+  if (t.num_batches_tracked &&
+      (*t.num_batches_tracked < 0 || *t.num_batches_tracked == std::numeric_limits<int64_t>::max())) {
+    throw Error(fmt::format("{}: num_batches_tracked is {}, expected 0 to 2^63 - 2 (it counts this batch too)",
+                            function, *t.num_batches_tracked));
+  }
+  if (options.momentum) return *options.momentum;
+  return t.num_batches_tracked ? 1.0 / static_cast<double>(*t.num_batches_tracked + 1) : 0.0;
+}
+
 namespace {
 
 constexpr const char* kFunction = "batch_norm";
@@ -26,30 +45,14 @@ detail::KernelSettings settings(const BatchNormOptions& options) {
 void forward_training(const BatchNormForwardTensors& t, const TensorRefs& all, const BatchNormOptions& options,
                       const Geometry& g, BackendContext& backend) {
   detail::check_more_than_one(kFunction, g.count(), "value per channel", g);
-  if (options.momentum) {
-    detail::check_momentum(kFunction, *options.momentum, " (or std::nullopt for a cumulative moving average)");
-  }
-  if (t.running_mean && !options.momentum && !t.num_batches_tracked) {
-    throw Error(
-        fmt::format("{}: num_batches_tracked is null, expected a counter: momentum is std::nullopt "
-                    "(cumulative moving average, momentum = 1 / num_batches_tracked)",
-                    kFunction));
-  }
-  if (t.num_batches_tracked &&
-      (*t.num_batches_tracked < 0 || *t.num_batches_tracked == std::numeric_limits<int64_t>::max())) {
-    throw Error(fmt::format("{}: num_batches_tracked is {}, expected 0 to 2^63 - 2 (it counts this batch too)",
-                            kFunction, *t.num_batches_tracked));
-  }
-
-  const int64_t batches = t.num_batches_tracked ? *t.num_batches_tracked + 1 : 0;
   detail::KernelSettings s = settings(options);
-  s.momentum = static_cast<float>(options.momentum ? *options.momentum : 1.0 / static_cast<double>(batches));
+  s.momentum = static_cast<float>(batch_norm_momentum(kFunction, t, options));
   const double count = static_cast<double>(g.count());
   if (options.running_variance_update == RunningVarianceUpdate::unbiased) {
     s.running_var_correction = static_cast<float>(count / (count - 1.0));
   }
   detail::run_forward_training(kFunction, all, s, g, backend);
-  if (t.running_mean && t.num_batches_tracked) *t.num_batches_tracked = batches;
+  if (t.running_mean && t.num_batches_tracked) *t.num_batches_tracked += 1;
 }
 
 }  // namespace

@@ -47,6 +47,11 @@ constexpr std::pair<std::string_view, Arg> kArgumentNames[] = {
     {"param_grads.0", Arg::grad_weight},
     {"param_grads.1", Arg::grad_bias},
     {"param_grads", Arg::grad_weight},  // RMSNorm has weight alone
+    {"partial_statistics.0", Arg::partial_shift},
+    {"partial_statistics.1", Arg::partial_mean},
+    {"partial_statistics.2", Arg::partial_var},
+    {"h_mean", Arg::h_mean},
+    {"h_xhat_mean", Arg::h_xhat_mean},
     {"eps", Arg::eps},
     {"groups", Arg::groups},
     {"momentum", Arg::momentum},

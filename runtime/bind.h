@@ -33,8 +33,13 @@ enum class Arg : uint8_t {
   saved_invstd,
   new_running_mean,  // "running_statistics.0" / ".1": the updated running statistics, written apart
   new_running_var,
-  grad_weight,  // "param_grads.0" ("param_grads" for rms)
-  grad_bias,
+  grad_weight,  // "param_grads.0" ("param_grads" for rms); backward_reduce: sum(g * xhat)
+  grad_bias,    // backward_reduce: sum(g)
+  partial_shift,  // statistics: "partial_statistics.0" / ".1" / ".2", per channel K, mean - K, biased variance
+  partial_mean,
+  partial_var,
+  h_mean,  // backward_elementwise: the whole batch's means of h = weight * g and of h * xhat
+  h_xhat_mean,
   eps,  // scalars
   groups,
   momentum,

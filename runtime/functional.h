@@ -12,6 +12,9 @@ namespace fusednorm::detail {
 
 void batch_norm_forward(const BatchNormForwardTensors& t, const BatchNormOptions& o, BackendContext& backend);
 void batch_norm_backward(const BatchNormBackwardTensors& t, const BatchNormOptions& o, BackendContext& backend);
+// A BatchNorm training forward's momentum and num_batches_tracked, checked; the momentum of this call's running
+// statistics update (1 / (num_batches_tracked + 1) for std::nullopt, PyTorch's cumulative moving average).
+double batch_norm_momentum(const char* function, const BatchNormForwardTensors& t, const BatchNormOptions& o);
 void instance_norm_forward(const InstanceNormForwardTensors& t, const InstanceNormOptions& o,
                            BackendContext& backend);
 void instance_norm_backward(const InstanceNormBackwardTensors& t, const InstanceNormOptions& o,

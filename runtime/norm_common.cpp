@@ -31,7 +31,7 @@ std::string contiguous_strides_string(std::span<const int64_t> shape) {
 }
 
 void check_data(const char* function, const char* name, const TensorView& t) {
-  if (!t.data_ptr()) throw Error(fmt::format("{}: {} has a null data pointer", function, name));
+  if (!t.data_ptr() && t.numel() > 0) throw Error(fmt::format("{}: {} has a null data pointer", function, name));
 }
 
 void check_not_empty(const char* function, const TensorView& x) {
@@ -45,14 +45,18 @@ void check_not_empty(const char* function, const TensorView& x) {
 }  // namespace
 
 // x of (N, C, *spatial).
-Geometry check_channels_input(const char* function, const TensorView& x) {
+Geometry check_channels_input(const char* function, const TensorView& x, bool allow_empty) {
   if (x.dim() < 2 || x.dim() > 5) {
     throw Error(
         fmt::format("{}: input has {} dimensions (shape {}), expected 2 to 5: (N, C) or (N, C, *spatial) with "
                     "up to 3 spatial dimensions",
                     function, x.dim(), shape_string(x.shape())));
   }
-  check_not_empty(function, x);
+  if (allow_empty) {
+    check_data(function, "input", x);
+  } else {
+    check_not_empty(function, x);
+  }
   Geometry g{x.size(0), x.size(1), 1, Layout::nchw, x.shape()};
   for (int64_t d = 2; d < x.dim(); d++) g.spatial *= x.size(d);
   const bool nchw = x.is_contiguous(), nhwc = x.is_channels_last();
@@ -291,8 +295,8 @@ std::array<Dim, 3> Geometry::dims() const {
 }
 
 Geometry check_channels_call(const char* function, const TensorRefs& t, Direction direction, Norm norm,
-                             Epilogue epilogue, int64_t num_groups) {
-  const Geometry g = check_channels_input(function, *t.input);
+                             Epilogue epilogue, int64_t num_groups, bool allow_empty) {
+  const Geometry g = check_channels_input(function, *t.input, allow_empty);
   check_dtypes(function, t);
   const bool relu = epilogue == Epilogue::relu || epilogue == Epilogue::add_relu;
   const bool add = epilogue == Epilogue::add_relu;

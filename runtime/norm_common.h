@@ -38,8 +38,9 @@ inline constexpr double kRmsNormDefaultEps = 0x1p-23;
 
 // x alone, as the calls below check it first: (N, C, *spatial) with 0 to 3 spatial dimensions, dense NCHW or NHWC,
 // each kernel dimension within int32; or (*, normalized_shape), dense row-major. The layers check their input
-// with these before they allocate what the call will fill.
-Geometry check_channels_input(const char* function, const TensorView& x);
+// with these before they allocate what the call will fill. allow_empty: N or a spatial extent may be 0 (a member of
+// SyncBatchNorm's group with no part of the batch).
+Geometry check_channels_input(const char* function, const TensorView& x, bool allow_empty = false);
 Geometry check_rows_input(const char* function, const TensorView& x, const std::vector<int64_t>& normalized_shape);
 
 // The checks of a call over x of (N, C, *spatial) (norm batch, instance or group): x itself (0 to 3 spatial
@@ -49,7 +50,7 @@ Geometry check_rows_input(const char* function, const TensorView& x, const std::
 // running statistics and the parameter gradients (one per channel); num_groups (a divisor of C); save_mean and
 // save_invstd, 1-D per channel for batch, dense (N, C) for instance and (N, num_groups) for group.
 Geometry check_channels_call(const char* function, const TensorRefs& t, Direction direction, Norm norm,
-                             Epilogue epilogue = Epilogue::none, int64_t num_groups = 1);
+                             Epilogue epilogue = Epilogue::none, int64_t num_groups = 1, bool allow_empty = false);
 // The same for LayerNorm and RMSNorm: x of (*, normalized_shape), dense row-major; the parameters and their
 // gradients of shape normalized_shape; the statistics one per row.
 Geometry check_rows_call(const char* function, const TensorRefs& t, const std::vector<int64_t>& normalized_shape);

@@ -204,4 +204,58 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
   commit_gradient(t.grad_bias, grad_bias);
 }
 
+void run_statistics(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                    float* partial, BackendContext& backend) {
+  backend.check(function, Direction::statistics, t, s, g);
+  KernelSettings plain = s;
+  plain.epilogue = Epilogue::none;  // the statistics of x alone
+  const Plan& plan = plan_call(request(function, Direction::statistics, plain, g, false, t.input->dtype()), backend);
+  const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
+  Binder args(backend);
+  bind_like_input(args, Arg::x, t.input, dims);
+  args.vector(Arg::partial_shift, partial, g.channels);
+  args.vector(Arg::partial_mean, partial + g.channels, g.channels);
+  args.vector(Arg::partial_var, partial + 2 * g.channels, g.channels);
+  run_plan(plan, args, g.sizes);
+}
+
+void run_backward_reduce(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                         const float* mean, const float* invstd, float* sum_g_xhat, float* sum_g,
+                         BackendContext& backend) {
+  backend.check(function, Direction::backward_reduce, t, s, g);
+  const Plan& plan =
+      plan_call(request(function, Direction::backward_reduce, s, g, true, t.input->dtype()), backend);
+  const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
+  Binder args(backend);
+  bind_like_input(args, Arg::x, t.input, dims);
+  bind_like_input(args, Arg::dy, t.grad_output, dims);
+  bind_like_input(args, Arg::y, t.output, dims);
+  args.statistics(Arg::mean, mean, g.channels, 1);
+  args.statistics(Arg::invstd, invstd, g.channels, 1);
+  args.vector(Arg::grad_weight, sum_g_xhat, g.channels);
+  args.vector(Arg::grad_bias, sum_g, g.channels);
+  run_plan(plan, args, g.sizes);
+}
+
+void run_backward_elementwise(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                              const float* mean, const float* invstd, const float* h_mean, const float* h_xhat_mean,
+                              BackendContext& backend) {
+  check_backward_disjoint(function, t);
+  backend.check(function, Direction::backward_elementwise, t, s, g);
+  const Plan& plan =
+      plan_call(request(function, Direction::backward_elementwise, s, g, true, t.input->dtype()), backend);
+  const std::array<Dim, 3> dims = kernel_dims(plan, s, g);
+  Binder args(backend);
+  bind_common(args, t, s, dims);
+  bind_like_input(args, Arg::dy, t.grad_output, dims);
+  bind_like_input(args, Arg::dx, t.grad_input, dims);
+  bind_like_input(args, Arg::y, t.output, dims);
+  args.statistics(Arg::mean, mean, g.channels, 1);
+  args.statistics(Arg::invstd, invstd, g.channels, 1);
+  args.statistics(Arg::h_mean, h_mean, g.channels, 1);
+  args.statistics(Arg::h_xhat_mean, h_xhat_mean, g.channels, 1);
+  bind_affine(args, backend, t, s, g);
+  run_plan(plan, args, g.sizes);
+}
+
 }  // namespace fusednorm::detail

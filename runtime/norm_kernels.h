@@ -43,4 +43,20 @@ void run_forward_inference(const char* function, const TensorRefs& t, const Kern
 void run_backward(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
                   BackendContext& backend);
 
+// SyncBatchNorm's split kernels (fusednorm/kinds.h; norm batch, runtime/sync_batch_norm.cpp), over x of `g`, which
+// must have elements. Each per-channel array holds C float32 values.
+// statistics: this batch's K, mean - K and biased variance per channel, into partial[0, C), [C, 2C), [2C, 3C).
+void run_statistics(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                    float* partial, BackendContext& backend);
+// backward_reduce: this batch's sum(g * xhat) and sum(g) per channel (g: dy through the epilogue, with y for
+// the ReLU mask), xhat with the given mean and invstd.
+void run_backward_reduce(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                         const float* mean, const float* invstd, float* sum_g_xhat, float* sum_g,
+                         BackendContext& backend);
+// backward_elementwise: dx (and dz) from the given mean and invstd and the whole batch's means of h = weight * g
+// and h * xhat (t.weight, or 1).
+void run_backward_elementwise(const char* function, const TensorRefs& t, const KernelSettings& s, const Geometry& g,
+                              const float* mean, const float* invstd, const float* h_mean, const float* h_xhat_mean,
+                              BackendContext& backend);
+
 }  // namespace fusednorm::detail

@@ -209,7 +209,7 @@ struct PlanKeyHash {
 
 PlanKey key_of(const PlanRequest& r, Backend backend, size_t shape_class) {
   uint32_t packed = static_cast<uint32_t>(r.norm);
-  packed = packed * 4 + static_cast<uint32_t>(r.direction);
+  packed = packed * 8 + static_cast<uint32_t>(r.direction);
   packed = packed * 2 + static_cast<uint32_t>(r.layout);
   packed = packed * 4 + static_cast<uint32_t>(r.epilogue);
   packed = packed * 2 + (r.affine ? 1u : 0u);

@@ -144,11 +144,10 @@ KernelVariant checked(const KernelRegistration& k) {
                   name,
                   k.call_argv,
                   k.metadata};
-  if (v.direction == Direction::forward_inference && v.norm != Norm::batch) {
-    throw Error(
-        fmt::format("register_kernels: kernel {} has direction forward_inference with norm {}, expected "
-                    "norm batch (the only one with an inference kernel)",
-                    name, k.norm));
+  if (batch_only(v.direction) && v.norm != Norm::batch) {
+    throw Error(fmt::format("register_kernels: kernel {} has direction {} with norm {}, expected norm batch (the only "
+                            "one with kernels of that direction)",
+                            name, k.direction, k.norm));
   }
   if ((v.norm == Norm::layer || v.norm == Norm::rms) && v.layout != Layout::nchw) {
     throw Error(fmt::format("register_kernels: kernel {} has layout {} with norm {}, expected nchw (rows)", name,

@@ -23,7 +23,15 @@
 namespace fusednorm::detail {
 
 int tensors_like_x(Direction direction, Epilogue epilogue) {
-  if (direction != Direction::backward) return epilogue == Epilogue::add_relu ? 3 : 2;
+  const bool relu = epilogue == Epilogue::relu || epilogue == Epilogue::add_relu;
+  switch (direction) {
+    case Direction::statistics: return 1;
+    case Direction::backward_reduce: return relu ? 3 : 2;  // x, dy and y
+    case Direction::forward_training:
+    case Direction::forward_inference: return epilogue == Epilogue::add_relu ? 3 : 2;
+    case Direction::backward:
+    case Direction::backward_elementwise: break;
+  }
   switch (epilogue) {
     case Epilogue::none:
     case Epilogue::silu: return 3;  // SiLU's backward recomputes v from x

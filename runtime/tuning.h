@@ -17,7 +17,8 @@ namespace fusednorm::detail {
 
 // The tensors shaped like x that a call of this direction and epilogue reads or writes: a forward reads x and
 // writes y (add_relu also reads z); a backward reads x and dy and writes dx (relu and add_relu also read y, the
-// mask; add_relu also writes dz). Per-channel tensors are left out: they are small beside these.
+// mask; add_relu also writes dz). SyncBatchNorm's statistics read x alone, its backward_reduce x and dy (and y), its
+// backward_elementwise as a backward. Per-channel tensors are left out: they are small beside these.
 int tensors_like_x(Direction direction, Epilogue epilogue);
 // The working set a shape class is judged by: those tensors' bytes, float32.
 int64_t working_set_bytes(Direction direction, Epilogue epilogue, int64_t elements);

@@ -15,6 +15,7 @@
 #include <sstream>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "fusednorm/group_norm.h"
 #include "fusednorm/instance_norm.h"
 #include "fusednorm/layer_norm.h"
+#include "fusednorm/sync_batch_norm.h"
 #include "runtime/call_tensors.h"
 #include "support/test_data.h"
 
@@ -94,12 +96,31 @@ struct CallMemory {
       running_var;
 };
 
+// A group of one: the synchronized calls over it are BatchNorm's. With `stop`, its collective throws, so that a call
+// ends after its first kernel (statistics, backward_reduce), the variant a test of those asks for.
+class GroupOfOne final : public Communicator {
+ public:
+  explicit GroupOfOne(bool stop) : stop_(stop) {}
+  int rank() const override { return 0; }
+  int size() const override { return 1; }
+  void allgather(std::span<const double> values, std::span<double> gathered) override {
+    if (stop_) throw Error(kStopped);
+    std::copy(values.begin(), values.end(), gathered.begin());
+  }
+  static constexpr const char* kStopped = "stopped at the collective";
+
+ private:
+  bool stop_;
+};
+
 // One call of the public API that asks for exactly what `v` computes.
 std::string run_like(const VariantInfo& v) {
   CallMemory m(v.name);
   const Layout layout = v.layout == "nhwc" ? Layout::nhwc : Layout::nchw;
   const Epilogue epilogue = epilogue_named(v.epilogue);
-  const bool backward = v.direction == "backward", batch = v.norm == "batch_norm";
+  // SyncBatchNorm's split kernels run in its calls; the first of a call is the one before its collective.
+  const bool split = v.direction == "statistics" || v.direction.starts_with("backward_");
+  const bool backward = v.direction.starts_with("backward"), batch = v.norm == "batch_norm";
   const bool relu = epilogue == Epilogue::relu || epilogue == Epilogue::add_relu, add = epilogue == Epilogue::add_relu;
   // x and the tensors like it in the variant's dtype: 16-bit views over the float buffers (half their bytes; the
   // values do not matter here).
@@ -135,7 +156,19 @@ std::string run_like(const VariantInfo& v) {
   c.grad_bias = parameter(backward, m.grad_bias);
 
   return variant_run_by([&] {
-    if (batch) {
+    if (split) {
+      GroupOfOne group(/*stop=*/v.direction != "backward_elementwise");
+      const BatchNormOptions options{.epilogue = epilogue};
+      try {
+        if (backward) {
+          sync_batch_norm_backward(detail::convert_tensors<BatchNormBackwardTensors>(c), group, options);
+        } else {
+          sync_batch_norm_forward(detail::convert_tensors<BatchNormForwardTensors>(c), group, options);
+        }
+      } catch (const Error& e) {
+        if (std::string(e.what()) != GroupOfOne::kStopped) throw;
+      }
+    } else if (batch) {
       const BatchNormOptions options{.training = v.direction != "forward_inference", .epilogue = epilogue};
       if (backward) {
         batch_norm_backward(detail::convert_tensors<BatchNormBackwardTensors>(c), options);

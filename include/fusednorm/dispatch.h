@@ -11,7 +11,7 @@ namespace fusednorm {
 struct VariantInfo {
   std::string name;       // e.g. "batch_norm_forward_training_nchw_affine_avx512", "group_norm_silu_backward_nhwc_..."
   std::string norm;       // "batch_norm", "instance_norm", "group_norm", "layer_norm", "rms_norm"
-  std::string direction;  // "forward_training", "forward_inference", "backward"
+  std::string direction;  // "forward_training", "forward_inference", "backward", "statistics", ... (kinds.h)
   std::string layout;     // "nchw", "nhwc" ("nchw" for layer_norm and rms_norm: rows, no token in the name)
   std::string epilogue;   // "none", "relu", "add_relu", "silu" (the name's token, except none)
   bool affine;

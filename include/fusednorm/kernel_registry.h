@@ -13,7 +13,8 @@ namespace fusednorm {
 struct KernelRegistration {
   const char* name;       // unique in the process, e.g. "unet_group_norm_silu_forward_training"
   const char* norm;       // "batch", "instance", "group", "layer" or "rms": the generator's parameter norm
-  const char* direction;  // "forward_training", "forward_inference" (batch only) or "backward"
+  const char* direction;  // "forward_training", "backward", or for batch only "forward_inference", "statistics",
+                          // "backward_reduce", "backward_elementwise"
   const char* layout;     // "nchw" or "nhwc" ("nchw" for layer and rms)
   const char* epilogue;   // "none", "relu", "add_relu" or "silu"
   bool affine;

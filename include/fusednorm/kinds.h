@@ -14,7 +14,19 @@ namespace fusednorm {
 // trailing normalized elements per row (rms: no mean, no bias).
 enum class Norm { batch, instance, group, layer, rms };
 // forward_inference normalizes with given (running) statistics: BatchNorm's only.
-enum class Direction { forward_training, forward_inference, backward };
+// SyncBatchNorm splits a training step whose statistics span several processes into kernels of BatchNorm's alone:
+//   statistics:           the batch's partial statistics per channel, to be combined across processes;
+//   backward_reduce:      sum(g * xhat) and sum(g) per channel (g: dy through the epilogue), given the statistics;
+//   backward_elementwise: dx (and dz) given the statistics and the combined means of those sums.
+// Its normalize step is forward_inference.
+enum class Direction {
+  forward_training,
+  forward_inference,
+  backward,
+  statistics,
+  backward_reduce,
+  backward_elementwise
+};
 // How the channel axis (dimension 1 of (N, C, *spatial)) is laid out in memory.
 //   nchw: contiguous, spatial innermost (PyTorch's contiguous_format).
 //   nhwc: channels innermost (PyTorch's channels_last / channels_last_3d).
@@ -34,6 +46,11 @@ enum class DType { float32, float16, bfloat16 };
 // Where a kernel runs: the CPU the runtime was built for, or a CUDA device.
 enum class Backend { cpu, cuda };
 
+// Whether only BatchNorm has kernels of the direction (forward_inference and SyncBatchNorm's split kernels).
+constexpr bool batch_only(Direction direction) {
+  return direction != Direction::forward_training && direction != Direction::backward;
+}
+
 namespace kinds {
 
 inline constexpr std::pair<const char*, Norm> norm_names[] = {
@@ -42,7 +59,10 @@ inline constexpr std::pair<const char*, Norm> norm_names[] = {
 inline constexpr std::pair<const char*, Direction> direction_names[] = {
     {"forward_training", Direction::forward_training},
     {"forward_inference", Direction::forward_inference},
-    {"backward", Direction::backward}};
+    {"backward", Direction::backward},
+    {"statistics", Direction::statistics},
+    {"backward_reduce", Direction::backward_reduce},
+    {"backward_elementwise", Direction::backward_elementwise}};
 inline constexpr std::pair<const char*, Layout> layout_names[] = {{"nchw", Layout::nchw}, {"nhwc", Layout::nhwc}};
 inline constexpr std::pair<const char*, Epilogue> epilogue_names[] = {
     {"none", Epilogue::none}, {"relu", Epilogue::relu}, {"add_relu", Epilogue::add_relu}, {"silu", Epilogue::silu}};
