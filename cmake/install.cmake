@@ -1,11 +1,12 @@
 # `cmake --install` produces a relocatable package that needs nothing of this build tree or its .venv:
 #   - libfusednorm (the runtime, the hand-scheduled kernels, one Halide runtime; fmt compiled in), static by
-#     default, shared with BUILD_SHARED_LIBS=ON; the components fusednorm_cuda and fusednorm_autoscheduled;
+#     default, shared with BUILD_SHARED_LIBS=ON; the components fusednorm_cuda, fusednorm_autoscheduled and (where
+#     MPI was found) fusednorm_mpi;
 #   - the public headers with fusednorm/version.h; lib/pkgconfig/fusednorm.pc; bin/fusednorm_bench;
 #   - the component generator: the generator executable in libexec/fusednorm beside the Halide libraries it loads
 #     (RPATH $ORIGIN), Halide's runtime headers for the kernels' headers, and fusednorm_add_kernel().
 # A consumer:
-#   find_package(FusedNorm CONFIG REQUIRED [COMPONENTS cuda autoscheduled generator])
+#   find_package(FusedNorm CONFIG REQUIRED [COMPONENTS cuda autoscheduled mpi generator])
 #   target_link_libraries(app PRIVATE FusedNorm::fusednorm)
 #   fusednorm_add_kernel(my_kernel NORM group LAYOUT nhwc EPILOGUE silu DIRECTIONS forward_training backward ...)
 include(CMakePackageConfigHelpers)
@@ -25,6 +26,12 @@ install(DIRECTORY include/fusednorm DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}" PA
 install(FILES "${PROJECT_BINARY_DIR}/include/fusednorm/version.h"
         DESTINATION "${CMAKE_INSTALL_INCLUDEDIR}/fusednorm")
 install(EXPORT FusedNormTargets NAMESPACE FusedNorm:: DESTINATION "${FUSEDNORM_INSTALL_CMAKEDIR}")
+# The component mpi in an export set of its own: only a consumer that asks for it needs MPI's CMake package.
+if (TARGET fusednorm_mpi)
+  install(TARGETS fusednorm_mpi EXPORT FusedNormMpiTargets
+          ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}" LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}")
+  install(EXPORT FusedNormMpiTargets NAMESPACE FusedNorm:: DESTINATION "${FUSEDNORM_INSTALL_CMAKEDIR}")
+endif ()
 # The bench, to time the kernels and write tuning tables on the machine that deploys them (docs/TUNING.md);
 # it loads Debian's oneDNN (libdnnl2) and GCC's OpenMP runtime (libgomp1).
 if (TARGET fusednorm_bench)

@@ -23,8 +23,9 @@ cd "$root"
 # nlohmann-json3-dev: the safetensors header's JSON (runtime/state_dict.cpp), compiled into libfusednorm, and the
 # benchmark's JSON results. libcli11-dev: the benchmark's command line (bench/options.cpp).
 # libeigen3-dev: the matrix products of examples/train_mlp (Linear layers), header-only and private to the example.
+# libopenmpi-dev, openmpi-bin: Open MPI for the component mpi (runtime/mpi_communicator.cpp) and mpirun for its tests.
 debian_packages=(g++ make libfmt-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev libdnnl-dev
-                 ocl-icd-opencl-dev cmake pkg-config libeigen3-dev)
+                 ocl-icd-opencl-dev cmake pkg-config libeigen3-dev libopenmpi-dev openmpi-bin)
 if [[ ${1:-} == aarch64 ]]; then
   debian_packages+=(g++-aarch64-linux-gnu qemu-user libfmt-dev:arm64 libgtest-dev:arm64 libgmock-dev:arm64)
 fi

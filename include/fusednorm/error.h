@@ -1,8 +1,9 @@
 #pragma once
 // The one exception type of FusedNorm. Its message names the function, the argument, the value and what
 // was expected, e.g. "batch_norm: weight has 63 elements, expected 64 (one per channel of x [8, 64, 56, 56])".
-// kind() says what went wrong: a caller's argument (the default), reading or writing a file, the device (the
-// CUDA driver), or a kernel that failed while it ran (Halide's error code and text are in the message).
+// kind() says what went wrong: a caller's argument (the default), reading or writing a file or a collective
+// (fusednorm/mpi.h), the device (the CUDA driver), or a kernel that failed while it ran (Halide's error code and
+// text are in the message).
 #include <stdexcept>
 #include <string>
 
