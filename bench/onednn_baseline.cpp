@@ -166,6 +166,9 @@ struct Baseline {
                      {DNNL_ARG_DIFF_SCALE, vector_of(ch.grad_weight.data(), channels)},
                      {DNNL_ARG_DIFF_SHIFT, vector_of(ch.grad_bias.data(), channels)}});
         break;
+      case Direction::statistics:  // SyncBatchNorm's split kernels: not a bench direction (bench/cases.cpp)
+      case Direction::backward_reduce:
+      case Direction::backward_elementwise: throw std::logic_error("onednn: not a bench direction");
     }
     if (fused_relu() && direction != Direction::forward_inference) args.insert({DNNL_ARG_WORKSPACE, t.workspace});
     dnnl::stream stream(cpu_engine());
@@ -234,8 +237,11 @@ void make_batch_norm_primitives(Baseline& b) {
       b.impl_info = backward.impl_info_str();
       return;
     }
+    case Direction::statistics:
+    case Direction::backward_reduce:
+    case Direction::backward_elementwise: break;
   }
-  throw std::logic_error("onednn: unknown direction");
+  throw std::logic_error("onednn: not a bench direction");
 }
 
 // layer_normalization over the last dimension of data_md (rows x features), its statistics one per row.

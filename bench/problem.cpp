@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "bench/copy_ceiling.h"
 #include "bench/naive_batch_norm.h"
@@ -109,7 +110,11 @@ void run_batch_norm(Direction direction, const Views& v) {
       batch_norm_backward(tensors, training_options(v.p.op));
       return;
     }
+    case Direction::statistics:  // SyncBatchNorm's split kernels: not a bench direction (bench/cases.cpp)
+    case Direction::backward_reduce:
+    case Direction::backward_elementwise: break;
   }
+  throw std::logic_error("run_batch_norm: not a bench direction");
 }
 
 // LayerNorm, GroupNorm and InstanceNorm take the same tensors (their types differ, and the order of the

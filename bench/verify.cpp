@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <span>
+#include <stdexcept>
 
 #include "support/batch_norm_reference.h"
 
@@ -100,7 +101,11 @@ void Verifier::prepare(Direction direction) {
                                       /*through_statistics=*/true, epilogue(problem_.op), forward_y);
       return;
     }
+    case Direction::statistics:  // SyncBatchNorm's split kernels: not a bench direction (bench/cases.cpp)
+    case Direction::backward_reduce:
+    case Direction::backward_elementwise: break;
   }
+  throw std::logic_error("Verifier::prepare: not a bench direction");
 }
 
 void Verifier::check(const Implementation& implementation, Direction direction) {
@@ -135,6 +140,9 @@ void Verifier::check(const Implementation& implementation, Direction direction) 
                      {"grad_weight", relative_error(ch.grad_weight, backward_->dweight)}};
       if (centred(problem_.op)) comparisons.push_back({"grad_bias", relative_error(ch.grad_bias, backward_->dbias)});
       break;
+    case Direction::statistics:
+    case Direction::backward_reduce:
+    case Direction::backward_elementwise: throw std::logic_error("Verifier::check: not a bench direction");
   }
   ch.reset_running_statistics();
 

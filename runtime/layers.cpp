@@ -151,11 +151,13 @@ detail::LayerContents rms_norm_contents(std::vector<int64_t> normalized_shape, c
 BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options)
     : BatchNorm(num_features, options, "BatchNorm", {2, 3, 4, 5}) {}
 
-BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::string name, std::vector<int64_t> ranks)
+BatchNorm::BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::string name, std::vector<int64_t> ranks,
+                     Communicator* process_group)
     : NormLayer(name, batch_norm_contents(name, num_features, options), options.epilogue),
       ranks_(std::move(ranks)),
       num_features_(num_features),
-      options_(options) {}
+      options_(options),
+      process_group_(process_group) {}
 
 void BatchNorm::check_input(const TensorView& x, const char* what) const {
   check_rank(name(), x, what, ranks_);
@@ -184,11 +186,16 @@ bool BatchNorm::run_forward(const TensorView& x, const std::optional<TensorView>
     t.save_mean = vector_view(saved.mean);
     t.save_invstd = vector_view(saved.invstd);
   }
-  batch_norm_forward(t, BatchNormOptions{.training = batch_statistics,
-                                         .eps = options_.eps,
-                                         .momentum = options_.momentum,
-                                         .running_variance_update = options_.running_variance_update,
-                                         .epilogue = options_.epilogue});
+  const BatchNormOptions functional{.training = batch_statistics,
+                                    .eps = options_.eps,
+                                    .momentum = options_.momentum,
+                                    .running_variance_update = options_.running_variance_update,
+                                    .epilogue = options_.epilogue};
+  if (process_group_) {
+    sync_batch_norm_forward(t, *process_group_, functional);
+  } else {
+    batch_norm_forward(t, functional);
+  }
   return batch_statistics;
 }
 
@@ -204,7 +211,12 @@ void BatchNorm::run_backward(Saved& saved, const TensorView& dy, const TensorVie
                              .grad_bias = grads.bias,
                              .output = saved.output,
                              .grad_residual = dz};
-  batch_norm_backward(t, BatchNormOptions{.training = true, .eps = options_.eps, .epilogue = options_.epilogue});
+  const BatchNormOptions functional{.training = true, .eps = options_.eps, .epilogue = options_.epilogue};
+  if (process_group_) {
+    sync_batch_norm_backward(t, *process_group_, functional);
+  } else {
+    batch_norm_backward(t, functional);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------

@@ -189,6 +189,17 @@ void NormLayer::backward_with(const TensorView& dy, const TensorView& dx, const 
   has_saved_ = false;
 }
 
+void NormLayer::copy_state_from(const NormLayer& other) {
+  weight_ = other.weight_;
+  bias_ = other.bias_;
+  grad_weight_ = other.grad_weight_;
+  grad_bias_ = other.grad_bias_;
+  running_mean_ = other.running_mean_;
+  running_var_ = other.running_var_;
+  num_batches_tracked_ = other.num_batches_tracked_;
+  training_ = other.training_;
+}
+
 void NormLayer::zero_grad() {
   std::fill(grad_weight_.begin(), grad_weight_.end(), 0.0f);
   std::fill(grad_bias_.begin(), grad_bias_.end(), 0.0f);

@@ -20,8 +20,10 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "fusednorm/layers.h"
 #include "support/sync_batch.h"
 #include "support/test_data.h"
 
@@ -29,6 +31,7 @@ namespace fusednorm {
 namespace {
 
 using test::kFloat32Tolerance;
+using test::close;
 using test::Random;
 
 // The members of a group are threads; allgather waits for all of them. A round's result stays until every member
@@ -216,6 +219,83 @@ TEST(SyncBatchNormEvaluationTest, IsBatchNormOnEachMembersSlice) {
     batch_norm_forward(t, options);
     EXPECT_EQ(b.y, expected);
   }
+}
+
+// The layer: SyncBatchNorm2d-like members on threads, each with its slice, against one BatchNorm2d over the whole
+// batch, for a few training steps (the forward, the backward, the running statistics) and then evaluation. Each
+// member's gradients are its part: summed over the members they are the one layer's.
+TEST(SyncBatchNormLayerTest, MembersTogetherAreOneBatchNormOverTheWholeBatch) {
+  Random rng(test::seed_for_current_test());
+  for (Layout layout : {Layout::nchw, Layout::nhwc}) {
+    SCOPED_TRACE(to_string(layout));
+    const std::vector<int64_t> shape{8, 6, 5, 3}, split{3, 0, 5};
+    BatchNorm2d whole(6, {.momentum = std::nullopt, .epilogue = Epilogue::relu});
+    for (float& w : whole.weight()) w = static_cast<float>(rng.uniform(0.5, 2.0));
+    ThreadGroup group(3);
+    std::vector<ThreadMember> members;
+    std::vector<SyncBatchNorm> layers;
+    for (int r = 0; r < 3; r++) members.emplace_back(group, r);
+    for (int r = 0; r < 3; r++) layers.emplace_back(whole, members[static_cast<size_t>(r)]);
+    for (int step = 0; step < 3; step++) {
+      test::Batch b(shape, layout, split, Epilogue::relu, rng);
+      std::vector<float> y = test::poisoned(b.d.numel()), dx = test::poisoned(b.d.numel());
+      whole.forward(TensorView::with_layout(b.x.data(), shape, layout), TensorView::with_layout(y.data(), shape, layout));
+      whole.backward(TensorView::with_layout(b.dy.data(), shape, layout),
+                     TensorView::with_layout(dx.data(), shape, layout));
+      on_members(group, [&](Communicator& member) {
+        SyncBatchNorm& layer = layers[static_cast<size_t>(member.rank())];
+        layer.forward(b.slice(b.x, member.rank()), b.slice(b.y, member.rank()));
+        layer.backward(b.slice(b.dy, member.rank()), b.slice(b.dx, member.rank()));
+      });
+      EXPECT_TRUE(close("y", b.y, test::to_double(y)));
+      EXPECT_TRUE(close("dx", b.dx, test::to_double(dx)));
+      for (SyncBatchNorm& layer : layers) {
+        EXPECT_EQ(layer.num_batches_tracked(), step + 1);
+        EXPECT_EQ(layer.running_mean(), layers.front().running_mean());
+        EXPECT_TRUE(close("running_mean", layer.running_mean(), test::to_double(whole.running_mean())));
+        EXPECT_TRUE(close("running_var", layer.running_var(), test::to_double(whole.running_var())));
+      }
+      for (auto [name, grad, expected] : {std::tuple{"grad_weight", &SyncBatchNorm::grad_weight, whole.grad_weight()},
+                                          std::tuple{"grad_bias", &SyncBatchNorm::grad_bias, whole.grad_bias()}}) {
+        std::vector<double> sum(expected.size(), 0.0);
+        for (const SyncBatchNorm& layer : layers) {
+          for (size_t c = 0; c < sum.size(); c++) sum[c] += (layer.*grad)()[c];
+        }
+        EXPECT_TRUE(close(name, sum, test::to_double(expected)));
+      }
+    }
+    // Evaluation: no collective (ThreadGroup would wait for the others), the running statistics.
+    test::Batch b(shape, layout, {8, 0, 0}, Epilogue::relu, rng);
+    std::vector<float> y = test::poisoned(b.d.numel());
+    whole.eval();
+    layers.front().eval();
+    whole.forward(TensorView::with_layout(b.x.data(), shape, layout), TensorView::with_layout(y.data(), shape, layout));
+    layers.front().forward(b.slice(b.x, 0), b.slice(b.y, 0));
+    EXPECT_TRUE(close("y (evaluation)", b.y, test::to_double(y)));
+  }
+}
+
+// Its state dict has BatchNorm's names (PyTorch's SyncBatchNorm), and it is made from a BatchNorm with its state.
+TEST(SyncBatchNormLayerTest, StateDictAndConstructionFromBatchNorm) {
+  BatchNorm2d batch_norm(4, {.eps = 1e-3, .momentum = 0.3});
+  batch_norm.weight() = {1, 2, 3, 4};
+  batch_norm.running_var() = {5, 6, 7, 8};
+  batch_norm.eval();
+  ThreadGroup group(1);
+  ThreadMember member(group, 0);
+  SyncBatchNorm sync(batch_norm, member);
+  EXPECT_EQ(sync.weight(), batch_norm.weight());
+  EXPECT_EQ(sync.running_var(), batch_norm.running_var());
+  EXPECT_FALSE(sync.is_training());
+  EXPECT_EQ(sync.options().eps, 1e-3);
+  StateDict from_sync, from_batch_norm;
+  sync.save_to(from_sync, "bn.");
+  batch_norm.save_to(from_batch_norm, "bn.");
+  std::vector<std::string> sync_names, batch_norm_names;
+  for (const auto& [name, tensor] : from_sync) sync_names.push_back(name);
+  for (const auto& [name, tensor] : from_batch_norm) batch_norm_names.push_back(name);
+  EXPECT_EQ(sync_names, batch_norm_names);
+  EXPECT_EQ(sync_names.size(), 5u);  // weight, bias, running_mean, running_var, num_batches_tracked
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "fusednorm/epilogue.h"
 #include "fusednorm/layer_norm.h"
 #include "fusednorm/state_dict.h"
+#include "fusednorm/sync_batch_norm.h"
 #include "fusednorm/tensor.h"
 
 namespace fusednorm {
@@ -117,6 +118,9 @@ class NormLayer {
   int64_t& num_batches_tracked_counter() { return num_batches_tracked_; }
   // Running mean 0, running variance 1, num_batches_tracked 0.
   void reset_running_stats();
+  // Everything but the name and options from `other`, a layer of the same contents: parameters, their gradients,
+  // buffers and train / eval (SyncBatchNorm from a BatchNorm). Not what a forward saved for its backward.
+  void copy_state_from(const NormLayer& other);
 
  private:
   void forward_with(const TensorView& x, const std::optional<TensorView>& z, const TensorView& y);
@@ -177,7 +181,9 @@ class BatchNorm : public NormLayer {
   using NormLayer::running_var;
 
  protected:
-  BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::string name, std::vector<int64_t> ranks);
+  // process_group: SyncBatchNorm's communicator, null for the others.
+  BatchNorm(int64_t num_features, BatchNormLayerOptions options, std::string name, std::vector<int64_t> ranks,
+            Communicator* process_group = nullptr);
 
  private:
   void check_input(const TensorView& x, const char* what) const override;
@@ -189,6 +195,7 @@ class BatchNorm : public NormLayer {
   std::vector<int64_t> ranks_;  // accepted input ranks
   int64_t num_features_;
   BatchNormLayerOptions options_;
+  Communicator* process_group_;
 };
 
 // (N, C) or (N, C, L)
@@ -208,6 +215,23 @@ class BatchNorm3d : public BatchNorm {
  public:
   explicit BatchNorm3d(int64_t num_features, BatchNormLayerOptions options = {})
       : BatchNorm(num_features, options, "BatchNorm3d", {5}) {}
+};
+
+// PyTorch's SyncBatchNorm: BatchNorm whose batch statistics (in training, or always with track_running_stats false)
+// are those of the whole batch of a group of processes, each holding its part (fusednorm/sync_batch_norm.h; N may
+// be 0 on a member). process_group is the group (not owned: it must outlive the layer's calls), and every member
+// runs the same steps. grad_weight and grad_bias accumulate the member's own part, as PyTorch's do before the
+// data-parallel gradient reduction. (N, C) and (N, C, *spatial) with up to 3 spatial dimensions; PyTorch's names
+// in the state dict.
+class SyncBatchNorm : public BatchNorm {
+ public:
+  SyncBatchNorm(int64_t num_features, Communicator& process_group, BatchNormLayerOptions options = {})
+      : BatchNorm(num_features, options, "SyncBatchNorm", {2, 3, 4, 5}, &process_group) {}
+  // PyTorch's convert_sync_batchnorm, for one layer: `layer`'s options, parameters, gradients, buffers and mode.
+  SyncBatchNorm(const BatchNorm& layer, Communicator& process_group)
+      : SyncBatchNorm(layer.num_features(), process_group, layer.options()) {
+    copy_state_from(layer);
+  }
 };
 
 // ---------------------------------------------------------------------------------------------------------------
