@@ -106,9 +106,13 @@ namespace {
 std::unique_ptr<fusednorm::NormLayer> make_norm(const ModelConfig& config) {
   switch (config.norm) {
     case Norm::none: return nullptr;
-    case Norm::batch:
-      return std::make_unique<fusednorm::BatchNorm1d>(
-          config.hidden, fusednorm::BatchNormLayerOptions{.momentum = config.batch_norm_momentum});
+    case Norm::batch: {
+      const fusednorm::BatchNormLayerOptions options{.momentum = config.batch_norm_momentum};
+      if (config.process_group) {
+        return std::make_unique<fusednorm::SyncBatchNorm>(config.hidden, *config.process_group, options);
+      }
+      return std::make_unique<fusednorm::BatchNorm1d>(config.hidden, options);
+    }
     case Norm::group: return std::make_unique<fusednorm::GroupNorm>(config.groups, config.hidden);
     case Norm::layer: return std::make_unique<fusednorm::LayerNorm>(std::vector<int64_t>{config.hidden});
     case Norm::rms: return std::make_unique<fusednorm::RMSNorm>(std::vector<int64_t>{config.hidden});

@@ -59,6 +59,9 @@ struct ModelConfig {
   std::optional<double> batch_norm_momentum = 0.1;
   // Multiplies both Linear layers' initial weights (PyTorch's default, U(-1/sqrt(in), 1/sqrt(in))).
   double init_scale = 1.0;
+  // Where set, BatchNorm1d is a SyncBatchNorm over this group (not owned): data-parallel training, each process with
+  // its part of every batch (sync_main.cpp).
+  fusednorm::Communicator* process_group = nullptr;
 };
 
 struct Linear {
