@@ -53,7 +53,8 @@ test: build
 
 # The bench's JSON goes to BENCH_JSON (rather than a --json in BENCH_ARGS), which the plots are drawn from.
 # BENCH_RUNS=3: three runs one after the other (the first's JSON is BENCH_JSON, the others BENCH_JSON with .2, .3
-# before .json), plotted as medians with the runs' spread.
+# before .json), plotted as medians with the runs' spread. Then, where the component mpi is built, SyncBatchNorm over
+# MPI with 2 and 4 processes against the local BatchNorm (bench/sync_bench.cpp), into $(BUILD)/bench/sync.md.
 BENCH_JSON ?= $(BUILD)/bench/results.json
 BENCH_RUNS ?= 1
 bench: BOOTSTRAP_MODE = bench
@@ -64,6 +65,13 @@ bench: build
 	  $(BUILD)/bench/fusednorm_bench --json $$json $(BENCH_ARGS); jsons+=($$json); \
 	done; \
 	$(VENV)/bin/python scripts/plot_bench.py "$${jsons[@]}" --out $(BUILD)/bench/plots
+	@if [[ -x $(BUILD)/bench/fusednorm_sync_bench ]]; then \
+	  for processes in 2 4; do \
+	    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader \
+	    OMPI_MCA_btl_vader_single_copy_mechanism=none mpirun -np $$processes --oversubscribe \
+	      $(BUILD)/bench/fusednorm_sync_bench; echo; \
+	  done | tee $(BUILD)/bench/sync.md; \
+	fi
 
 # Tuned dispatch (docs/TUNING.md): times every variant of each kernel per shape class on this machine and
 # writes the table dispatch loads with FUSEDNORM_TUNING=<table> or fusednorm::load_tuning(): the cache and llc
