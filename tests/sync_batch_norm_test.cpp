@@ -133,6 +133,20 @@ TEST_P(SyncBatchNormTest, MeanTenThousandTimesTheStandardDeviation) {
   test::expect_matches_whole_batch(b, test::hard_options(epilogue), test::kHardStatisticTolerance, on_threads);
 }
 
+// bfloat16 and float16 tensors like x (the split kernels of each dtype), where the build has 16-bit kernels.
+TEST_P(SyncBatchNormTest, SixteenBitTensors) {
+#if defined(FUSEDNORM_TEST_HALF_KERNELS)
+  const auto [layout, epilogue] = GetParam();
+  for (DType dtype : {DType::bfloat16, DType::float16}) {
+    SCOPED_TRACE(name(dtype));
+    test::Batch b({7, 5, 6, 7}, layout, {3, 0, 4}, epilogue, rng_, dtype);
+    test::expect_matches_whole_batch(b, test::options_for(epilogue), kFloat32Tolerance, on_threads);
+  }
+#else
+  GTEST_SKIP() << "this build has no 16-bit kernels (FUSEDNORM_HALF_ISAS)";
+#endif
+}
+
 INSTANTIATE_TEST_SUITE_P(LayoutsAndEpilogues, SyncBatchNormTest,
                          ::testing::Combine(::testing::Values(Layout::nchw, Layout::nhwc),
                                             ::testing::Values(Epilogue::none, Epilogue::relu, Epilogue::add_relu)),

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <numeric>
 #include <vector>
 
@@ -20,11 +21,15 @@ namespace fusednorm::test {
 constexpr double kSyncEps = 1e-5;
 
 // One batch of (N, C, *spatial) split along N into the members' slices, with every member's own per-channel state.
+// In a 16-bit dtype, x, z and dy are rounded to it (the reference reads the rounded values) and the calls see 16-bit
+// twins of the tensors like x; widen() brings their outputs back into y, dx and dz.
 struct Batch {
-  Batch(std::vector<int64_t> shape_, Layout layout, std::vector<int64_t> split_, Epilogue epilogue_, Random& rng)
+  Batch(std::vector<int64_t> shape_, Layout layout, std::vector<int64_t> split_, Epilogue epilogue_, Random& rng,
+        DType dtype_ = DType::float32)
       : shape(std::move(shape_)),
         split(std::move(split_)),
         epilogue(epilogue_),
+        dtype(dtype_),
         d(dims_of(shape, layout)),
         x(random_input(d, rng)),
         z(random_input(d, rng)),
@@ -38,7 +43,24 @@ struct Batch {
         running_var(random_vector(d.c, rng, 0.5, 2.0)) {
     EXPECT_EQ(std::accumulate(split.begin(), split.end(), int64_t{0}), shape[0]);
     for (size_t r = 0; r < split.size(); r++) members.push_back(Member{*this});
+    if (dtype == DType::float32) return;
+    for (std::vector<float>* t : {&x, &z, &dy}) round_to(dtype, *t);
+    for (std::vector<float>* t : {&x, &z, &dy, &y, &dx, &dz}) {
+      std::vector<uint16_t>& bits = half[t];
+      for (float v : *t) bits.push_back(to_bits(dtype, v));
+    }
   }
+
+  // y, dx and dz from their 16-bit twins (nothing in float32).
+  void widen() {
+    if (dtype == DType::float32) return;
+    for (std::vector<float>* t : {&y, &dx, &dz}) {
+      const std::vector<uint16_t>& bits = half.at(t);
+      for (size_t i = 0; i < bits.size(); i++) (*t)[i] = from_bits(dtype, bits[i]);
+    }
+  }
+  // The bound of y, dx and dz against the reference (test_data.h).
+  double output_tolerance() const { return storage_tolerance(dtype); }
 
   // Every member's copy of the state a layer would hold, and its outputs.
   struct Member {
@@ -54,11 +76,15 @@ struct Batch {
   };
 
   // A member's slice of a tensor like x: its samples are consecutive in both layouts (N is outermost).
-  TensorView slice(std::vector<float>& t, int rank) const {
+  TensorView slice(std::vector<float>& t, int rank) {
     const int64_t first = std::accumulate(split.begin(), split.begin() + rank, int64_t{0});
     std::vector<int64_t> part = shape;
     part[0] = split[static_cast<size_t>(rank)];
-    return TensorView::with_layout(t.data() + first * d.c * d.s, part, d.layout);
+    const int64_t offset = first * d.c * d.s;
+    if (dtype != DType::float32) {
+      return TensorView::with_layout({half.at(&t).data() + offset, dtype}, part, d.layout);
+    }
+    return TensorView::with_layout(t.data() + offset, part, d.layout);
   }
   TensorView channel(std::vector<float>& t) const { return TensorView(t.data(), {d.c}); }
 
@@ -90,9 +116,11 @@ struct Batch {
 
   std::vector<int64_t> shape, split;
   Epilogue epilogue;
+  DType dtype;
   reference::Dims d;
   std::vector<float> x, z, dy, y, dx, dz, weight, bias, running_mean, running_var;
   std::vector<Member> members;
+  std::map<const std::vector<float>*, std::vector<uint16_t>> half;  // the 16-bit twins, by the float tensor
 };
 
 inline BatchNormOptions options_for(Epilogue epilogue, double momentum = 0.1) {
@@ -117,7 +145,8 @@ inline void expect_matches_whole_batch(Batch& b, const BatchNormOptions& options
                                                     {b.weight.data(), b.bias.data()}, kSyncEps, b.epilogue, b.z.data(),
                                                     &running);
   run(b, [&](Communicator& member) { sync_batch_norm_forward(b.forward(member.rank()), member, options); });
-  EXPECT_TRUE(close("y", b.y, ref.y));
+  b.widen();
+  EXPECT_TRUE(close("y", b.y, ref.y, b.output_tolerance()));
   const Batch::Member& first = b.members.front();
   EXPECT_TRUE(close_statistic("save_mean", first.save_mean, ref.mean, ref.invstd));
   EXPECT_TRUE(close("save_invstd", first.save_invstd, ref.invstd, statistic_tolerance, Scale::element));
@@ -137,9 +166,10 @@ inline void expect_matches_whole_batch(Batch& b, const BatchNormOptions& options
       to_double(first.save_invstd).data(), {b.weight.data(), b.bias.data()}, /*through_statistics=*/true,
       b.epilogue, b.y.data());
   run(b, [&](Communicator& member) { sync_batch_norm_backward(b.backward(member.rank()), member, options); });
-  EXPECT_TRUE(close("grad_input", b.dx, ref_backward.dx));
+  b.widen();
+  EXPECT_TRUE(close("grad_input", b.dx, ref_backward.dx, b.output_tolerance()));
   if (b.epilogue == Epilogue::add_relu) {
-    EXPECT_TRUE(close("grad_residual", b.dz, ref_backward.dz));
+    EXPECT_TRUE(close("grad_residual", b.dz, ref_backward.dz, b.output_tolerance()));
   }
   // Each member's parameter gradients are its part of the batch's: their sum is the whole batch's.
   std::vector<double> grad_weight(static_cast<size_t>(b.d.c), 0.0), grad_bias(static_cast<size_t>(b.d.c), 0.0);
