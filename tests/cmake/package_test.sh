@@ -6,6 +6,7 @@
 #     neither libfmt nor Halide;
 #   - examples/consumer, which generates kernels with fusednorm_add_kernel() (component generator) and calls
 #     them through the functional API;
+#   - examples/mpi_consumer (component mpi, where built): SyncBatchNorm under mpirun -np 2;
 #   - the installed fusednorm_bench: one --problem, and a --quick tuning table for one kernel (docs/TUNING.md),
 #     both written to the current directory.
 # Prints the stripped size of link_only. Needs root for `unshare -m`; exits 77 (skipped) without it.
@@ -30,7 +31,7 @@ if grep -rlF -e "$source" -e "$build" "$work/prefix/lib" --include='*.cmake' --i
   echo "package test: the files above name the source or build tree"
   exit 1
 fi
-cp -r "$source/examples/link_only" "$source/examples/consumer" "$work/"
+cp -r "$source/examples/link_only" "$source/examples/consumer" "$source/examples/mpi_consumer" "$work/"
 mkdir "$work/empty"
 
 unshare -m bash -euo pipefail -s "$work" "$source" "$build" <<'INSIDE'
@@ -76,6 +77,17 @@ arm64=$work/consumer-build/unet_group_norm_silu_arm64.fusednorm/unet_group_norm_
 [[ -f $arm64 ]] || { echo "package test: the arm-64 kernel library $arm64 was not built"; exit 1; }
 "$work/consumer-build/consumer"
 no_fmt_or_halide "$work/consumer-build/consumer"
+
+# The component mpi, where the build has it: SyncBatchNorm over two processes from the installed package.
+if [[ -f $work/prefix/lib/cmake/FusedNorm/FusedNormMpiTargets.cmake ]]; then
+  step "mpi_consumer: configure (component mpi)" $cmake -S "$work/mpi_consumer" -B "$work/mpi_consumer-build" \
+    -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=$work/prefix"
+  step "mpi_consumer: build" $cmake --build "$work/mpi_consumer-build"
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl=self,vader \
+    OMPI_MCA_btl_vader_single_copy_mechanism=none mpirun -np 2 --oversubscribe "$work/mpi_consumer-build/mpi_consumer"
+else
+  echo "== mpi_consumer: skipped, this build has no component mpi"
+fi
 
 bench=$work/prefix/bin/fusednorm_bench
 [[ -x $bench ]] || { echo "package test: $bench is not installed"; exit 1; }
