@@ -253,7 +253,8 @@ TEST(SyncBatchNormLayerTest, MembersTogetherAreOneBatchNormOverTheWholeBatch) {
     for (int step = 0; step < 3; step++) {
       test::Batch b(shape, layout, split, Epilogue::relu, rng);
       std::vector<float> y = test::poisoned(b.d.numel()), dx = test::poisoned(b.d.numel());
-      whole.forward(TensorView::with_layout(b.x.data(), shape, layout), TensorView::with_layout(y.data(), shape, layout));
+      whole.forward(TensorView::with_layout(b.x.data(), shape, layout),
+                    TensorView::with_layout(y.data(), shape, layout));
       whole.backward(TensorView::with_layout(b.dy.data(), shape, layout),
                      TensorView::with_layout(dx.data(), shape, layout));
       on_members(group, [&](Communicator& member) {
@@ -283,7 +284,8 @@ TEST(SyncBatchNormLayerTest, MembersTogetherAreOneBatchNormOverTheWholeBatch) {
     std::vector<float> y = test::poisoned(b.d.numel());
     whole.eval();
     layers.front().eval();
-    whole.forward(TensorView::with_layout(b.x.data(), shape, layout), TensorView::with_layout(y.data(), shape, layout));
+    whole.forward(TensorView::with_layout(b.x.data(), shape, layout),
+                  TensorView::with_layout(y.data(), shape, layout));
     layers.front().forward(b.slice(b.x, 0), b.slice(b.y, 0));
     EXPECT_TRUE(close("y (evaluation)", b.y, test::to_double(y)));
   }
