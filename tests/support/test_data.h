@@ -151,6 +151,19 @@ inline std::vector<float> random_input(const reference::Dims& d, Random& rng) {
   return x;
 }
 
+// The hard numerics' input: each channel's mean 1e4 times its standard deviation (of either sign), the standard
+// deviations from 1e-2 to 1e2 across channels. Raw sums of x and x^2 in float32 would lose every digit of the
+// variance here.
+inline void mean_ten_thousand_sigma(std::vector<float>& x, const reference::Dims& d, Random& rng) {
+  for (int64_t c = 0; c < d.c; c++) {
+    const double spread = std::pow(10.0, rng.uniform(-2.0, 2.0));
+    const double mean = (c % 2 ? -1e4 : 1e4) * spread;
+    for (int64_t n = 0; n < d.n; n++)
+      for (int64_t s = 0; s < d.s; s++)
+        x[static_cast<size_t>(d.offset(n, c, s))] = static_cast<float>(mean + spread * rng.standard());
+  }
+}
+
 // An output buffer before the call: every element NaN, so one the kernel did not write fails the comparison.
 inline std::vector<float> poisoned(int64_t size) {
   return std::vector<float>(static_cast<size_t>(size), std::numeric_limits<float>::quiet_NaN());
