@@ -40,6 +40,8 @@ struct Driver {
   CUresult (*cuMemAlloc)(DevicePtr*, size_t) = nullptr;
   CUresult (*cuMemFree)(DevicePtr) = nullptr;
   CUresult (*cuMemcpyDtoDAsync)(DevicePtr, DevicePtr, size_t, CUstream) = nullptr;
+  CUresult (*cuMemcpyHtoDAsync)(DevicePtr, const void*, size_t, CUstream) = nullptr;
+  CUresult (*cuMemcpyDtoHAsync)(void*, DevicePtr, size_t, CUstream) = nullptr;
   CUresult (*cuMemsetD32Async)(DevicePtr, unsigned, size_t, CUstream) = nullptr;
   CUresult (*cuStreamSynchronize)(CUstream) = nullptr;
   CUresult (*cuGetErrorName)(CUresult, const char**) = nullptr;
@@ -70,6 +72,8 @@ const Driver& driver() {
               resolve(library, "cuCtxPopCurrent_v2", d.cuCtxPopCurrent) &&
               resolve(library, "cuMemAlloc_v2", d.cuMemAlloc) && resolve(library, "cuMemFree_v2", d.cuMemFree) &&
               resolve(library, "cuMemcpyDtoDAsync_v2", d.cuMemcpyDtoDAsync) &&
+              resolve(library, "cuMemcpyHtoDAsync_v2", d.cuMemcpyHtoDAsync) &&
+              resolve(library, "cuMemcpyDtoHAsync_v2", d.cuMemcpyDtoHAsync) &&
               resolve(library, "cuMemsetD32Async", d.cuMemsetD32Async) &&
               resolve(library, "cuStreamSynchronize", d.cuStreamSynchronize) &&
               resolve(library, "cuGetErrorName", d.cuGetErrorName) &&
@@ -150,23 +154,6 @@ CUcontext call_context(const char* function) {
   return primary;
 }
 
-// With the call's context current on this thread, for the runtime's own driver calls.
-class ContextGuard {
- public:
-  explicit ContextGuard(const char* function) : function_(function) {
-    check(function_, "cuCtxPushCurrent", driver().cuCtxPushCurrent(current_context));
-  }
-  ~ContextGuard() {
-    CUcontext popped = nullptr;
-    driver().cuCtxPopCurrent(&popped);
-  }
-  ContextGuard(const ContextGuard&) = delete;
-  ContextGuard& operator=(const ContextGuard&) = delete;
-
- private:
-  const char* function_;
-};
-
 // Per thread and stream: the device buffers of DeviceScratch, [0, used) in use.
 struct Pool {
   struct Buffer {
@@ -182,6 +169,14 @@ Pool& pool_for(const void* stream) {
 }
 
 }  // namespace
+
+ContextGuard::ContextGuard(const char* function) : function_(function) {
+  check(function_, "cuCtxPushCurrent", driver().cuCtxPushCurrent(current_context));
+}
+ContextGuard::~ContextGuard() {
+  CUcontext popped = nullptr;
+  driver().cuCtxPopCurrent(&popped);
+}
 
 bool driver_available(std::string* reason) {
   const Driver& d = driver();
@@ -237,6 +232,16 @@ void copy_floats(const CallScope& scope, DevicePtr to, DevicePtr from, int64_t f
   ContextGuard guard(scope.function());
   check(scope.function(), "cuMemcpyDtoDAsync",
         driver().cuMemcpyDtoDAsync(to, from, static_cast<size_t>(floats) * sizeof(float), scope.stream()));
+}
+
+void copy_to_device(const CallScope& scope, DevicePtr to, const void* from, size_t bytes) {
+  ContextGuard guard(scope.function());
+  check(scope.function(), "cuMemcpyHtoDAsync", driver().cuMemcpyHtoDAsync(to, from, bytes, scope.stream()));
+}
+
+void copy_to_host(const CallScope& scope, void* to, DevicePtr from, size_t bytes) {
+  ContextGuard guard(scope.function());
+  check(scope.function(), "cuMemcpyDtoHAsync", driver().cuMemcpyDtoHAsync(to, from, bytes, scope.stream()));
 }
 
 void synchronize(const char* function, void* stream) {

@@ -48,9 +48,23 @@ class DeviceScratch {
   size_t first_;
 };
 
-// Stream-ordered copy of floats between device buffers, and waiting for a stream; errors throw with the
-// driver's message.
+// Stream-ordered copies (floats between device buffers; bytes to and from host memory), and waiting for a stream;
+// errors throw with the driver's message.
 void copy_floats(const CallScope& scope, DevicePtr to, DevicePtr from, int64_t floats);
+void copy_to_device(const CallScope& scope, DevicePtr to, const void* from, size_t bytes);
+void copy_to_host(const CallScope& scope, void* to, DevicePtr from, size_t bytes);
 void synchronize(const char* function, void* stream);
+
+// The scope's context current on this thread while this lives, for libraries that use the current context (NCCL).
+class ContextGuard {
+ public:
+  explicit ContextGuard(const char* function);
+  ~ContextGuard();
+  ContextGuard(const ContextGuard&) = delete;
+  ContextGuard& operator=(const ContextGuard&) = delete;
+
+ private:
+  const char* function_;
+};
 
 }  // namespace fusednorm::detail::cuda

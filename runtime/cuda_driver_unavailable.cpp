@@ -28,6 +28,10 @@ DeviceScratch::~DeviceScratch() = default;
 DevicePtr DeviceScratch::take(int64_t) { unavailable(scope_.function()); }
 DevicePtr DeviceScratch::filled(int64_t, float) { unavailable(scope_.function()); }
 void copy_floats(const CallScope& scope, DevicePtr, DevicePtr, int64_t) { unavailable(scope.function()); }
+void copy_to_device(const CallScope& scope, DevicePtr, const void*, size_t) { unavailable(scope.function()); }
+void copy_to_host(const CallScope& scope, void*, DevicePtr, size_t) { unavailable(scope.function()); }
 void synchronize(const char* function, void*) { unavailable(function); }
+ContextGuard::ContextGuard(const char* function) : function_(function) { unavailable(function); }
+ContextGuard::~ContextGuard() = default;
 
 }  // namespace fusednorm::detail::cuda

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine (docs/CUDA.md):
-#   1. tests/cuda_test: every CUDA variant against the float64 reference;
+#   1. tests/cuda_test: every CUDA variant against the float64 reference, and NcclCommunicator in a group of one;
 #   2. scripts/gpu_bench.py: FusedNorm against PyTorch eager and torch.compile on the same shapes and dtype, with
 #      the copy ceiling measured in the same run; a table of ms, GB/s and ratios, JSON in $OUT;
 #   3. each schedule variant of the bundle (variants/<name>/, scripts/gpu_bundle.sh) timed the same way, without
@@ -18,6 +18,9 @@ started=$SECONDS
 total=${GPU_CHECK_SECONDS:-550}  # keep under the device tool's timeout_s
 mkdir -p "$out"
 export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NCCL for NcclTest (fusednorm/nccl.h loads libnccl.so.2): the one PyTorch's wheel carries, where it has one.
+nccl_lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null)
+if [ -n "$nccl_lib" ] && [ -f "$nccl_lib/libnccl.so.2" ]; then export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$nccl_lib"; fi
 for f in cuda_test libfusednorm_cuda_c.so; do
   test -f "$bundle/$f" || { echo "gpu_check: $bundle/$f is missing: run scripts/gpu_bundle.sh here first" >&2; exit 2; }
 done

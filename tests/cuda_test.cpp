@@ -1,9 +1,10 @@
 // The CUDA kernels (include/fusednorm/cuda.h) against the float64 reference (tests/support/norm_reference.h):
 // every CUDA variant fusednorm::cuda::variants() lists, over the shared shape lists (odd sizes, the real
 // networks' shapes scaled down), each output poisoned with NaN on the device first and every element checked;
-// hard numerics (a mean 1e4 times the standard deviation); bitwise repeatability; the stream argument; errors.
-// Without a GPU (no libcuda, no device, or a build without FUSEDNORM_CUDA) every case but the availability one
-// is skipped with the reason, and ctest reports it as skipped.
+// hard numerics (a mean 1e4 times the standard deviation); bitwise repeatability; the stream argument; errors;
+// NcclCommunicator (fusednorm/nccl.h) in a group of one. Without a GPU (no libcuda, no device, or a build without
+// FUSEDNORM_CUDA) every case but the availability one and NCCL's argument and missing-GPU errors is skipped with the
+// reason, and ctest reports it as skipped.
 //
 // Device memory comes from the driver directly (dlopen of libcuda.so.1): this machine needs no CUDA toolkit.
 #include "fusednorm/cuda.h"
@@ -13,13 +14,16 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "fusednorm/nccl.h"
 #include "support/norm_reference.h"
 #include "support/shapes.h"
+#include "support/sync_batch.h"
 #include "support/test_data.h"
 
 namespace fusednorm {
@@ -453,6 +457,76 @@ TEST_F(CudaTest, ErrorsNameTheArgument) {
     ADD_FAILURE() << "expected fusednorm::Error";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("weight is absent"), std::string::npos) << e.what();
+  }
+}
+
+// NcclCommunicator (fusednorm/nccl.h). Its arguments are checked before CUDA or NCCL is loaded, on every machine.
+void expect_error_containing(const std::function<void()>& call, const std::string& text) {
+  try {
+    call();
+    ADD_FAILURE() << "expected fusednorm::Error containing: " << text;
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+  }
+}
+
+TEST(NcclTest, ArgumentsAreCheckedBeforeAnythingLoads) {
+  const NcclUniqueId id{};
+  expect_error_containing([&] { NcclCommunicator(id, 1, 1); },
+                          "NcclCommunicator: rank is 1, expected 0 to size - 1 = 0");
+  expect_error_containing([&] { NcclCommunicator(id, -1, 2); }, "NcclCommunicator: rank is -1");
+  expect_error_containing([&] { NcclCommunicator(id, 0, 0); }, "NcclCommunicator: size is 0, expected at least 1");
+}
+
+// Whether this machine has what a group needs: a GPU and libnccl.so.2 (PyTorch's wheel carries one:
+// scripts/gpu_check.sh puts it on the library path).
+bool nccl_usable(std::string* reason) {
+  if (!cuda::available(reason)) return false;
+  void* library = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (!library) {
+    const char* why = dlerror();
+    *reason = why ? why : "libnccl.so.2 does not load";
+    return false;
+  }
+  dlclose(library);
+  return true;
+}
+
+TEST(NcclTest, WithoutAGpuOrNcclTheErrorSaysWhich) {
+  std::string reason;
+  if (nccl_usable(&reason)) GTEST_SKIP() << "this machine has a GPU and NCCL: GroupOfOne covers them";
+  try {
+    nccl_unique_id();
+    ADD_FAILURE() << "expected fusednorm::Error (" << reason << ")";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(e.kind(), Error::Kind::device);
+    EXPECT_EQ(what.rfind("nccl_unique_id: ", 0), 0u) << what;
+    EXPECT_NE(what.find(reason), std::string::npos) << what << " does not say: " << reason;
+  }
+}
+
+// A group of one on the GPU: the allgather returns what it was given, and SyncBatchNorm over it matches the float64
+// reference of the batch as sync_batch_norm_test's groups do (CPU tensors: the collective is what is under test).
+TEST(NcclTest, GroupOfOne) {
+  std::string reason;
+  if (!nccl_usable(&reason)) GTEST_SKIP() << "no GPU or no NCCL: " << reason;
+  NcclCommunicator group(nccl_unique_id(), 0, 1);
+  EXPECT_EQ(group.rank(), 0);
+  EXPECT_EQ(group.size(), 1);
+  const std::vector<double> values{1.5, -2.0, 3e300, std::numeric_limits<double>::denorm_min()};
+  std::vector<double> gathered(values.size(), std::numeric_limits<double>::quiet_NaN());
+  group.allgather(values, gathered);
+  EXPECT_EQ(gathered, values);
+  std::vector<double> too_small(values.size() - 1);
+  expect_error_containing([&] { group.allgather(values, too_small); },
+                          "NcclCommunicator::allgather: gathered holds 3 values, expected size() x values = 1 x 4");
+  Random rng(test::seed_for_current_test());
+  for (Layout layout : {Layout::nchw, Layout::nhwc}) {
+    SCOPED_TRACE(to_string(layout));
+    test::Batch b({5, 3, 4, 6}, layout, {5}, Epilogue::relu, rng);
+    test::expect_matches_whole_batch(b, test::options_for(Epilogue::relu), test::kFloat32Tolerance,
+                                     [&](test::Batch&, const test::MemberCall& call) { call(group); });
   }
 }
 
