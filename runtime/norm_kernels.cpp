@@ -115,7 +115,7 @@ void run_forward_training(const char* function, const TensorRefs& t, const Kerne
   Binder args(backend);
   bind_common(args, t, s, dims);
   bind_like_input(args, Arg::y, t.output, dims);
-  if (affine) bind_affine(args, backend, t, s, g);
+  if (plan.affine_kernel) bind_affine(args, backend, t, s, g);
   const float* invstd = data_or_scratch(t.save_invstd, backend, stats.count());
   args.statistics(Arg::saved_invstd, invstd, stats.groups, stats.blocks);
   if (s.norm != Norm::rms) {
@@ -153,7 +153,7 @@ void run_forward_inference(const char* function, const TensorRefs& t, const Kern
   Binder args(backend);
   bind_common(args, t, s, dims);
   bind_like_input(args, Arg::y, t.output, dims);
-  if (affine) bind_affine(args, backend, t, s, g);
+  if (plan.affine_kernel) bind_affine(args, backend, t, s, g);
   args.vector(Arg::running_mean, t.running_mean->data(), g.channels);
   args.vector(Arg::running_var, t.running_var->data(), g.channels);
   run_plan(plan, args, g.sizes);
@@ -189,7 +189,7 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
     args.statistics(Arg::invstd, invstd, g.channels, 1);
   }
   float *grad_weight = nullptr, *grad_bias = nullptr;
-  if (affine) {
+  if (plan.affine_kernel) {
     bind_affine(args, backend, t, s, g);
     const int64_t size = g.parameters();
     grad_weight = gradient(t.grad_weight, backend, size);

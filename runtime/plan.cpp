@@ -306,10 +306,16 @@ std::shared_ptr<Plan> decide(const PlanRequest& request, const BackendContext& b
   if (p.backend != Backend::cpu) p.settings.table.reset();  // a tuning table ranks this machine's CPU kernels
   p.shape_class = p.settings.table ? shape_class : 0;
   const std::span<const KernelVariant> all = backend.variants();
+  // A call without parameters runs the plain kernel where the backend has one, else the affine kernel.
+  PlanRequest match = request;
+  match.affine = request.affine || std::none_of(all.begin(), all.end(), [&](const KernelVariant& v) {
+    return same_kernel(v, request);
+  });
+  p.affine_kernel = match.affine;
   for (const KernelVariant& v : all) {
-    if (!is_candidate(v, request)) continue;
-    if (!p.kernel_like && same_kernel(v, request)) p.kernel_like = &v;
-    if (!p.untuned && !untuned_reason(v, request, p.settings)) p.untuned = &v;
+    if (!is_candidate(v, match)) continue;
+    if (!p.kernel_like && same_kernel(v, match)) p.kernel_like = &v;
+    if (!p.untuned && !untuned_reason(v, match, p.settings)) p.untuned = &v;
   }
   if (p.settings.table && p.kernel_like && *p.settings.schedule == "hand") {
     if (const auto* list = p.settings.table->candidates(*p.kernel_like, p.shape_class)) {
@@ -323,16 +329,16 @@ std::shared_ptr<Plan> decide(const PlanRequest& request, const BackendContext& b
   }
   const KernelVariant* ran = p.tuned ? p.tuned : p.untuned;
   for (const KernelVariant& v : all) {
-    if (!is_candidate(v, request) || &v == ran) continue;
+    if (!is_candidate(v, match) || &v == ran) continue;
     PassedOver reason = PassedOver::better_isa;
-    if (p.tuned && same_kernel(v, request)) {
+    if (p.tuned && same_kernel(v, match)) {
       // The table ranks every schedule and instruction set of the kernel: only they and max_isa decide.
       if (isa_reason(v, p.settings)) {
         reason = PassedOver::tuned_isa;
       } else {
         reason = ranked(p, v) ? PassedOver::tuned_slower : PassedOver::tuned_not_ranked;
       }
-    } else if (std::optional<PassedOver> why = untuned_reason(v, request, p.settings)) {
+    } else if (std::optional<PassedOver> why = untuned_reason(v, match, p.settings)) {
       reason = *why;
     }
     p.passed_over.push_back({&v, reason});
@@ -457,6 +463,7 @@ std::string report_text(const LastCall& call) {
     } else if (p.tuned) {
       how = fmt::format("; the tuned {} refused the call", p.tuned->name);
     }
+    if (p.affine_kernel && !p.request.affine) how += "; no weight or bias: weight 1, bias 0";
     text = fmt::format("fusednorm: {}: ran {} (schedule {}{})", call_text(p.request, p.backend), ran->name,
                        ran->schedule, how);
   }

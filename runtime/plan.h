@@ -62,6 +62,9 @@ struct Plan {
   const KernelVariant* untuned = nullptr;  // what runs without a table (never null in a plan)
   const KernelVariant* tuned = nullptr;    // the table's choice; null: not tuned
   const KernelVariant* kernel_like = nullptr;  // a variant of the request's kernel (any isa, schedule)
+  // The variants take weight and bias: the call's, or for a call without them where the backend has no plain
+  // kernel (the channel norms, generators/CMakeLists.txt), weight 1, bias 0 and scratch for the gradients.
+  bool affine_kernel = false;
   ArgumentOrder untuned_order, tuned_order;
   struct Candidate {
     const KernelVariant* variant;

@@ -39,8 +39,9 @@ using test::Scale;
 constexpr double kEps = 1e-5;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 
-// Which per-channel parameters a call gives: none (the plain kernels), weight and bias, or the weight alone
-// (bias absent, i.e. 0). In the backward, the weight comes with grad_weight, and grad_bias with the bias.
+// Which per-channel parameters a call gives: none (run by the affine kernels with weight 1 and bias 0), weight and
+// bias, or the weight alone (bias absent, i.e. 0). In the backward, the weight comes with grad_weight, and grad_bias
+// with the bias.
 enum class Affine { none, weight_bias, weight_only };
 
 const char* to_string(Affine affine) {

@@ -293,7 +293,8 @@ TEST(DispatchTest, EveryVariantThatRunsHereIsChosen) {
   EXPECT_GT(chosen, 0);
 }
 
-// InstanceNorm with running statistics runs the batch kernels (docs/KERNELS.md), and the report says so.
+// InstanceNorm with running statistics runs the batch kernels (docs/KERNELS.md), and the report says so: the
+// affine ones, with weight 1 and bias 0, as the call has no parameters and BatchNorm no plain kernel.
 TEST(DispatchTest, InstanceNormWithRunningStatisticsRunsTheBatchKernels) {
   CallMemory m("instance_norm_evaluation");
   const TensorView x(m.x.data(), m.shape), y(m.output.data(), m.shape), dy(m.dy.data(), m.shape),
@@ -303,15 +304,56 @@ TEST(DispatchTest, InstanceNormWithRunningStatisticsRunsTheBatchKernels) {
   const InstanceNormOptions evaluation{.use_input_stats = false};
   instance_norm_forward({.input = x, .output = y, .running_mean = mean, .running_var = var}, evaluation);
   EXPECT_NE(last_dispatch_report().find("fusednorm: instance_norm forward_inference (batch_norm kernels): ran "
-                                        "batch_norm_forward_inference_nchw_plain_"),
+                                        "batch_norm_forward_inference_nchw_affine_"),
             std::string::npos)
+      << last_dispatch_report();
+  EXPECT_NE(last_dispatch_report().find("; no weight or bias: weight 1, bias 0)"), std::string::npos)
       << last_dispatch_report();
   instance_norm_backward({.grad_output = dy, .input = x, .grad_input = dx, .running_mean = mean, .running_var = var},
                          evaluation);
   EXPECT_NE(last_dispatch_report().find(
-                "fusednorm: instance_norm backward (batch_norm kernels): ran batch_norm_backward_nchw_plain_"),
+                "fusednorm: instance_norm backward (batch_norm kernels): ran batch_norm_backward_nchw_affine_"),
             std::string::npos)
       << last_dispatch_report();
+}
+
+// A call without weight and bias runs the plain kernel where the build has one (LayerNorm and RMSNorm, whose
+// plain backward skips the parameter-gradient sums), and otherwise the affine kernel with weight 1 and bias 0,
+// which the report says; last_dispatch() describes the call (affine false) either way.
+TEST(DispatchTest, ACallWithoutParametersRunsThePlainKernelWhereBuiltElseTheAffineOne) {
+  std::vector<VariantInfo> all;
+  {
+    test::ScopedMaxIsa unlimited("");
+    all = variants();
+  }
+  std::set<std::string> plain_kernels;
+  for (const VariantInfo& v : all) {
+    if (!v.affine && v.schedule == "hand") plain_kernels.insert(v.kernel);
+  }
+  int affine_kernel_runs = 0, plain_kernel_runs = 0;
+  for (const VariantInfo& v : all) {
+    if (!v.affine || v.schedule != "hand" || !v.runs_here || v.direction.starts_with("backward_")) continue;
+    SCOPED_TRACE(v.name);
+    test::ScopedMaxIsa limit(v.isa);
+    VariantInfo call = v;
+    call.affine = false;
+    const std::string plain = v.kernel.substr(0, v.kernel.rfind("_affine")) + "_plain" +
+                              v.kernel.substr(v.kernel.rfind("_affine") + 7);
+    const std::string ran = run_like(call);
+    EXPECT_FALSE(last_dispatch().affine);
+    if (plain_kernels.contains(plain)) {
+      EXPECT_TRUE(ran.starts_with(plain + "_")) << ran;
+      EXPECT_EQ(last_dispatch_report().find("weight 1"), std::string::npos) << last_dispatch_report();
+      plain_kernel_runs++;
+    } else {
+      EXPECT_EQ(ran, v.name);
+      EXPECT_NE(last_dispatch_report().find("; no weight or bias: weight 1, bias 0)"), std::string::npos)
+          << last_dispatch_report();
+      affine_kernel_runs++;
+    }
+  }
+  EXPECT_GT(affine_kernel_runs, 0);
+  EXPECT_GT(plain_kernel_runs, 0);
 }
 
 // The report names the variant that ran and every other candidate of the same direction with its reason;
@@ -367,10 +409,6 @@ TEST(DispatchTest, VerboseReportExplainsEveryCandidate) {
                         ": layout nchw, the tensors are nhwc"),
             std::string::npos)
       << report;
-  EXPECT_NE(report.find("passed over batch_norm_forward_training_nhwc_plain_" + isas.back() +
-                        ": not affine, the call has a weight or bias"),
-            std::string::npos)
-      << report;
   if (isas.size() > 1) {
     EXPECT_NE(report.find("passed over batch_norm_forward_training_nhwc_affine_" + isas.front() + ": " + isas.front() +
                           " is above the max_isa limit " + isas.back()),
@@ -413,8 +451,9 @@ TEST(DispatchTest, SetScheduleRunsThatScheduleOrThrows) {
     test::ScopedSchedule scoped(name);
     EXPECT_EQ(schedule(), name);
     for (const VariantInfo& v : variants()) {
-      if (v.schedule != name || !v.runs_here) continue;
-      // The same call without affine parameters: this build has no such variant of the schedule.
+      if (v.schedule != name || !v.runs_here || !is_rows(v.norm)) continue;
+      // The same call without affine parameters: the schedule has no plain LayerNorm kernel (the hand schedule
+      // has, so the call does not run the affine one either).
       VariantInfo plain = v;
       plain.affine = false;
       plain.schedule = "hand";  // run_like's leniency is for autoscheduled kernels' bounds errors only
@@ -481,8 +520,8 @@ TEST(DispatchTest, VariantTableListsExactlyTheBuiltVariants) {
       }
     }
   }
-  // Every documented cell is built in every dtype this build has, affine and not: dispatch's tests and
-  // tests/norm_conformance_test run each of them.
+  // Every documented cell is built in every dtype this build has (affine, and for LayerNorm and RMSNorm plain
+  // too): dispatch's tests and tests/norm_conformance_test run each of them.
   ASSERT_TRUE(built.contains("float32"));
   for (const auto& [dtype, table] : built) {
     EXPECT_EQ(documented, table) << "dtype " << dtype;

@@ -2368,7 +2368,7 @@ TEST(KernelErrorTest, HalidesBoundsErrorArrivesAsErrorAndNothingIsPrinted) {
         // 2 and 3 are the saved statistics, (G, B) = (C, 1) for BatchNorm; the rest are per channel.
         const Arg per_channel[] = {Arg::running_mean,     Arg::running_var,     Arg::saved_mean, Arg::saved_invstd,
                                    Arg::new_running_mean, Arg::new_running_var, Arg::weight,     Arg::bias};
-        for (size_t k = 0; k < (affine ? 8u : 6u); k++) {
+        for (size_t k = 0; k < (plan.affine_kernel ? 8u : 6u); k++) {
           float* data = channels.data() + static_cast<int64_t>(k) * c;
           if (k == 2 || k == 3) {
             args.statistics(per_channel[k], data, c, 1);
