@@ -40,8 +40,9 @@ class CudaContext final : public BackendContext {
   Backend backend() const override { return Backend::cuda; }
   std::span<const KernelVariant> variants() const override { return kCuda; }
 
-  // What the CUDA kernels require beyond the shared checks: the training gradient only, weight and bias (built
-  // affine only), and tensors the flat int32 index of the elementwise kernels and their grid cover.
+  // What the CUDA kernels require beyond the shared checks: the training gradient only, and tensors the flat int32
+  // index of the elementwise kernels and their grid cover. (Weight and bias may be absent: the kernels are built
+  // affine only, and dispatch gives them 1 and 0 from the device pool.)
   void check(const char* function, Direction direction, const TensorRefs& t, const KernelSettings& s,
              const Geometry& g) const override {
     if (t.input->dtype() != DType::float32) {
@@ -69,13 +70,6 @@ class CudaContext final : public BackendContext {
     if ((inner + kTile - 1) / kTile > kMaxGrid) {
       throw Error(fmt::format("{}: input has shape {}: its innermost extent {} exceeds {} on CUDA", function,
                               g.shape(), inner, kMaxGrid * kTile));
-    }
-    const bool needs_bias = direction != Direction::backward && s.norm != Norm::rms;
-    if (!t.weight || (needs_bias && !t.bias)) {
-      throw Error(fmt::format("{}: {} is absent, expected {} on CUDA (the CUDA kernels are built affine only; pass "
-                              "ones and zeros for none)",
-                              function, !t.weight ? "weight" : "bias",
-                              s.norm == Norm::rms ? "weight" : "weight and bias"));
     }
   }
 

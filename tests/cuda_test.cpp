@@ -451,12 +451,76 @@ TEST_F(CudaTest, ErrorsNameTheArgument) {
     EXPECT_NE(std::string(e.what()).find("output has shape [4, 3, 5, 4], expected [4, 3, 5, 5]"), std::string::npos)
         << e.what();
   }
-  // CUDA's own: the kernels are built affine only.
+  // CUDA's own: the gradient in evaluation has no CUDA kernel.
+  auto dy = device(std::vector<float>(300, 0.5f)), dx = poisoned_device(300);
+  auto mean = device(std::vector<float>(3, 0.0f)), var = device(std::vector<float>(3, 1.0f));
   try {
-    cuda::batch_norm_forward({.input = x->view(shape), .output = y->view(shape)});
+    cuda::batch_norm_backward({.grad_output = dy->view(shape),
+                               .input = x->view(shape),
+                               .grad_input = dx->view(shape),
+                               .running_mean = mean->vector(),
+                               .running_var = var->vector()},
+                              {.training = false});
     ADD_FAILURE() << "expected fusednorm::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("weight is absent"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("training is false, expected true on CUDA"), std::string::npos) << e.what();
+  }
+}
+
+// Calls without weight and bias, as PyTorch's affine=False layers make them: the CUDA kernels are affine only, and
+// dispatch runs them with weight 1 and bias 0 from the device pool (the parameter gradients into it too).
+TEST_F(CudaTest, CallsWithoutParametersRunTheAffineKernels) {
+  const std::vector<int64_t> shape{3, 5, 7, 9};
+  for (Layout layout : kLayouts) {
+    SCOPED_TRACE(to_string(layout));
+    Random rng(test::seed_for(std::string("plain") + to_string(layout)));
+    const reference::Dims d = test::dims_of(shape, layout);
+    const std::vector<float> x = test::random_input(d, rng), dy = test::random_input(d, rng);
+    const reference::Affine none{};
+    for (bool group : {false, true}) {
+      SCOPED_TRACE(group ? "group_norm, 5 groups" : "batch_norm");
+      const std::string norm = group ? "group_norm" : "batch_norm";
+      if (!built(norm, "forward_training", layout, Epilogue::none)) continue;
+      const Grouping g = group ? Grouping::group(d, 5) : Grouping::batch(d);
+      const reference::Forward ref = reference::forward(x.data(), g, none, 1e-5);
+      const int64_t stats = group ? d.n * 5 : d.c;
+      auto dx_ = device(x), y = poisoned_device(d.numel()), mean = poisoned_device(stats),
+           invstd = poisoned_device(stats);
+      if (group) {
+        cuda::group_norm_forward({.input = dx_->view(shape, layout),
+                                  .output = y->view(shape, layout),
+                                  .save_mean = mean->vector(),
+                                  .save_invstd = invstd->vector()},
+                                 {.num_groups = 5});
+      } else {
+        cuda::batch_norm_forward({.input = dx_->view(shape, layout),
+                                  .output = y->view(shape, layout),
+                                  .save_mean = mean->vector(),
+                                  .save_invstd = invstd->vector()});
+      }
+      EXPECT_TRUE(close("y", y->host(), ref.y));
+      EXPECT_NE(last_dispatch_report().find("weight 1, bias 0"), std::string::npos) << last_dispatch_report();
+      const std::vector<float> sm = mean->host(), si = invstd->host();
+      const std::vector<double> m(sm.begin(), sm.end()), s(si.begin(), si.end());
+      if (!built(norm, "backward", layout, Epilogue::none)) continue;
+      const reference::Backward gref = reference::backward(x.data(), dy.data(), g, m.data(), s.data(), none, true);
+      auto ddy = device(dy), ddx = poisoned_device(d.numel());
+      if (group) {
+        cuda::group_norm_backward({.grad_output = ddy->view(shape, layout),
+                                   .input = dx_->view(shape, layout),
+                                   .grad_input = ddx->view(shape, layout),
+                                   .save_mean = mean->vector(),
+                                   .save_invstd = invstd->vector()},
+                                  {.num_groups = 5});
+      } else {
+        cuda::batch_norm_backward({.grad_output = ddy->view(shape, layout),
+                                   .input = dx_->view(shape, layout),
+                                   .grad_input = ddx->view(shape, layout),
+                                   .save_mean = mean->vector(),
+                                   .save_invstd = invstd->vector()});
+      }
+      EXPECT_TRUE(close_gradient(ddx->host(), gref.dx, dy, std::vector<float>(1, 1.0f), s));
+    }
   }
 }
 

@@ -10,7 +10,8 @@
 //
 // What the CUDA kernels cover (docs/CUDA.md): BatchNorm forward in training and evaluation and backward in
 // training, with the none, relu and add_relu epilogues; GroupNorm (epilogue none); LayerNorm; RMSNorm; NCHW and
-// NHWC where the norm has channels; float32; weight and bias are required (the kernels are built affine only).
+// NHWC where the norm has channels; float32. The kernels are built affine only: a call without weight and bias runs
+// them with 1 and 0.
 #include <string>
 #include <vector>
 
