@@ -54,11 +54,15 @@ struct Kernel {
   std::vector<VariantInfo> candidates;  // the variants that run here, in dispatch's table order
 };
 
-// The kernels with more than one variant that runs here (under FUSEDNORM_MAX_ISA, if set), in table order.
+// The kernels with more than one variant that runs here (under FUSEDNORM_MAX_ISA, if set), in table order. Not
+// SyncBatchNorm's split kernels (statistics, backward_reduce, backward_elementwise): the tuner times a norm's own
+// directions only, and dispatch runs the split kernels' untuned choice.
 std::vector<Kernel> kernels_to_tune() {
+  const std::vector<std::string> tuned_directions = {"forward_training", "forward_inference", "backward"};
   std::vector<Kernel> kernels;
   for (const VariantInfo& v : variants()) {
     if (!v.runs_here) continue;
+    if (std::find(tuned_directions.begin(), tuned_directions.end(), v.direction) == tuned_directions.end()) continue;
     auto found = std::find_if(kernels.begin(), kernels.end(), [&](const Kernel& k) { return k.name == v.kernel; });
     if (found == kernels.end()) found = kernels.insert(kernels.end(), Kernel{v.kernel, v, {}});
     found->candidates.push_back(v);
