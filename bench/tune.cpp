@@ -57,12 +57,18 @@ struct Kernel {
 // The kernels with more than one variant that runs here (under FUSEDNORM_MAX_ISA, if set), in table order. Not
 // SyncBatchNorm's split kernels (statistics, backward_reduce, backward_elementwise): the tuner times a norm's own
 // directions only, and dispatch runs the split kernels' untuned choice.
+constexpr Direction kTunedDirections[] = {Direction::forward_training, Direction::forward_inference,
+                                         Direction::backward};
+
+bool is_tuned_direction(const std::string& name) {
+  return std::any_of(std::begin(kTunedDirections), std::end(kTunedDirections),
+                     [&](Direction d) { return name == detail::to_string(d); });
+}
+
 std::vector<Kernel> kernels_to_tune() {
-  const std::vector<std::string> tuned_directions = {"forward_training", "forward_inference", "backward"};
   std::vector<Kernel> kernels;
   for (const VariantInfo& v : variants()) {
-    if (!v.runs_here) continue;
-    if (std::find(tuned_directions.begin(), tuned_directions.end(), v.direction) == tuned_directions.end()) continue;
+    if (!v.runs_here || !is_tuned_direction(v.direction)) continue;
     auto found = std::find_if(kernels.begin(), kernels.end(), [&](const Kernel& k) { return k.name == v.kernel; });
     if (found == kernels.end()) found = kernels.insert(kernels.end(), Kernel{v.kernel, v, {}});
     found->candidates.push_back(v);
@@ -81,8 +87,7 @@ Epilogue epilogue_named(const std::string& name) {
 }
 
 Direction direction_named(const std::string& name) {
-  for (Direction d :
-       {Direction::forward_training, Direction::forward_inference, Direction::backward}) {
+  for (Direction d : kTunedDirections) {
     if (name == detail::to_string(d)) return d;
   }
   throw Error(fmt::format("fusednorm_bench --tune: unknown direction '{}'", name));
