@@ -77,10 +77,10 @@ class NormalizationGenerator : public Generator<T> {
       throw CompileError("backward_reduce outputs the parameter gradients' sums: affine must be true");
     }
   }
-  // SyncBatchNorm's split kernels: hand-scheduled, CPU.
+  // SyncBatchNorm's split kernels: hand-scheduled (CPU and CUDA).
   void check_split_kernel() {
-    if (this->using_autoscheduler() || on_gpu()) {
-      throw CompileError("the split kernels (statistics, backward_reduce, backward_elementwise) have hand CPU "
+    if (this->using_autoscheduler()) {
+      throw CompileError("the split kernels (statistics, backward_reduce, backward_elementwise) have hand "
                          "schedules only");
     }
   }
@@ -431,6 +431,13 @@ class PartialStatistics : public NormalizationGenerator<PartialStatistics> {
     funcs.per_block = {st.shift, st.channel_shift, st.group_sums.sums, st.stats};
     funcs.sample_sums = {st.group_sums.sums};
     ChannelSums sums = st.channel_sums;
+    if (on_gpu()) {
+      // The training forward's reductions (schedule_gpu_channel_sums), then a thread per channel.
+      declare_dense(*x);
+      schedule_gpu_channel_sums(sums, spec().layout, axes, /*rows=*/false, this->gpu_row_lanes);
+      for (Func f : {st.shift, st.group_sums.sums, Func(*partial)}) schedule_gpu_flat(f);
+      return;
+    }
     schedule_channel_reductions(spec().layout, *partial, sums, funcs, cpu_context(p));
   }
 
@@ -465,6 +472,15 @@ class BackwardReduce : public NormalizationGenerator<BackwardReduce> {
     funcs.per_block = {alg.centre, alg.channel_centre, alg.param_sums};
     funcs.sample_sums = {alg.param_sums};
     ChannelSums sums = alg.channel_sums;
+    if (on_gpu()) {
+      // The backward's reductions (schedule_gpu_channel_sums), then a thread per channel.
+      for (Tensor* t : {x, dy, y}) {
+        if (t) declare_dense(*t);
+      }
+      schedule_gpu_channel_sums(sums, spec().layout, axes, /*rows=*/false, this->gpu_row_lanes);
+      for (Func f : {alg.centre, alg.param_sums, Func(*param_grads)}) schedule_gpu_flat(f);
+      return;
+    }
     schedule_channel_reductions(spec().layout, *param_grads, sums, funcs, cx);
   }
 
@@ -504,6 +520,18 @@ class BackwardElementwise : public NormalizationGenerator<BackwardElementwise> {
                                      *h_xhat_mean);
     *dx = alg.dx;
     if (dz) *dz = alg.dz;
+    if (on_gpu()) {
+      // The backward's elementwise pass (schedule_gpu_elementwise), the coefficients a thread per channel.
+      for (Tensor* t : {x, dy, y}) {
+        if (t) declare_dense(*t);
+      }
+      declare_dense(*dx);
+      if (dz) declare_dense(*dz);
+      schedule_gpu_flat(alg.coefficients);
+      schedule_gpu_elementwise(*dx, false, this->elementwise_rows(kGpuElementwiseRowsPerThread));
+      if (dz) schedule_gpu_elementwise(*dz, false, this->elementwise_rows(kGpuElementwiseRowsPerThread));
+      return;
+    }
     CpuScheduleContext cx = cpu_context(p);
     schedule_elementwise(*dx, spec().layout, {alg.coefficients}, cx);
     if (dz) schedule_rows(*dz, spec().layout, cx);

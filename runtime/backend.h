@@ -1,8 +1,9 @@
 #pragma once
 // Where a call runs: the CPU (the default) or a CUDA device (runtime/cuda_norm.cpp, the component cuda). The
 // entry points validate, plan and bind the same way for both; a BackendContext supplies what differs: its
-// variants, its own limits, scratch memory, how a pointer becomes a Halide buffer, and the copy that commits the
-// running statistics after the kernel succeeded. A context lives for one call, on the caller's stack.
+// variants, its own limits, scratch memory, how a pointer becomes a Halide buffer, the copy that commits the
+// running statistics after the kernel succeeded, and copies to and from the host (SyncBatchNorm's combine). A
+// context lives for one call, on the caller's stack.
 #include <HalideRuntime.h>
 
 #include <cstdint>
@@ -35,6 +36,11 @@ class BackendContext {
   virtual void release(halide_buffer_t* buffer) = 0;
   // After the kernel: to[0, n) = from[0, n), ordered after the kernel.
   virtual void commit(float* to, const float* from, int64_t n) = 0;
+  // Bytes between host memory and the memory the kernels use (tensors' data, scratch), in order with the kernels:
+  // to_host returns once the bytes have arrived, after the kernels queued before it; to_device once `from` may be
+  // reused.
+  virtual void to_host(void* to, const void* from, int64_t bytes) = 0;
+  virtual void to_device(void* to, const void* from, int64_t bytes) = 0;
 };
 
 // The CPU: the built-in and registered variants; scratch from a per-thread pool (no allocation once it has grown
@@ -54,6 +60,8 @@ class CpuContext final : public BackendContext {
   bool attach(halide_buffer_t* buffer, const void* data) override;
   void release(halide_buffer_t*) override {}
   void commit(float* to, const float* from, int64_t n) override;
+  void to_host(void* to, const void* from, int64_t bytes) override;
+  void to_device(void* to, const void* from, int64_t bytes) override;
 
  private:
   size_t first_;  // the pool's buffers [first_, ...) are this call's

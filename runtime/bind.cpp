@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <string_view>
 #include <utility>
@@ -176,5 +177,11 @@ bool CpuContext::attach(halide_buffer_t* buffer, const void* data) {
 }
 
 void CpuContext::commit(float* to, const float* from, int64_t n) { std::copy_n(from, n, to); }
+void CpuContext::to_host(void* to, const void* from, int64_t bytes) {
+  std::memcpy(to, from, static_cast<size_t>(bytes));
+}
+void CpuContext::to_device(void* to, const void* from, int64_t bytes) {
+  std::memcpy(to, from, static_cast<size_t>(bytes));
+}
 
 }  // namespace fusednorm::detail

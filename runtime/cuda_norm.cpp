@@ -14,6 +14,7 @@
 #include "runtime/cuda_driver.h"
 #include "runtime/functional.h"
 #include "runtime/norm_kernels.h"
+#include "runtime/sync_batch_norm.h"
 #if FUSEDNORM_HAS_CUDA
 #include <HalideRuntimeCuda.h>
 
@@ -101,6 +102,14 @@ class CudaContext final : public BackendContext {
   void commit(float* to, const float* from, int64_t n) override {
     cuda::copy_floats(scope_, reinterpret_cast<cuda::DevicePtr>(to), reinterpret_cast<cuda::DevicePtr>(from), n);
   }
+  // Queued after the kernels; the host waits for the stream (SyncBatchNorm's statistics, as PyTorch's do).
+  void to_host(void* to, const void* from, int64_t bytes) override {
+    cuda::copy_to_host(scope_, to, reinterpret_cast<cuda::DevicePtr>(from), static_cast<size_t>(bytes));
+    cuda::synchronize(scope_.function(), scope_.stream());
+  }
+  void to_device(void* to, const void* from, int64_t bytes) override {
+    cuda::copy_to_device(scope_, reinterpret_cast<cuda::DevicePtr>(to), from, static_cast<size_t>(bytes));
+  }
 
  private:
   cuda::CallScope scope_;
@@ -133,14 +142,18 @@ std::vector<VariantInfo> variants() {
 
 namespace {
 // Runs a functional entry point on the CUDA backend: its checks, the CUDA plan and kernels.
-template <typename Tensors, typename Options>
-void run(const char* function, void (*entry)(const Tensors&, const Options&, detail::BackendContext&),
-         const Tensors& t, const Options& o, Stream stream) {
+template <typename Call>
+void on_cuda(const char* function, Stream stream, const Call& call) {
   if (std::string reason; !available(&reason)) {
     throw Error(fmt::format("{}: CUDA is not available: {}", function, reason), Error::Kind::device);
   }
   detail::CudaContext context(function, stream);
-  entry(t, o, context);
+  call(context);
+}
+template <typename Tensors, typename Options>
+void run(const char* function, void (*entry)(const Tensors&, const Options&, detail::BackendContext&),
+         const Tensors& t, const Options& o, Stream stream) {
+  on_cuda(function, stream, [&](detail::BackendContext& context) { entry(t, o, context); });
 }
 }  // namespace
 
@@ -167,6 +180,17 @@ void rms_norm_forward(const RMSNormForwardTensors& t, const RMSNormOptions& o, S
 }
 void rms_norm_backward(const RMSNormBackwardTensors& t, const RMSNormOptions& o, Stream stream) {
   run("rms_norm", &detail::rms_norm_backward, t, o, stream);
+}
+
+void sync_batch_norm_forward(const BatchNormForwardTensors& t, Communicator& group, const BatchNormOptions& o,
+                             Stream stream) {
+  on_cuda("sync_batch_norm", stream,
+          [&](detail::BackendContext& context) { detail::sync_batch_norm_forward(t, group, o, context); });
+}
+void sync_batch_norm_backward(const BatchNormBackwardTensors& t, Communicator& group, const BatchNormOptions& o,
+                              Stream stream) {
+  on_cuda("sync_batch_norm", stream,
+          [&](detail::BackendContext& context) { detail::sync_batch_norm_backward(t, group, o, context); });
 }
 
 void synchronize(Stream stream) {

@@ -2,9 +2,9 @@
 // every CUDA variant fusednorm::cuda::variants() lists, over the shared shape lists (odd sizes, the real
 // networks' shapes scaled down), each output poisoned with NaN on the device first and every element checked;
 // hard numerics (a mean 1e4 times the standard deviation); bitwise repeatability; the stream argument; errors;
-// NcclCommunicator (fusednorm/nccl.h) in a group of one. Without a GPU (no libcuda, no device, or a build without
-// FUSEDNORM_CUDA) every case but the availability one and NCCL's argument and missing-GPU errors is skipped with the
-// reason, and ctest reports it as skipped.
+// SyncBatchNorm on device tensors over groups of threads; NcclCommunicator (fusednorm/nccl.h) in a group of one.
+// Without a GPU (no libcuda, no device, or a build without FUSEDNORM_CUDA) every case but the availability ones and
+// NCCL's argument and missing-GPU errors is skipped with the reason, and ctest reports it as skipped.
 //
 // Device memory comes from the driver directly (dlopen of libcuda.so.1): this machine needs no CUDA toolkit.
 #include "fusednorm/cuda.h"
@@ -12,12 +12,15 @@
 #include <dlfcn.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fusednorm/nccl.h"
@@ -25,6 +28,7 @@
 #include "support/shapes.h"
 #include "support/sync_batch.h"
 #include "support/test_data.h"
+#include "support/thread_group.h"
 
 namespace fusednorm {
 namespace {
@@ -33,7 +37,8 @@ using reference::Grouping;
 using test::close;
 using test::Random;
 
-// The driver calls the test makes itself: device memory and copies in device 0's primary context.
+// The driver calls the test makes itself: device memory and copies in device 0's primary context, made current on
+// the calling thread first (SyncBatchNorm's groups are threads).
 class Driver {
  public:
   static Driver& get() {
@@ -43,18 +48,25 @@ class Driver {
   bool ok() const { return ok_; }
   uint64_t alloc(size_t bytes) {
     uint64_t p = 0;
+    current();
     expect(mem_alloc_(&p, bytes), "cuMemAlloc");
     return p;
   }
-  void free(uint64_t p) { mem_free_(p); }
+  void free(uint64_t p) {
+    current();
+    mem_free_(p);
+  }
   void upload(uint64_t to, const float* from, size_t floats) {
+    current();
     expect(htod_(to, from, floats * sizeof(float)), "cuMemcpyHtoD");
   }
   void download(float* to, uint64_t from, size_t floats) {
+    current();
     expect(dtoh_(to, from, floats * sizeof(float)), "cuMemcpyDtoH");
   }
   void* create_stream() {
     void* s = nullptr;
+    current();
     expect(stream_create_(&s, 1u), "cuStreamCreate");
     return s;
   }
@@ -67,25 +79,27 @@ class Driver {
     auto init = reinterpret_cast<int (*)(unsigned)>(sym("cuInit"));
     auto device_get = reinterpret_cast<int (*)(int*, int)>(sym("cuDeviceGet"));
     auto retain = reinterpret_cast<int (*)(void**, int)>(sym("cuDevicePrimaryCtxRetain"));
-    auto set_current = reinterpret_cast<int (*)(void*)>(sym("cuCtxSetCurrent"));
+    set_current_ = reinterpret_cast<int (*)(void*)>(sym("cuCtxSetCurrent"));
     mem_alloc_ = reinterpret_cast<int (*)(uint64_t*, size_t)>(sym("cuMemAlloc_v2"));
     mem_free_ = reinterpret_cast<int (*)(uint64_t)>(sym("cuMemFree_v2"));
     htod_ = reinterpret_cast<int (*)(uint64_t, const void*, size_t)>(sym("cuMemcpyHtoD_v2"));
     dtoh_ = reinterpret_cast<int (*)(void*, uint64_t, size_t)>(sym("cuMemcpyDtoH_v2"));
     stream_create_ = reinterpret_cast<int (*)(void**, unsigned)>(sym("cuStreamCreate"));
-    if (!init || !device_get || !retain || !set_current || !mem_alloc_ || !mem_free_ || !htod_ || !dtoh_ ||
+    if (!init || !device_get || !retain || !set_current_ || !mem_alloc_ || !mem_free_ || !htod_ || !dtoh_ ||
         !stream_create_) {
       return;
     }
     int device = 0;
     if (init(0) != 0 || device_get(&device, 0) != 0 || retain(&context_, device) != 0) return;
-    ok_ = set_current(context_) == 0;
+    ok_ = set_current_(context_) == 0;
   }
+  void current() { expect(set_current_(context_), "cuCtxSetCurrent"); }
   static void expect(int result, const char* call) {
     if (result != 0) throw std::runtime_error(std::string(call) + " failed with CUresult " + std::to_string(result));
   }
   bool ok_ = false;
   void* context_ = nullptr;
+  int (*set_current_)(void*) = nullptr;
   int (*mem_alloc_)(uint64_t*, size_t) = nullptr;
   int (*mem_free_)(uint64_t) = nullptr;
   int (*htod_)(uint64_t, const void*, size_t) = nullptr;
@@ -534,6 +548,112 @@ void expect_error_containing(const std::function<void()>& call, const std::strin
   }
 }
 
+// Device copies of a call's host views, for SyncBatchNorm's shared checks (tests/support/sync_batch.h), which read
+// host memory: in() copies a view to the device, out() too and copy_back() copies it back over the host view (the
+// members' outputs and state; their shared inputs are only read, by every member's thread).
+class DeviceCopies {
+ public:
+  std::optional<TensorView> in(const std::optional<TensorView>& host) { return copy(host, false); }
+  std::optional<TensorView> out(const std::optional<TensorView>& host) { return copy(host, true); }
+  void copy_back() {
+    cuda::synchronize();
+    for (const auto& [host, copy] : written_) {
+      const std::vector<float> values = copy->host();
+      std::copy(values.begin(), values.end(), host.data<float>());
+    }
+  }
+
+ private:
+  std::optional<TensorView> copy(const std::optional<TensorView>& host, bool written) {
+    if (!host) return std::nullopt;
+    const float* data = host->data<float>();
+    std::unique_ptr<DeviceArray> on_device = device(std::vector<float>(data, data + host->numel()));
+    const TensorView view(on_device->data(), host->shape(), host->strides());
+    (written ? written_ : read_).emplace_back(*host, std::move(on_device));
+    return view;
+  }
+  std::vector<std::pair<TensorView, std::unique_ptr<DeviceArray>>> read_, written_;
+};
+
+// fusednorm::cuda's SyncBatchNorm on device copies of the batch's tensors.
+test::SyncCalls cuda_sync_calls() {
+  test::SyncCalls calls;
+  calls.forward = [](const BatchNormForwardTensors& t, Communicator& group, const BatchNormOptions& options) {
+    DeviceCopies on_device;
+    BatchNormForwardTensors d{*on_device.in(t.input), *on_device.out(t.output)};
+    d.weight = on_device.in(t.weight);
+    d.bias = on_device.in(t.bias);
+    d.running_mean = on_device.out(t.running_mean);
+    d.running_var = on_device.out(t.running_var);
+    d.num_batches_tracked = t.num_batches_tracked;
+    d.save_mean = on_device.out(t.save_mean);
+    d.save_invstd = on_device.out(t.save_invstd);
+    d.residual = on_device.in(t.residual);
+    cuda::sync_batch_norm_forward(d, group, options);
+    on_device.copy_back();
+  };
+  calls.backward = [](const BatchNormBackwardTensors& t, Communicator& group, const BatchNormOptions& options) {
+    DeviceCopies on_device;
+    BatchNormBackwardTensors d{*on_device.in(t.grad_output), *on_device.in(t.input), *on_device.out(t.grad_input)};
+    d.weight = on_device.in(t.weight);
+    d.save_mean = on_device.in(t.save_mean);
+    d.save_invstd = on_device.in(t.save_invstd);
+    d.running_mean = on_device.in(t.running_mean);
+    d.running_var = on_device.in(t.running_var);
+    d.grad_weight = on_device.out(t.grad_weight);
+    d.grad_bias = on_device.out(t.grad_bias);
+    d.output = on_device.in(t.output);
+    d.grad_residual = on_device.out(t.grad_residual);
+    cuda::sync_batch_norm_backward(d, group, options);
+    on_device.copy_back();
+  };
+  return calls;
+}
+
+// SyncBatchNorm on device tensors over groups of threads of this process (one GPU), against the float64 reference
+// over the whole batch as sync_batch_norm_test's CPU groups are: uneven splits with an empty member, every epilogue,
+// both layouts, and the hard numerics.
+TEST_F(CudaTest, SyncBatchNormOnDeviceTensors) {
+  for (Layout layout : kLayouts) {
+    for (Epilogue epilogue : kBatchEpilogues) {
+      for (int members : {1, 3}) {
+        for (const test::Split& split : test::splits(members)) {
+          SCOPED_TRACE(std::string(to_string(layout)) + " " + to_string(epilogue) + " shape " +
+                       ::testing::PrintToString(split.shape) + " split " + ::testing::PrintToString(split.members));
+          Random rng(test::seed_for(::testing::PrintToString(split.shape) + to_string(layout) + to_string(epilogue)));
+          test::Batch b(split.shape, layout, split.members, epilogue, rng);
+          test::expect_matches_whole_batch(b, test::options_for(epilogue), test::kFloat32Tolerance, test::on_threads,
+                                           cuda_sync_calls());
+        }
+      }
+    }
+    SCOPED_TRACE(std::string(to_string(layout)) + " mean 1e4 sigma");
+    Random rng(test::seed_for("sync hard" + std::string(to_string(layout))));
+    test::Batch b({9, 5, 7, 3}, layout, test::uneven_split(9, 3), Epilogue::none, rng);
+    test::make_hard(b, rng);
+    test::expect_matches_whole_batch(b, test::hard_options(Epilogue::none), test::kHardStatisticTolerance,
+                                     test::on_threads, cuda_sync_calls());
+  }
+}
+
+TEST(CudaAvailability, SyncBatchNormSaysWhyNot) {
+  std::string reason;
+  if (cuda::available(&reason)) GTEST_SKIP() << "CUDA is available: SyncBatchNormOnDeviceTensors covers it";
+  test::ThreadGroup group(1);
+  test::ThreadMember member(group, 0);
+  std::vector<float> x(8), y(8);
+  try {
+    cuda::sync_batch_norm_forward({.input = TensorView(x.data(), {4, 2}), .output = TensorView(y.data(), {4, 2})},
+                                  member);
+    ADD_FAILURE() << "expected fusednorm::Error";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_EQ(e.kind(), Error::Kind::device);
+    EXPECT_EQ(what.rfind("sync_batch_norm: CUDA is not available: ", 0), 0u) << what;
+    EXPECT_NE(what.find(reason), std::string::npos) << what;
+  }
+}
+
 TEST(NcclTest, ArgumentsAreCheckedBeforeAnythingLoads) {
   const NcclUniqueId id{};
   expect_error_containing([&] { NcclCommunicator(id, 1, 1); },
@@ -591,6 +711,11 @@ TEST(NcclTest, GroupOfOne) {
     test::Batch b({5, 3, 4, 6}, layout, {5}, Epilogue::relu, rng);
     test::expect_matches_whole_batch(b, test::options_for(Epilogue::relu), test::kFloat32Tolerance,
                                      [&](test::Batch&, const test::MemberCall& call) { call(group); });
+    SCOPED_TRACE("device tensors");
+    test::Batch on_device({5, 3, 4, 6}, layout, {5}, Epilogue::relu, rng);
+    test::expect_matches_whole_batch(on_device, test::options_for(Epilogue::relu), test::kFloat32Tolerance,
+                                     [&](test::Batch&, const test::MemberCall& call) { call(group); },
+                                     cuda_sync_calls());
   }
 }
 

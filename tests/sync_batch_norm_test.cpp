@@ -11,21 +11,22 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <condition_variable>
 #include <cstdint>
-#include <exception>
-#include <mutex>
+#include <cstring>
 #include <numeric>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <tuple>
 #include <vector>
 
 #include "fusednorm/layers.h"
+#include "runtime/backend.h"
+#include "runtime/sync_batch_norm.h"
 #include "support/sync_batch.h"
 #include "support/test_data.h"
+#include "support/thread_group.h"
 
 namespace fusednorm {
 namespace {
@@ -33,80 +34,85 @@ namespace {
 using test::kFloat32Tolerance;
 using test::close;
 using test::Random;
+using test::on_members;
+using test::on_threads;
+using test::ThreadGroup;
+using test::ThreadMember;
 
-// The members of a group are threads; allgather waits for all of them. A round's result stays until every member
-// has copied it: the next round cannot complete before the slowest member has arrived at it.
-class ThreadGroup {
+// A backend whose memory the host cannot read, as a GPU's: its pointers are the CPU's with bit 55 set (not a user
+// address on x86-64 or arm-64, so a host access faults), turned back only where the backend's own operations take
+// them: attach() for the CPU kernels, scratch, and the copies to and from the host. SyncBatchNorm's host part (the
+// combine) must reach every tensor through those copies, as on CUDA (fusednorm::cuda::sync_batch_norm_*, which
+// cuda_test runs where there is a GPU).
+class SeparateMemory final : public detail::BackendContext {
  public:
-  explicit ThreadGroup(int size) : size_(size), slots_(static_cast<size_t>(size)) {}
-  int size() const { return size_; }
+  static void* device(const void* p) { return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) | kTag); }
+  static void* host(const void* p) { return reinterpret_cast<void*>(reinterpret_cast<uintptr_t>(p) & ~kTag); }
 
-  void allgather(int rank, std::span<const double> values, std::span<double> gathered) {
-    std::unique_lock lock(mutex_);
-    slots_[static_cast<size_t>(rank)].assign(values.begin(), values.end());
-    const uint64_t round = round_;
-    if (++arrived_ == size_) {
-      result_.clear();
-      for (const std::vector<double>& slot : slots_) result_.insert(result_.end(), slot.begin(), slot.end());
-      arrived_ = 0;
-      round_++;
-      done_.notify_all();
-    } else {
-      done_.wait(lock, [&] { return round_ != round; });
-    }
-    if (result_.size() != gathered.size()) throw std::logic_error("allgather: the members gave different counts");
-    std::copy(result_.begin(), result_.end(), gathered.begin());
+  Backend backend() const override { return cpu_.backend(); }
+  std::span<const detail::KernelVariant> variants() const override { return cpu_.variants(); }
+  void check(const char* function, Direction direction, const detail::TensorRefs& t,
+             const detail::KernelSettings& s, const detail::Geometry& g) const override {
+    cpu_.check(function, direction, t, s, g);
+  }
+  float* scratch(int64_t size) override { return static_cast<float*>(device(cpu_.scratch(size))); }
+  const float* filled(int64_t size, float value) override {
+    return static_cast<const float*>(device(cpu_.filled(size, value)));
+  }
+  bool attach(halide_buffer_t* buffer, const void* data) override { return cpu_.attach(buffer, host(data)); }
+  void release(halide_buffer_t* buffer) override { cpu_.release(buffer); }
+  void commit(float* to, const float* from, int64_t n) override {
+    cpu_.commit(static_cast<float*>(host(to)), static_cast<const float*>(host(from)), n);
+  }
+  void to_host(void* to, const void* from, int64_t bytes) override {
+    std::memcpy(to, host(from), static_cast<size_t>(bytes));
+  }
+  void to_device(void* to, const void* from, int64_t bytes) override {
+    std::memcpy(host(to), from, static_cast<size_t>(bytes));
   }
 
  private:
-  int size_;
-  std::mutex mutex_;
-  std::condition_variable done_;
-  std::vector<std::vector<double>> slots_;
-  std::vector<double> result_;
-  int arrived_ = 0;
-  uint64_t round_ = 0;
+  static constexpr uintptr_t kTag = uintptr_t{1} << 55;
+  detail::CpuContext cpu_;
 };
 
-class ThreadMember final : public Communicator {
- public:
-  ThreadMember(ThreadGroup& group, int rank) : group_(group), rank_(rank) {}
-  int rank() const override { return rank_; }
-  int size() const override { return group_.size(); }
-  void allgather(std::span<const double> values, std::span<double> gathered) override {
-    group_.allgather(rank_, values, gathered);
-  }
-
- private:
-  ThreadGroup& group_;
-  int rank_;
-};
-
-// Runs f(member) on a thread per member of `group`, and rethrows the first member's exception, if any.
-template <typename F>
-void on_members(ThreadGroup& group, const F& f) {
-  std::vector<std::exception_ptr> errors(static_cast<size_t>(group.size()));
-  std::vector<std::thread> threads;
-  for (int rank = 0; rank < group.size(); rank++) {
-    threads.emplace_back([&, rank] {
-      ThreadMember member(group, rank);
-      try {
-        f(member);
-      } catch (...) {
-        errors[static_cast<size_t>(rank)] = std::current_exception();
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  for (const std::exception_ptr& e : errors) {
-    if (e) std::rethrow_exception(e);
-  }
+TensorView on_device(const TensorView& t) {
+  return TensorView({SeparateMemory::device(t.data_ptr()), t.dtype()}, t.shape(), t.strides());
+}
+std::optional<TensorView> on_device(const std::optional<TensorView>& t) {
+  if (!t) return std::nullopt;
+  return on_device(*t);
 }
 
-// The thread group as a Runner of tests/support/sync_batch.h.
-void on_threads(test::Batch& b, const test::MemberCall& call) {
-  ThreadGroup group(static_cast<int>(b.split.size()));
-  on_members(group, call);
+// SyncBatchNorm on SeparateMemory, every tensor given by its "device" pointer.
+test::SyncCalls separate_memory_calls() {
+  test::SyncCalls calls;
+  calls.forward = [](const BatchNormForwardTensors& t, Communicator& group, const BatchNormOptions& options) {
+    BatchNormForwardTensors d{on_device(t.input), on_device(t.output)};
+    d.weight = on_device(t.weight);
+    d.bias = on_device(t.bias);
+    d.running_mean = on_device(t.running_mean);
+    d.running_var = on_device(t.running_var);
+    d.num_batches_tracked = t.num_batches_tracked;  // host memory, as on CUDA
+    d.save_mean = on_device(t.save_mean);
+    d.save_invstd = on_device(t.save_invstd);
+    d.residual = on_device(t.residual);
+    SeparateMemory backend;
+    detail::sync_batch_norm_forward(d, group, options, backend);
+  };
+  calls.backward = [](const BatchNormBackwardTensors& t, Communicator& group, const BatchNormOptions& options) {
+    BatchNormBackwardTensors d{on_device(t.grad_output), on_device(t.input), on_device(t.grad_input)};
+    d.weight = on_device(t.weight);
+    d.save_mean = on_device(t.save_mean);
+    d.save_invstd = on_device(t.save_invstd);
+    d.grad_weight = on_device(t.grad_weight);
+    d.grad_bias = on_device(t.grad_bias);
+    d.output = on_device(t.output);
+    d.grad_residual = on_device(t.grad_residual);
+    SeparateMemory backend;
+    detail::sync_batch_norm_backward(d, group, options, backend);
+  };
+  return calls;
 }
 
 class SyncBatchNormTest : public ::testing::TestWithParam<std::tuple<Layout, Epilogue>> {
@@ -131,6 +137,22 @@ TEST_P(SyncBatchNormTest, MeanTenThousandTimesTheStandardDeviation) {
   test::Batch b({9, 11, 13, 7}, layout, {3, 0, 2, 4}, epilogue, rng_);
   test::make_hard(b, rng_);
   test::expect_matches_whole_batch(b, test::hard_options(epilogue), test::kHardStatisticTolerance, on_threads);
+}
+
+// The same over a backend whose memory the host cannot read (SeparateMemory): the path of device tensors.
+TEST_P(SyncBatchNormTest, OnABackendWhoseMemoryTheHostCannotRead) {
+  const auto [layout, epilogue] = GetParam();
+  for (const test::Split& split : test::splits(3)) {
+    SCOPED_TRACE("shape " + ::testing::PrintToString(split.shape) + " split " +
+                 ::testing::PrintToString(split.members));
+    test::Batch b(split.shape, layout, split.members, epilogue, rng_);
+    test::expect_matches_whole_batch(b, test::options_for(epilogue), kFloat32Tolerance, on_threads,
+                                     separate_memory_calls());
+  }
+  test::Batch hard({9, 11, 13, 7}, layout, {3, 0, 2, 4}, epilogue, rng_);
+  test::make_hard(hard, rng_);
+  test::expect_matches_whole_batch(hard, test::hard_options(epilogue), test::kHardStatisticTolerance, on_threads,
+                                   separate_memory_calls());
 }
 
 // bfloat16 and float16 tensors like x (the split kernels of each dtype), where the build has 16-bit kernels.

@@ -10,8 +10,8 @@
 //
 // What the CUDA kernels cover (docs/CUDA.md): BatchNorm forward in training and evaluation and backward in
 // training, with the none, relu and add_relu epilogues; GroupNorm (epilogue none); LayerNorm; RMSNorm; NCHW and
-// NHWC where the norm has channels; float32. The kernels are built affine only: a call without weight and bias runs
-// them with 1 and 0.
+// NHWC where the norm has channels; float32; SyncBatchNorm's split kernels. The kernels are built affine only: a call
+// without weight and bias runs them with 1 and 0.
 #include <string>
 #include <vector>
 
@@ -19,6 +19,7 @@
 #include "fusednorm/dispatch.h"
 #include "fusednorm/group_norm.h"
 #include "fusednorm/layer_norm.h"
+#include "fusednorm/sync_batch_norm.h"
 
 namespace fusednorm::cuda {
 
@@ -47,6 +48,15 @@ void layer_norm_backward(const LayerNormBackwardTensors& tensors, const LayerNor
                          Stream stream = nullptr);
 void rms_norm_forward(const RMSNormForwardTensors& tensors, const RMSNormOptions& options, Stream stream = nullptr);
 void rms_norm_backward(const RMSNormBackwardTensors& tensors, const RMSNormOptions& options, Stream stream = nullptr);
+
+// SyncBatchNorm (fusednorm/sync_batch_norm.h) on device tensors: the same semantics and one collective per call;
+// the host combines the members' statistics (the group's allgather is of host doubles; NcclCommunicator runs it
+// on the GPU), so each call waits for its statistics kernel on `stream`, as PyTorch's CUDA SyncBatchNorm does.
+// num_batches_tracked is host memory.
+void sync_batch_norm_forward(const BatchNormForwardTensors& tensors, Communicator& group,
+                             const BatchNormOptions& options = {}, Stream stream = nullptr);
+void sync_batch_norm_backward(const BatchNormBackwardTensors& tensors, Communicator& group,
+                              const BatchNormOptions& options = {}, Stream stream = nullptr);
 
 // Waits for the work queued on `stream` (for tests and the benchmark; a caller normally orders work by stream).
 void synchronize(Stream stream = nullptr);

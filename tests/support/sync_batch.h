@@ -136,15 +136,28 @@ inline BatchNormOptions options_for(Epilogue epilogue, double momentum = 0.1) {
 using MemberCall = std::function<void(Communicator& member)>;
 using Runner = std::function<void(Batch& b, const MemberCall& call)>;
 
+// The calls under test: fusednorm's, or others of the same contract on the batch's host tensors (cuda_test: the CUDA
+// ones on device copies).
+struct SyncCalls {
+  std::function<void(const BatchNormForwardTensors&, Communicator&, const BatchNormOptions&)> forward =
+      [](const BatchNormForwardTensors& t, Communicator& group, const BatchNormOptions& options) {
+        sync_batch_norm_forward(t, group, options);
+      };
+  std::function<void(const BatchNormBackwardTensors&, Communicator&, const BatchNormOptions&)> backward =
+      [](const BatchNormBackwardTensors& t, Communicator& group, const BatchNormOptions& options) {
+        sync_batch_norm_backward(t, group, options);
+      };
+};
+
 // The forward over every member, then the backward, each against the reference over the whole batch.
 inline void expect_matches_whole_batch(Batch& b, const BatchNormOptions& options, double statistic_tolerance,
-                                const Runner& run) {
+                                       const Runner& run, const SyncCalls& calls = {}) {
   const reference::Running running{b.running_mean.data(), b.running_var.data(), *options.momentum,
                                    options.running_variance_update == RunningVarianceUpdate::unbiased};
   const reference::Forward ref = reference::forward(b.x.data(), reference::Grouping::batch(b.d),
                                                     {b.weight.data(), b.bias.data()}, kSyncEps, b.epilogue, b.z.data(),
                                                     &running);
-  run(b, [&](Communicator& member) { sync_batch_norm_forward(b.forward(member.rank()), member, options); });
+  run(b, [&](Communicator& member) { calls.forward(b.forward(member.rank()), member, options); });
   b.widen();
   EXPECT_TRUE(close("y", b.y, ref.y, b.output_tolerance()));
   const Batch::Member& first = b.members.front();
@@ -165,7 +178,7 @@ inline void expect_matches_whole_batch(Batch& b, const BatchNormOptions& options
       b.x.data(), b.dy.data(), reference::Grouping::batch(b.d), to_double(first.save_mean).data(),
       to_double(first.save_invstd).data(), {b.weight.data(), b.bias.data()}, /*through_statistics=*/true,
       b.epilogue, b.y.data());
-  run(b, [&](Communicator& member) { sync_batch_norm_backward(b.backward(member.rank()), member, options); });
+  run(b, [&](Communicator& member) { calls.backward(b.backward(member.rank()), member, options); });
   b.widen();
   EXPECT_TRUE(close("grad_input", b.dx, ref_backward.dx, b.output_tolerance()));
   if (b.epilogue == Epilogue::add_relu) {
