@@ -54,6 +54,9 @@ class NormalizationGenerator : public Generator<T> {
   // CUDA schedules: rows of the elementwise tiles each thread computes (unrolled: loads in flight per thread); 0: the
   // direction's default (schedule_gpu.h).
   GeneratorParam<int> gpu_elementwise_rows{"gpu_elementwise_rows", 0, 0, 16};
+  // CPU schedules: KiB of a block of the blocked schedules (statistics, then the elementwise pass while the block is
+  // in L2); 0: the target's (block_bytes_for). For schedule experiments.
+  GeneratorParam<int> cpu_block_kib{"cpu_block_kib", 0, 0, 1 << 20};
   int elementwise_rows(int direction_default) const {
     return gpu_elementwise_rows > 0 ? static_cast<int>(gpu_elementwise_rows) : direction_default;
   }
@@ -120,7 +123,8 @@ class NormalizationGenerator : public Generator<T> {
   }
 
   CpuScheduleContext cpu_context(const Problem& p) const {
-    return {axes, p, this->natural_vector_size(Float(32)), block_bytes_for(this->get_target())};
+    const int block_bytes = cpu_block_kib > 0 ? cpu_block_kib * 1024 : block_bytes_for(this->get_target());
+    return {axes, p, this->natural_vector_size(Float(32)), block_bytes};
   }
 
   // GPU variants: the tensors are dense in their storage order (the runtime's views always are); with the strides
