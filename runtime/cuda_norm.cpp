@@ -41,20 +41,15 @@ class CudaContext final : public BackendContext {
   Backend backend() const override { return Backend::cuda; }
   std::span<const KernelVariant> variants() const override { return kCuda; }
 
-  // What the CUDA kernels require beyond the shared checks: the training gradient only, and tensors the flat int32
-  // index of the elementwise kernels and their grid cover. (Weight and bias may be absent: the kernels are built
+  // What the CUDA kernels require beyond the shared checks: float32, and tensors the flat int32 index of the
+  // elementwise kernels and their grid cover. (Weight and bias may be absent: the kernels are built
   // affine only, and dispatch gives them 1 and 0 from the device pool.)
-  void check(const char* function, Direction direction, const TensorRefs& t, const KernelSettings& s,
+  void check(const char* function, Direction, const TensorRefs& t, const KernelSettings&,
              const Geometry& g) const override {
     if (t.input->dtype() != DType::float32) {
       throw Error(fmt::format("{}: input has dtype {}, expected float32 on CUDA: the CUDA kernels are float32 only "
                               "(docs/CUDA.md)",
                               function, name(t.input->dtype())));
-    }
-    if (direction == Direction::backward && !s.training) {
-      throw Error(fmt::format("{}: training is false, expected true on CUDA: the evaluation gradient has no CUDA "
-                              "kernel yet (docs/CUDA.md)",
-                              function));
     }
     constexpr int64_t kMaxElements = std::numeric_limits<int32_t>::max();
     if (g.elements() > kMaxElements) {

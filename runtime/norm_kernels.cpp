@@ -1,5 +1,7 @@
 #include "runtime/norm_kernels.h"
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <string_view>
@@ -179,11 +181,19 @@ void run_backward(const char* function, const TensorRefs& t, const KernelSetting
     if (t.save_mean) args.statistics(Arg::mean, t.save_mean->data(), stats.groups, stats.blocks);
     args.statistics(Arg::invstd, t.save_invstd->data(), stats.groups, stats.blocks);
   } else {
-    // Evaluation (the batch kernels, on the CPU: the backends' check refuses it elsewhere): the running
-    // statistics are the constants the forward normalized with.
+    // Evaluation (the batch kernels): the running statistics are the constants the forward normalized with, invstd
+    // from the running variance on the host, through the backend's copies (device memory on CUDA), in pieces of a
+    // buffer on the stack (a layer step allocates nothing).
     float* invstd = backend.scratch(g.channels);
-    for (int64_t c = 0; c < g.channels; c++) {
-      invstd[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(t.running_var->data()[c]) + s.eps));
+    std::array<float, 1024> piece;
+    for (int64_t first = 0; first < g.channels; first += static_cast<int64_t>(piece.size())) {
+      const int64_t n = std::min(static_cast<int64_t>(piece.size()), g.channels - first);
+      const int64_t bytes = n * static_cast<int64_t>(sizeof(float));
+      backend.to_host(piece.data(), t.running_var->data() + first, bytes);
+      for (int64_t c = 0; c < n; c++) {
+        piece[c] = static_cast<float>(1.0 / std::sqrt(static_cast<double>(piece[c]) + s.eps));
+      }
+      backend.to_device(invstd + first, piece.data(), bytes);
     }
     args.statistics(Arg::mean, t.running_mean->data(), g.channels, 1);
     args.statistics(Arg::invstd, invstd, g.channels, 1);

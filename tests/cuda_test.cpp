@@ -268,6 +268,32 @@ void check_batch_norm(const std::vector<int64_t>& shape, Layout layout, Epilogue
   if (add) {
     EXPECT_TRUE(close("grad_residual", ddz->host(), gref.dz));
   }
+
+  // The gradient in evaluation: the running statistics held fixed, invstd from the running variance.
+  const std::vector<float> new_mean = drm->host(), new_var = drv->host();
+  std::vector<double> fixed_mean(new_mean.begin(), new_mean.end()), fixed_invstd;
+  for (float v : new_var) fixed_invstd.push_back(1.0 / std::sqrt(static_cast<double>(v) + 1e-5));
+  const reference::Backward eref = reference::backward(x.data(), dy.data(), g, fixed_mean.data(), fixed_invstd.data(),
+                                                       affine, false, epilogue, y.data());
+  auto edx = poisoned_device(d.numel()), edz = poisoned_device(d.numel());
+  auto egw = poisoned_device(d.c), egb = poisoned_device(d.c);
+  BatchNormBackwardTensors e{.grad_output = ddy->view(shape, layout),
+                             .input = dx_->view(shape, layout),
+                             .grad_input = edx->view(shape, layout),
+                             .weight = dw->vector(),
+                             .running_mean = drm->vector(),
+                             .running_var = drv->vector(),
+                             .grad_weight = egw->vector(),
+                             .grad_bias = egb->vector()};
+  if (epilogue != Epilogue::none) e.output = dy_out->view(shape, layout);
+  if (add) e.grad_residual = edz->view(shape, layout);
+  cuda::batch_norm_backward(e, {.training = false, .epilogue = epilogue});
+  EXPECT_TRUE(close("dx (evaluation)", edx->host(), eref.dx));
+  EXPECT_TRUE(close("grad_weight (evaluation)", egw->host(), eref.dweight));
+  EXPECT_TRUE(close("grad_bias (evaluation)", egb->host(), eref.dbias));
+  if (add) {
+    EXPECT_TRUE(close("grad_residual (evaluation)", edz->host(), eref.dz));
+  }
 }
 
 TEST(CudaAvailability, SaysWhyNot) {
@@ -465,19 +491,15 @@ TEST_F(CudaTest, ErrorsNameTheArgument) {
     EXPECT_NE(std::string(e.what()).find("output has shape [4, 3, 5, 4], expected [4, 3, 5, 5]"), std::string::npos)
         << e.what();
   }
-  // CUDA's own: the gradient in evaluation has no CUDA kernel.
-  auto dy = device(std::vector<float>(300, 0.5f)), dx = poisoned_device(300);
-  auto mean = device(std::vector<float>(3, 0.0f)), var = device(std::vector<float>(3, 1.0f));
+  // CUDA's own: float32 only.
+  const TensorView x16({reinterpret_cast<void*>(x->data()), DType::bfloat16}, shape);
+  const TensorView y16({reinterpret_cast<void*>(y->data()), DType::bfloat16}, shape);
   try {
-    cuda::batch_norm_backward({.grad_output = dy->view(shape),
-                               .input = x->view(shape),
-                               .grad_input = dx->view(shape),
-                               .running_mean = mean->vector(),
-                               .running_var = var->vector()},
-                              {.training = false});
+    cuda::batch_norm_forward({.input = x16, .output = y16, .weight = w->vector(), .bias = w->vector()});
     ADD_FAILURE() << "expected fusednorm::Error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("training is false, expected true on CUDA"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("input has dtype bfloat16, expected float32 on CUDA"), std::string::npos)
+        << e.what();
   }
 }
 

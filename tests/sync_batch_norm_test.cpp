@@ -105,6 +105,8 @@ test::SyncCalls separate_memory_calls() {
     d.weight = on_device(t.weight);
     d.save_mean = on_device(t.save_mean);
     d.save_invstd = on_device(t.save_invstd);
+    d.running_mean = on_device(t.running_mean);
+    d.running_var = on_device(t.running_var);
     d.grad_weight = on_device(t.grad_weight);
     d.grad_bias = on_device(t.grad_bias);
     d.output = on_device(t.output);
@@ -254,6 +256,43 @@ TEST(SyncBatchNormEvaluationTest, IsBatchNormOnEachMembersSlice) {
     t.output = TensorView::with_layout(expected.data(), b.shape, layout);
     batch_norm_forward(t, options);
     EXPECT_EQ(b.y, expected);
+  }
+}
+
+// Evaluation on a backend whose memory the host cannot read: the backward's invstd comes from the running variance
+// through the backend's copies, as on CUDA; the results are the CPU's, bit for bit.
+TEST(SyncBatchNormEvaluationTest, OnABackendWhoseMemoryTheHostCannotRead) {
+  Random rng(test::seed_for_current_test());
+  for (Layout layout : {Layout::nchw, Layout::nhwc}) {
+    SCOPED_TRACE(to_string(layout));
+    test::Batch b({6, 5, 4, 3}, layout, {6}, Epilogue::relu, rng);
+    BatchNormOptions options = test::options_for(Epilogue::relu);
+    options.training = false;
+    ThreadGroup group(1);
+    ThreadMember member(group, 0);
+    const test::SyncCalls calls = separate_memory_calls();
+    calls.forward(b.forward(0), member, options);
+    BatchNormBackwardTensors backward = b.backward(0);
+    backward.save_mean = std::nullopt;
+    backward.save_invstd = std::nullopt;
+    backward.running_mean = b.channel(b.members[0].running_mean);
+    backward.running_var = b.channel(b.members[0].running_var);
+    calls.backward(backward, member, options);
+
+    std::vector<float> y = test::poisoned(b.d.numel()), dx = test::poisoned(b.d.numel());
+    std::vector<float> grad_weight = test::poisoned(b.d.c), grad_bias = test::poisoned(b.d.c);
+    BatchNormForwardTensors f = b.forward(0);
+    f.output = TensorView::with_layout(y.data(), b.shape, layout);
+    batch_norm_forward(f, options);
+    backward.grad_input = TensorView::with_layout(dx.data(), b.shape, layout);
+    backward.output = f.output;
+    backward.grad_weight = TensorView(grad_weight.data(), {b.d.c});
+    backward.grad_bias = TensorView(grad_bias.data(), {b.d.c});
+    batch_norm_backward(backward, options);
+    EXPECT_EQ(b.y, y);
+    EXPECT_EQ(b.dx, dx);
+    EXPECT_EQ(b.members[0].grad_weight, grad_weight);
+    EXPECT_EQ(b.members[0].grad_bias, grad_bias);
   }
 }
 

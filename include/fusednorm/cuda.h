@@ -8,8 +8,8 @@
 // once the work is queued. Errors from the driver (a launch failure, out of memory) arrive as fusednorm::Error
 // with the driver's message; an asynchronous fault may surface at a later call on the stream.
 //
-// What the CUDA kernels cover (docs/CUDA.md): BatchNorm forward in training and evaluation and backward in
-// training, with the none, relu and add_relu epilogues; GroupNorm (epilogue none); LayerNorm; RMSNorm; NCHW and
+// What the CUDA kernels cover (docs/CUDA.md): BatchNorm forward and backward in training and evaluation, with the
+// none, relu and add_relu epilogues; GroupNorm (epilogue none); LayerNorm; RMSNorm; NCHW and
 // NHWC where the norm has channels; float32; SyncBatchNorm's split kernels. The kernels are built affine only: a call
 // without weight and bias runs them with 1 and 0.
 #include <string>
@@ -35,7 +35,8 @@ std::vector<VariantInfo> variants();
 
 void batch_norm_forward(const BatchNormForwardTensors& tensors, const BatchNormOptions& options = {},
                         Stream stream = nullptr);
-// Training only (options.training = true): the evaluation gradient has no CUDA kernel yet.
+// In evaluation (options.training = false) invstd comes from the running variance through the host, so the call
+// waits for the stream.
 void batch_norm_backward(const BatchNormBackwardTensors& tensors, const BatchNormOptions& options = {},
                          Stream stream = nullptr);
 void group_norm_forward(const GroupNormForwardTensors& tensors, const GroupNormOptions& options,
