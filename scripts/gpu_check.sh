@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on the GPU machine (docs/CUDA.md):
-#   1. tests/cuda_test: every CUDA variant against the float64 reference, and NcclCommunicator in a group of one;
+#   1. tests/cuda_test: every CUDA variant against the float64 reference, SyncBatchNorm on device tensors, and
+#      NcclCommunicator in a group of one;
 #   2. scripts/gpu_bench.py: FusedNorm against PyTorch eager and torch.compile on the same shapes and dtype, with
 #      the copy ceiling measured in the same run; a table of ms, GB/s and ratios, JSON in $OUT;
 #   3. each schedule variant of the bundle (variants/<name>/, scripts/gpu_bundle.sh) timed the same way, without
