@@ -40,7 +40,7 @@ std::vector<float> to_host(detail::BackendContext& backend, const float* from, i
   return v;
 }
 // float32 values in memory of the backend's (scratch, valid until the backend's call ends).
-const float* to_backend(detail::BackendContext& backend, const std::vector<float>& values) {
+float* to_backend(detail::BackendContext& backend, const std::vector<float>& values) {
   float* to = backend.scratch(static_cast<int64_t>(values.size()));
   backend.to_device(to, values.data(), static_cast<int64_t>(values.size() * sizeof(float)));
   return to;
@@ -157,9 +157,9 @@ void forward_training(const BatchNormForwardTensors& t, const detail::TensorRefs
     save_invstd[c] = static_cast<float>(1.0 / std::sqrt(stats.var[c] + eps));
   }
   if (g.elements() > 0) {
-    const TensorView mean_view(const_cast<float*>(to_backend(backend, mean_high)), {channels});
-    const TensorView var_view(const_cast<float*>(to_backend(backend, var)), {channels});
-    const TensorView bias_view(const_cast<float*>(to_backend(backend, shifted_bias)), {channels});
+    const TensorView mean_view(to_backend(backend, mean_high), {channels});
+    const TensorView var_view(to_backend(backend, var), {channels});
+    const TensorView bias_view(to_backend(backend, shifted_bias), {channels});
     detail::TensorRefs normalize{all.input, all.output, all.residual, all.weight, &bias_view, &mean_view, &var_view};
     detail::run_forward_inference(kFunction, normalize, s, g, backend);
   }
