@@ -2,8 +2,8 @@
 // Where a call runs: the CPU (the default) or a CUDA device (runtime/cuda_norm.cpp, the component cuda). The
 // entry points validate, plan and bind the same way for both; a BackendContext supplies what differs: its
 // variants, its own limits, scratch memory, how a pointer becomes a Halide buffer, the copy that commits the
-// running statistics after the kernel succeeded, and copies to and from the host (SyncBatchNorm's combine). A
-// context lives for one call, on the caller's stack.
+// running statistics after the kernel succeeded, and copies to and from the host (SyncBatchNorm's combine, the
+// evaluation backward's invstd). A context lives for one call, on the caller's stack.
 #include <HalideRuntime.h>
 
 #include <cstdint>

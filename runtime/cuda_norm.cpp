@@ -97,7 +97,8 @@ class CudaContext final : public BackendContext {
   void commit(float* to, const float* from, int64_t n) override {
     cuda::copy_floats(scope_, reinterpret_cast<cuda::DevicePtr>(to), reinterpret_cast<cuda::DevicePtr>(from), n);
   }
-  // Queued after the kernels; the host waits for the stream (SyncBatchNorm's statistics, as PyTorch's do).
+  // Queued after the kernels; the host waits for the stream (SyncBatchNorm's statistics, as PyTorch's do, and the
+  // running variance of the evaluation backward).
   void to_host(void* to, const void* from, int64_t bytes) override {
     cuda::copy_to_host(scope_, to, reinterpret_cast<cuda::DevicePtr>(from), static_cast<size_t>(bytes));
     cuda::synchronize(scope_.function(), scope_.stream());
