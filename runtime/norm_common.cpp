@@ -260,8 +260,8 @@ std::pair<const char*, const char*> extent_in_memory(const TensorView& t) {
 }
 
 // A tensor of a call under the name messages use; absent (view null) when the caller did not give it. Its extent in
-// memory is computed once, not per pair compared (the pairs' extents were a fifth of a BatchNorm1d [32, 64]
-// training step through the layer, perf record).
+// memory is computed once, not per pair compared (per pair, the checks were about a third of the runtime's own time
+// in a BatchNorm1d [32, 64] layer step, docs/PERFORMANCE.md).
 struct Named {
   Named(const char* name_, const TensorView* view_, const TensorView* in_place_of_ = nullptr)
       : name(name_), view(view_), in_place_of(in_place_of_) {
