@@ -9,9 +9,9 @@
 // with the driver's message; an asynchronous fault may surface at a later call on the stream.
 //
 // What the CUDA kernels cover (docs/CUDA.md): BatchNorm forward and backward in training and evaluation, with the
-// none, relu and add_relu epilogues; GroupNorm (epilogue none); LayerNorm; RMSNorm; NCHW and
-// NHWC where the norm has channels; float32; SyncBatchNorm's split kernels. The kernels are built affine only: a call
-// without weight and bias runs them with 1 and 0.
+// none, relu and add_relu epilogues; GroupNorm (epilogue none); LayerNorm; RMSNorm; NCHW and NHWC where the norm has
+// channels; float32; SyncBatchNorm's split kernels. The kernels are built affine only: a call without weight and
+// bias runs them with 1 and 0.
 #include <string>
 #include <vector>
 
