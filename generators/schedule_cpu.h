@@ -122,9 +122,12 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   Expr groups_per_block = cast<int>(clamp(cast<int64_t>(cx.block_bytes) / max(group_bytes, 1), 1, groups));
   Expr block = groups_per_block * p.group_size;
 
+  // Samples outside the block's channels: the rows of one sample are adjacent in memory, so the output pass writes
+  // one run of the block's channels per sample instead of a row of each sample in turn (at 7 x 7, rows of 196 bytes
+  // 400 KB apart): the 7 x 7 forward and backward 0.85x the time, the larger shapes level or faster.
   for (Func f : with_more(elementwise, funcs.elementwise_outputs)) {
     f.split(a.c, co, ci, block, TailStrategy::GuardWithIf)
-        .reorder(a.s, a.n, ci, co)
+        .reorder(a.s, ci, a.n, co)
         .vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf)
         .parallel(co);
   }
