@@ -1184,11 +1184,15 @@ TEST_F(ConventionsTest, EpilogueWithoutKernelIsRefused) {
 // nothing written; and a dtype the build has no kernel for at all likewise.
 TEST_F(ConventionsTest, StorageTypeWithoutKernelIsRefused) {
   int refused = 0;
-  for (const std::string& isa : supported_isas()) {
+  const std::vector<std::string> isas = supported_isas();  // best first
+  for (auto limit = isas.begin(); limit != isas.end(); ++limit) {
+    const std::string& isa = *limit;
     for (DType dtype : {DType::bfloat16, DType::float16}) {
+      // With the limit, dispatch may run this set's kernels and those of every set below it (an AVX-512 CPU runs
+      // the avx2 16-bit kernels of a default build).
       const std::vector<Variant> all = built_variants();
       const bool has_kernel = std::any_of(all.begin(), all.end(), [&](const Variant& v) {
-        return v.isa == isa && v.dtype == dtype && v.norm == Norm::layer;
+        return std::find(limit, isas.end(), v.isa) != isas.end() && v.dtype == dtype && v.norm == Norm::layer;
       });
       if (has_kernel) continue;
       SCOPED_TRACE(isa + ", " + name(dtype));
