@@ -295,7 +295,8 @@ inline void schedule_nhwc_two_pass(Halide::Func elementwise, ChannelSums& sums, 
   for (Halide::Func f : with_more(elementwise, funcs.elementwise_outputs)) schedule_rows(f, Layout::nhwc, cx);
 }
 
-// NHWC, statistics per sample and no sums over samples (GroupNorm's and InstanceNorm's forward): a parallel loop
+// NHWC, statistics per sample and no sums over samples (GroupNorm's forward; InstanceNorm's running statistics and
+// the backwards' parameter gradients sum over the samples, and keep the two passes): a parallel loop
 // over blocks of whole samples, each block's sums and then its elementwise pass while the block is in cache, and
 // the block's per-group outputs in the same loop. Inside a block, the sums are parallel over chunks of rows and the
 // elementwise pass over tasks of rows, so that one block (a batch of one) still uses every thread. A sample larger
