@@ -147,6 +147,22 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   schedule_sums_over_contiguous_s(sums, elementwise, co, cx);
 }
 
+// The other outputs of a parallel loop `no` over blocks of `per_block` samples (or rows) of the elementwise output:
+// its other elementwise outputs in the same loop, and its outputs over (g, b), b renamed n so that compute_with
+// finds the loop of the same name.
+inline void fuse_block_outputs(Halide::Func elementwise, const BlockedFuncs& funcs, const Axes& a, Halide::Var no,
+                               Halide::Var ni, Halide::Expr per_block) {
+  using namespace Halide;
+  for (Func f : funcs.elementwise_outputs) f.compute_with(elementwise, no);
+  for (Func f : funcs.group_outputs) {
+    f.rename(a.b, a.n)
+        .split(a.n, no, ni, per_block, TailStrategy::GuardWithIf)
+        .reorder(a.g, ni, no)
+        .parallel(no)
+        .compute_with(elementwise, no);
+  }
+}
+
 // Rows per block of schedule_row_blocked: about kElementsPerTask elements, but at least two blocks where there are
 // two rows (one block is one thread: a cache-resident [256, 256] LayerNorm backward took 0.07-0.10 ms in one block,
 // 0.05 in two; eight blocks were slower on [16, 8192]). With column sums, also at least a
@@ -175,14 +191,7 @@ inline void schedule_row_blocked(Halide::Func elementwise, ChannelSums& sums, co
         .vectorize(a.s, cx.vector_width, TailStrategy::GuardWithIf)
         .parallel(no);
   }
-  for (Func f : funcs.elementwise_outputs) f.compute_with(elementwise, no);
-  for (Func f : funcs.group_outputs) {
-    f.rename(a.b, a.n)
-        .split(a.n, no, ni, rows_per_block, TailStrategy::GuardWithIf)
-        .reorder(a.g, ni, no)
-        .parallel(no)
-        .compute_with(elementwise, no);
-  }
+  fuse_block_outputs(elementwise, funcs, a, no, ni, rows_per_block);
   for (Func f : funcs.per_block) f.compute_at(elementwise, no);
   schedule_sums_over_contiguous_s(sums, elementwise, no, cx);
 }
@@ -322,14 +331,7 @@ inline void schedule_nhwc_sample_blocked(Halide::Func elementwise, ChannelSums& 
         .parallel(s_task)
         .parallel(no);
   }
-  for (Func f : funcs.elementwise_outputs) f.compute_with(elementwise, no);
-  for (Func f : funcs.group_outputs) {
-    f.rename(a.b, a.n)
-        .split(a.n, no, ni, samples_per_block, TailStrategy::GuardWithIf)
-        .reorder(a.g, ni, no)
-        .parallel(no)
-        .compute_with(elementwise, no);
-  }
+  fuse_block_outputs(elementwise, funcs, a, no, ni, samples_per_block);
   for (Func f : funcs.per_block) {
     const bool sums_channels = std::any_of(funcs.sample_sums.begin(), funcs.sample_sums.end(),
                                            [&](const Func& g) { return g.name() == f.name(); });
