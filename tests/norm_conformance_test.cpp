@@ -1140,8 +1140,6 @@ TEST_F(ConventionsTest, GroupNormScaleIsPerChannel) {
   EXPECT_TRUE(close("y", p.y, ref.y));
 }
 
-// PyTorch's bias=False (LayerNorm, GroupNorm; InstanceNorm and BatchNorm through their functional API): the
-// affine kernels with the weight alone, the bias 0.
 // GroupNorm's NHWC forward works in blocks of whole samples (schedule_nhwc_sample_blocked, generators/schedule_cpu.h):
 // samples of 343 KiB (as float32) make blocks of 2 + 1 on x86-64 (1 MiB), the last one partial, and 3 blocks on
 // arm-64 (512 KiB). The odd sizes fit one block, the U-Net shape of RealNetworkTest one sample per block. Every
@@ -1160,6 +1158,8 @@ TEST_F(ConventionsTest, GroupNormNhwcOverSeveralBlocksOfSamples) {
   EXPECT_GT(ran_variants, 0);
 }
 
+// PyTorch's bias=False (LayerNorm, GroupNorm; InstanceNorm and BatchNorm through their functional API): the
+// affine kernels with the weight alone, the bias 0.
 TEST_F(ConventionsTest, WeightWithoutBias) {
   for (Norm norm : {Norm::instance, Norm::group, Norm::layer}) {
     SCOPED_TRACE(to_string(norm));
