@@ -49,18 +49,30 @@ inline std::vector<Halide::Func> with_more(Halide::Func first, const std::vector
 }
 
 // Chunk and tail sums along contiguous s, vectorised by an rfactor into vector lanes: each is then a
-// horizontal add of `vector_width` float32 partials. That add is a scalar loop, about half the time of the 7x7
-// training forward (perf record, docs/PERFORMANCE.md): short rows need another schedule.
+// horizontal add of its lanes' float32 partials, a scalar loop. A row of S elements in L lanes costs about S / L
+// dependent vector adds and then L dependent scalar adds, so 16 lanes lose to 8 below S = 16 x 8: a tail under 128
+// elements is summed in 8 lanes where vectors are wider (AVX-512). 7 x 7 NCHW training forward (tails of 49):
+// 1.35-1.74 ms with 16 lanes, 0.94-1.24 with 8; 8 lanes for every row: [32, 512, 28, 28] 3.0 -> 3.7 ms
+// (docs/PERFORMANCE.md, 2026-12-08).
 inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func consumer, Halide::Var at,
                                             const CpuScheduleContext& cx) {
   using namespace Halide;
-  for (auto [f, r] : {std::pair{sums.chunk, sums.over_chunk}, std::pair{sums.tail, sums.over_tail}}) {
-    RVar rso("rso"), rsi("rsi");
-    Var lane("lane");
-    f.compute_at(consumer, at);
-    Func lanes = f.update().split(r.x, rso, rsi, cx.vector_width).rfactor(rsi, lane);
+  constexpr int kShortRowLanes = 8;
+  // Names of its own per use: two rfactors of one Func that share split names got each other's lane counts.
+  auto sum_in_lanes = [&](Func f, Stage update, RVar r, int width, const std::string& name) {
+    RVar rso("rso" + name), rsi("rsi" + name);
+    Var lane("lane" + name);
+    Func lanes = update.split(r, rso, rsi, width).rfactor(rsi, lane);
     lanes.compute_at(f, cx.axes.c).vectorize(lane);
     lanes.update().vectorize(lane);
+  };
+  for (auto [f, r] : {std::pair{sums.chunk, sums.over_chunk}, std::pair{sums.tail, sums.over_tail}}) {
+    f.compute_at(consumer, at);
+    // The chunks' extent is constant and long; the tail's is S mod the chunk length.
+    if (f.name() == sums.tail.name() && cx.vector_width > kShortRowLanes) {
+      sum_in_lanes(f, f.update().specialize(r.x.extent() < kShortRowLanes * 16), r.x, kShortRowLanes, "_short");
+    }
+    sum_in_lanes(f, f.update(), r.x, cx.vector_width, "");
   }
   sums.total.compute_at(consumer, at);
 }
