@@ -51,9 +51,9 @@ inline std::vector<Halide::Func> with_more(Halide::Func first, const std::vector
 // Chunk and tail sums along contiguous s, vectorised by an rfactor into vector lanes: each is then a
 // horizontal add of its lanes' float32 partials, a scalar loop. A row of S elements in L lanes costs about S / L
 // dependent vector adds and then L dependent scalar adds, so 16 lanes lose to 8 below S = 16 x 8: a tail under 128
-// elements is summed in 8 lanes where vectors are wider (AVX-512). 7 x 7 NCHW training forward (tails of 49):
-// 1.35-1.74 ms with 16 lanes, 0.94-1.24 with 8; 8 lanes for every row: [32, 512, 28, 28] 3.0 -> 3.7 ms
-// (docs/PERFORMANCE.md, 2026-12-08).
+// elements is summed in 8 lanes where vectors are wider (AVX-512): the 7 x 7 NCHW training forward (tails of 49)
+// took 0.75-0.86x the time, the backward 0.79-0.89x (old and new kernels paired in one process); 8 lanes for every
+// row made [32, 512, 28, 28] slower, 3.0 -> 3.7 ms (docs/PERFORMANCE.md, 2026-12-08).
 inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func consumer, Halide::Var at,
                                             const CpuScheduleContext& cx) {
   using namespace Halide;
