@@ -131,8 +131,8 @@ inline void schedule_nchw_channel_blocked(Halide::Func elementwise, ChannelSums&
   // Every tensor the statistics read stays for the elementwise pass: x, and dy (and y) in the backward. Counted in
   // the tensors' own bytes: 16-bit blocks sized as if float32, half as many elements, took 1.05-1.25x the time on
   // [32, 512, 28, 28] and [32, 1024, 14, 14] (scripts/kernel_pair.sh, docs/PERFORMANCE.md 2026-12-08).
-  const int element_bytes = p.spec.dtype == DType::float32 ? 4 : 2;
-  Expr group_bytes = cast<int64_t>(p.spatial) * p.batch * p.group_size * element_bytes * cx.tensors_reread;
+  Expr group_bytes =
+      cast<int64_t>(p.spatial) * p.batch * p.group_size * p.spec.storage_type().bytes() * cx.tensors_reread;
   Expr groups = p.channels / p.group_size;
   Expr groups_per_block = cast<int>(clamp(cast<int64_t>(cx.block_bytes) / max(group_bytes, 1), 1, groups));
   Expr block = groups_per_block * p.group_size;
