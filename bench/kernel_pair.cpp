@@ -1,10 +1,12 @@
-// fusednorm_kernel_pair (scripts/kernel_pair.sh builds and runs it; not part of the build): two builds of the
-// BatchNorm training forward and backward kernels, "base" and "head", linked into one process and called in
+// fusednorm_kernel_pair (scripts/kernel_pair.sh builds and runs it; not part of the build): two builds of a norm's
+// training forward and backward kernels, "base" and "head", linked into one process and called in
 // alternation, each pair on its own buffers, so that this VM's phases (the same kernel's time moved 2x between
 // processes) fall on both alike. Prints per direction the median time of each and the median over the pairs of
 // head / base. Kernels' scratch memory comes from the runtime's allocator, as through the layer API.
 //
 //   fusednorm_kernel_pair LAYOUT DTYPE N C S [PAIRS]     LAYOUT nchw|nhwc, DTYPE float32|bfloat16|float16
+//   Built with FUSEDNORM_PAIR_NORM 0 (BatchNorm), 1 (LayerNorm) or 2 (RMSNorm); for the last two, C is 1 and the
+//   rows are N rows of S.
 //   FUSEDNORM_PAIR_SETS=K: K buffer sets in rotation (default: enough for 256 MiB, so each call starts in memory)
 #include <HalideBuffer.h>
 #include <HalideRuntime.h>
@@ -24,6 +26,10 @@
 #include "backward_head.h"
 #include "forward_base.h"
 #include "forward_head.h"
+
+#ifndef FUSEDNORM_PAIR_NORM
+#define FUSEDNORM_PAIR_NORM 0
+#endif
 
 namespace fusednorm::detail {
 void install_kernel_memory();  // runtime/kernel_memory.cpp
@@ -102,8 +108,14 @@ int main(int argc, char** argv) {
     std::memset(e.out.data(), 0, bytes);
     set.push_back(std::move(e));
   }
-  Buffer<float> running_mean(c), running_var(c), weight(c), bias(c), running0(c), running1(c), grad0(c), grad1(c);
-  Buffer<float> mean(c, 1), invstd(c, 1);
+  // Per channel (BatchNorm) or per element of a row (LayerNorm, RMSNorm): the parameters and their gradients;
+  // per channel or per row: the saved statistics.
+  const bool rows = FUSEDNORM_PAIR_NORM != 0;
+  if (rows && c != 1) fail("C " + std::to_string(c) + ": expected 1 for a norm over rows");
+  const int parameters = rows ? s : c;
+  Buffer<float> running_mean(c), running_var(c), running0(c), running1(c);
+  Buffer<float> weight(parameters), bias(parameters), grad0(parameters), grad1(parameters);
+  Buffer<float> mean(c, rows ? n : 1), invstd(c, rows ? n : 1);
   running_mean.fill(0.0f);
   running_var.fill(1.0f);
   weight.fill(1.5f);
@@ -111,10 +123,19 @@ int main(int argc, char** argv) {
 
   auto call = [&](bool head, bool forward, Set& e) {
     const auto start = std::chrono::steady_clock::now();
+#if FUSEDNORM_PAIR_NORM == 0
     const int result =
         forward ? (head ? forward_head : forward_base)(e.x, running_mean, running_var, 0.1f, 1.0f, 1e-5f, weight, bias,
                                                        e.out, mean, invstd, running0, running1)
                 : (head ? backward_head : backward_base)(e.x, e.dy, mean, invstd, true, weight, e.out, grad0, grad1);
+#elif FUSEDNORM_PAIR_NORM == 1
+    const int result =
+        forward ? (head ? forward_head : forward_base)(e.x, 1e-5f, weight, bias, e.out, mean, invstd)
+                : (head ? backward_head : backward_base)(e.x, e.dy, mean, invstd, weight, e.out, grad0, grad1);
+#else
+    const int result = forward ? (head ? forward_head : forward_base)(e.x, 1e-5f, weight, e.out, invstd)
+                               : (head ? backward_head : backward_base)(e.x, e.dy, invstd, weight, e.out, grad0);
+#endif
     const auto end = std::chrono::steady_clock::now();
     if (result != 0)
       fail(std::string(head ? "head" : "base") + (forward ? " forward" : " backward") +
