@@ -58,22 +58,30 @@ inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func cons
                                             const CpuScheduleContext& cx) {
   using namespace Halide;
   constexpr int kShortRowLanes = 8;
+  const Var k = sums.chunk.args()[1];
   // Names of its own per use: two rfactors of one Func that share split names got each other's lane counts.
   auto sum_in_lanes = [&](Func f, Stage update, RVar r, int width, const std::string& name) {
     RVar rso("rso" + name), rsi("rsi" + name);
     Var lane("lane" + name);
     Func lanes = update.split(r, rso, rsi, width).rfactor(rsi, lane);
-    lanes.compute_at(f, cx.axes.c).vectorize(lane);
+    lanes.compute_at(f, f.name() == sums.chunk.name() ? k : cx.axes.c).vectorize(lane);
     lanes.update().vectorize(lane);
   };
-  for (auto [f, r] : {std::pair{sums.chunk, sums.over_chunk}, std::pair{sums.tail, sums.over_tail}}) {
-    f.compute_at(consumer, at);
-    // The chunks' extent is constant and long; the tail's is S mod the chunk length.
-    if (f.name() == sums.tail.name() && cx.vector_width > kShortRowLanes) {
-      sum_in_lanes(f, f.update().specialize(r.x.extent() < kShortRowLanes * 16), r.x, kShortRowLanes, "_short");
-    }
-    sum_in_lanes(f, f.update(), r.x, cx.vector_width, "");
+  // A row's chunks one after the other, then the next row's: with the channels inside the chunks, the block's
+  // rows were read a chunk of each at a time; bfloat16 [32, 256, 56, 56] (3 chunks a row) took 1.1-1.3x the time.
+  // Only where there are chunks: rows shorter than a chunk would run the (row, chunk) loops empty, k innermost.
+  Expr has_chunks = sums.over_chunks.x.extent() > 0;
+  sums.chunk.specialize(has_chunks).reorder(k, cx.axes.c, cx.axes.n);
+  sums.chunk.compute_at(consumer, at);
+  sum_in_lanes(sums.chunk, sums.chunk.update().specialize(has_chunks).reorder(k, cx.axes.c, cx.axes.n),
+               sums.over_chunk.x, cx.vector_width, "");
+  // The tail's extent is S mod the chunk length.
+  sums.tail.compute_at(consumer, at);
+  if (cx.vector_width > kShortRowLanes) {
+    sum_in_lanes(sums.tail, sums.tail.update().specialize(sums.over_tail.x.extent() < kShortRowLanes * 16),
+                 sums.over_tail.x, kShortRowLanes, "_short");
   }
+  sum_in_lanes(sums.tail, sums.tail.update(), sums.over_tail.x, cx.vector_width, "");
   sums.total.compute_at(consumer, at);
 }
 
