@@ -30,6 +30,8 @@ struct Problem {
   // Length of ChannelSums' float32 chunks; 0: sum_chunk_length(spec). The autoscheduled variants set their own
   // (normalization_generators.cpp, autoscheduled_chunk_length).
   int chunk_length = 0;
+  // ChannelSums' tail sums span samples (see there): NCHW statistics over the batch, CPU hand schedules.
+  bool tail_spans_samples = false;
 
   Problem(const NormSpec& spec, Halide::Expr spatial, Halide::Expr channels, Halide::Expr batch,
           Halide::Expr groups)
@@ -109,6 +111,9 @@ inline int sum_chunk_length(const Problem& p) {
 //   total(c, n)    = sum over k of chunk, plus tail, float64
 // Full chunks have a constant extent, so the schedule can vectorise them without a tail of its own; the
 // float64 merge keeps the error from growing with S the way one float32 accumulator would.
+// With Problem::tail_spans_samples, tail(c, m) sums the tails of samples m M to m M + M - 1 (M = B / (S mod B), at
+// least 1: at most B elements, as a chunk) and total(c, m M) counts it: the rows' float32 partials are added across
+// their vector lanes once per M rows instead of once per row (schedule_sums_over_contiguous_s).
 struct ChannelSums {
   Halide::Func chunk{"chunk_sums"};
   Halide::Func tail{"tail_sums"};
@@ -116,14 +121,25 @@ struct ChannelSums {
   Halide::RDom over_chunk, over_tail, over_chunks;
   int terms;
 
-  ChannelSums(const Axes& a, const TermsAt& terms_at, Halide::Expr spatial, int chunk_length)
-      : over_chunk(0, chunk_length, "rchunk"),
-        over_tail(spatial / chunk_length * chunk_length, spatial % chunk_length, "rtail"),
-        over_chunks(0, spatial / chunk_length, "rk") {
+  ChannelSums(const Axes& a, const TermsAt& terms_at, const Problem& p)
+      : over_chunk(0, sum_chunk_length(p), "rchunk"),
+        over_tail(p.tail_spans_samples
+                      ? Halide::RDom(first_of_tail(p), p.spatial % sum_chunk_length(p), 0, tail_samples(p), "rtail")
+                      : Halide::RDom(first_of_tail(p), p.spatial % sum_chunk_length(p), "rtail")),
+        over_chunks(0, p.spatial / sum_chunk_length(p), "rk") {
     using namespace Halide;
+    const int chunk_length = sum_chunk_length(p);
     Var k("k");
     const std::vector<Expr> chunk_terms = terms_at(k * chunk_length + over_chunk.x);
-    const std::vector<Expr> tail_terms = terms_at(over_tail.x);
+    std::vector<Expr> tail_terms = terms_at(over_tail.x);
+    const Expr samples = p.tail_spans_samples ? tail_samples(p) : Expr(1);
+    if (p.tail_spans_samples) {
+      // The sample of the tail's second dimension; clamped as well as excluded, as bounds inference does not see
+      // through the where.
+      Expr n = a.n * samples + over_tail.y;
+      for (Expr& e : tail_terms) e = Internal::substitute(a.n.name(), min(n, p.batch - 1), e);
+      over_tail.where(n < p.batch);
+    }
     terms = static_cast<int>(chunk_terms.size());
     define(chunk(a.c, k, a.n), std::vector<Expr>(terms, 0.0f));
     define(tail(a.c, a.n), std::vector<Expr>(terms, 0.0f));
@@ -134,12 +150,23 @@ struct ChannelSums {
     }
     define(chunk(a.c, k, a.n), chunk_update);
     define(tail(a.c, a.n), tail_update);
-    for (int i = 0; i < terms; i++) from_tail.push_back(cast<double>(element(tail(a.c, a.n), i)));
+    for (int i = 0; i < terms; i++) {
+      Expr t = cast<double>(element(tail(a.c, a.n / samples), i));
+      from_tail.push_back(p.tail_spans_samples ? select(a.n % samples == 0, t, cast<double>(0)) : t);
+    }
     define(total(a.c, a.n), from_tail);
     for (int i = 0; i < terms; i++) {
       from_chunks.push_back(element(total(a.c, a.n), i) + cast<double>(element(chunk(a.c, over_chunks.x, a.n), i)));
     }
     define(total(a.c, a.n), from_chunks);
+  }
+
+  static Halide::Expr first_of_tail(const Problem& p) {
+    return p.spatial / sum_chunk_length(p) * sum_chunk_length(p);
+  }
+  // M: as many samples' tails as make a chunk's length of elements, at least one.
+  static Halide::Expr tail_samples(const Problem& p) {
+    return Halide::max(1, sum_chunk_length(p) / Halide::max(p.spatial % sum_chunk_length(p), 1));
   }
 };
 
@@ -214,7 +241,7 @@ struct Statistics {
       Expr d = value - channel_shift(a.c, p.sample_of(a.n));
       return std::vector<Expr>{d, d * d};
     };
-    return ChannelSums(a, deviations, p.spatial, sum_chunk_length(p));
+    return ChannelSums(a, deviations, p);
   }
 };
 
@@ -510,7 +537,7 @@ struct BackwardAlgorithm {
       if (!spec.centred()) return std::vector<Expr>{h * d};
       return std::vector<Expr>{h * d, h};
     };
-    return ChannelSums(a, gradient_terms, p.spatial, sum_chunk_length(p));
+    return ChannelSums(a, gradient_terms, p);
   }
 };
 

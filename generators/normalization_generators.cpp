@@ -119,6 +119,7 @@ class NormalizationGenerator : public Generator<T> {
     if (this->using_autoscheduler()) {
       p.chunk_length = autoscheduled_chunk_length(sum_chunk_length(spec()), estimates_for(spec()).spatial);
     }
+    p.tail_spans_samples = nchw && spec().reduces_batch() && !this->using_autoscheduler() && !on_gpu();
     return p;
   }
 

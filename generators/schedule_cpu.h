@@ -64,6 +64,15 @@ inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func cons
     RVar rso("rso" + name), rsi("rsi" + name);
     Var lane("lane" + name);
     Func lanes = update.split(r, rso, rsi, width).rfactor(rsi, lane);
+    if (f.name() == sums.tail.name() && sums.over_tail.dimensions() == 2) {
+      // Tails that span samples (ChannelSums): the lanes of all the block's channels per group of samples, the
+      // samples outside the channels, so that a sample's rows of the block are still read as one run. 7 x 7
+      // float32 0.93x the time forward and backward, bfloat16 0.79x and 0.87x; 14 x 14 0.92-0.97x (paired).
+      // The lanes per channel with its samples inside read the rows a channel at a time: 7 x 7 1.14x, 1.41x.
+      lanes.compute_at(f, cx.axes.n).reorder_storage(lane, cx.axes.c).vectorize(lane);
+      lanes.update().reorder(lane, rso, cx.axes.c, sums.over_tail.y, cx.axes.n).vectorize(lane);
+      return;
+    }
     lanes.compute_at(f, f.name() == sums.chunk.name() ? k : cx.axes.c).vectorize(lane);
     lanes.update().vectorize(lane);
   };

@@ -31,7 +31,9 @@ inline std::vector<NamedShape> resnet50_batch2() {
 // Small shapes with odd sizes, for correctness: every rank from (N, C) to (N, C, D, H, W); C = 1, 3, 17;
 // spatial 1x1, 7x7, 13x17 (not a multiple of any vector width, nor of the NHWC schedule's 64-row tasks);
 // N = 1 with spatial > 1. Every shape has more than one value per channel, so each is valid in training.
-// The last spans several NCHW channel blocks (1 MiB each) with a partial last block.
+// n16_c3_15x20: BatchNorm's NCHW tail sums span samples (norm_algorithm.h, ChannelSums) in groups of 4096 / 300 = 13
+// (float32) and 1024 / 300 = 3 (16-bit), the last group partial. The last spans several NCHW channel blocks
+// (1 MiB each) with a partial last block.
 inline std::vector<NamedShape> odd_sizes() {
   return {{"n8_c3", {8, 3}},
           {"n5_c17", {5, 17}},
@@ -44,6 +46,7 @@ inline std::vector<NamedShape> odd_sizes() {
           {"n1_c3_13x17", {1, 3, 13, 17}},
           {"n2_c3_3x7x7", {2, 3, 3, 7, 7}},
           {"n1_c17_2x13x17", {1, 17, 2, 13, 17}},
+          {"n16_c3_15x20", {16, 3, 15, 20}},
           {"n8_c17_64x64", {8, 17, 64, 64}}};
 }
 
