@@ -67,8 +67,9 @@ inline void schedule_sums_over_contiguous_s(ChannelSums& sums, Halide::Func cons
     if (f.name() == sums.tail.name() && sums.over_tail.dimensions() == 2) {
       // Tails that span samples (ChannelSums): the lanes of all the block's channels per group of samples, the
       // samples outside the channels, so that a sample's rows of the block are still read as one run. 7 x 7
-      // float32 0.93x the time forward and backward, bfloat16 0.79x and 0.87x; 14 x 14 0.92-0.97x (paired).
-      // The lanes per channel with its samples inside read the rows a channel at a time: 7 x 7 1.14x, 1.41x.
+      // 0.93-0.95x the time in float32, 0.79-0.86x (forward) and 0.87-0.94x (backward) in bfloat16; 14 x 14
+      // 0.92-0.98x (paired, avx512). The lanes per channel with its samples inside, reading the rows a channel at
+      // a time: 7 x 7 1.14x and 1.41x (docs/PERFORMANCE.md).
       lanes.compute_at(f, cx.axes.n).reorder_storage(lane, cx.axes.c).vectorize(lane);
       lanes.update().reorder(lane, rso, cx.axes.c, sums.over_tail.y, cx.axes.n).vectorize(lane);
       return;
