@@ -39,12 +39,17 @@ float* data_or_scratch(const TensorView* t, BackendContext& backend, int64_t siz
 }
 
 // x, y, dy, dx, z, dz as the kernel sees them. BatchNorm's statistics reduce N and S alike, and in NHWC each
-// sample's rows follow the previous sample's: the hand-scheduled CPU kernels take the batch as one sample of
-// N x S rows, so their float32 chunks of rows span samples and they keep no (channel, sample) sums
-// (BatchNorm1d [8192, 1024]: 16 bytes per element of x otherwise; docs/PERFORMANCE.md). Not for the
-// autoscheduled kernels, planned for a batch of samples, nor past 2^31 - 1 elements, what one sample may hold.
+// sample's rows follow the previous sample's: where a sample is shorter than the NHWC kernels' float32 chunk of 64
+// rows, the hand-scheduled CPU kernels take the batch as one sample of N x S rows, so their chunks span samples and
+// they keep no (channel, sample) sums (BatchNorm1d [8192, 1024]: 16 bytes per element of x otherwise;
+// docs/PERFORMANCE.md). Longer samples keep the batch: on the ResNet-50 shapes of 14 x 14 and more the same kernel
+// took 0.83-0.96x the time with the batch than with one sample in float32, 0.71-0.81x in bfloat16 (paired in one
+// process); at 7 x 7 0.99x forward and 1.06x backward, so one sample stays. Not for the autoscheduled kernels,
+// planned for a batch of samples, nor past 2^31 - 1 elements, what one sample may hold.
+constexpr int64_t kNhwcChunkRows = 64;  // generators/norm_algorithm.h, sum_chunk_length
 std::array<Dim, 3> kernel_dims(const Plan& plan, const KernelSettings& s, const Geometry& g) {
   const bool one_sample = s.norm == Norm::batch && g.layout == Layout::nhwc && !g.rows &&
+                          g.spatial < kNhwcChunkRows &&
                           plan.backend == Backend::cpu && !plan.tuned &&
                           std::string_view(plan.untuned->schedule) == "hand" &&
                           g.elements() <= std::numeric_limits<int32_t>::max();
