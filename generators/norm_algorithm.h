@@ -98,7 +98,7 @@ using TermsAt = std::function<std::vector<Halide::Expr>(Halide::Expr s)>;
 // (mean up to 4 sigma) lost 1.5e-5 of invstd in NCHW chains of 4096 / 8, against 2.5e-6 for the same values
 // unrounded; a simulation of those chains gave 9e-6 at 4096 and 2.8e-6 at 1024. So 1024 for 16-bit NCHW.
 inline int sum_chunk_length(const NormSpec& spec) {
-  if (spec.layout == Layout::nhwc) return 64;
+  if (spec.layout == Layout::nhwc) return kNhwcSumChunkRows;
   return spec.dtype == DType::float32 ? 4096 : 1024;
 }
 inline int sum_chunk_length(const Problem& p) {

@@ -46,10 +46,9 @@ float* data_or_scratch(const TensorView* t, BackendContext& backend, int64_t siz
 // took 0.83-0.96x the time with the batch than with one sample in float32, 0.71-0.81x in bfloat16 (paired in one
 // process); at 7 x 7 0.99x forward and 1.06x backward, so one sample stays. Not for the autoscheduled kernels,
 // planned for a batch of samples, nor past 2^31 - 1 elements, what one sample may hold.
-constexpr int64_t kNhwcChunkRows = 64;  // generators/norm_algorithm.h, sum_chunk_length
 std::array<Dim, 3> kernel_dims(const Plan& plan, const KernelSettings& s, const Geometry& g) {
   const bool one_sample = s.norm == Norm::batch && g.layout == Layout::nhwc && !g.rows &&
-                          g.spatial < kNhwcChunkRows &&
+                          g.spatial < kNhwcSumChunkRows &&
                           plan.backend == Backend::cpu && !plan.tuned &&
                           std::string_view(plan.untuned->schedule) == "hand" &&
                           g.elements() <= std::numeric_limits<int32_t>::max();

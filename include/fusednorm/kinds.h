@@ -104,4 +104,8 @@ constexpr const auto& all_names() {
   return kinds::names_of(Enum{});
 }
 
+// Rows of x in one float32 partial sum of the NHWC CPU kernels (the generators' sum_chunk_length); the runtime
+// passes a BatchNorm batch of shorter samples to them as one sample (runtime/norm_kernels.cpp, kernel_dims).
+inline constexpr int kNhwcSumChunkRows = 64;
+
 }  // namespace fusednorm
